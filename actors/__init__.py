@@ -1,0 +1,1 @@
+"""pykka actors: pair, wallet, persistence writer, outbox relay and their supervisor."""

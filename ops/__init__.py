@@ -1,0 +1,1 @@
+"""Operations: settings, command line, gunicorn wiring, benchmarks and deployment files."""

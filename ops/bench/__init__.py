@@ -1,0 +1,1 @@
+"""Benchmarks run by ``trade-engine bench ...``: each prints figures, and with --json a last JSON line."""

@@ -1,0 +1,1 @@
+"""PostgreSQL pool, repositories, migrations runner, embedded PostgreSQL, Redis and broker adapters."""
