@@ -1,0 +1,130 @@
+"""The ``trade-engine`` command line.
+
+Each sub-command builds the settings once from the environment (a bad value ends the command with
+one line naming the variable, exit status 2) and then does its work. Heavy imports happen inside the
+commands so ``--help`` and ``version`` stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+from .settings import Settings, SettingsError
+
+
+def engine_version() -> str:
+    """The installed version of trade-engine."""
+    try:
+        return package_version("trade-engine")
+    except PackageNotFoundError:  # running from a source tree without an install
+        return "0+unknown"
+
+
+def _settings_epilog() -> str:
+    lines = ["settings (environment variables):"]
+    for name, default, doc in Settings.documentation():
+        shown = f" [default: {default}]" if default else ""
+        lines.append(f"  {name}{shown}\n      {doc}")
+    return "\n".join(lines)
+
+
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import serve
+
+    status: int = serve(settings)
+    return status
+
+
+def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .database import open_database
+
+    with open_database(settings) as database:
+        applied = database.migrate()
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from .database import open_database
+
+    with open_database(settings) as database:
+        database.migrate()
+        pairs = database.pairs().list()
+    header = ("SYMBOL", "STATUS", "TICK", "LOT", "MIN QTY", "MAX QTY", "MIN NOTIONAL", "MAKER", "TAKER")
+    rows = [
+        (p.symbol, p.status, str(p.tick_size), str(p.lot_size), str(p.min_quantity),
+         str(p.max_quantity), str(p.min_notional), str(p.maker_fee), str(p.taker_fee))
+        for p in pairs
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
+    print(f"trade-engine {engine_version()}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.suite == "core":
+        from .bench.core import main as bench_main
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"unknown bench suite {args.suite}")
+    status: int = bench_main(list(args.bench_args))
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="trade-engine",
+        description="A crypto-exchange trade engine.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace, Settings], int], text: str,
+            parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+            ) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=text, description=text, epilog=_settings_epilog(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("serve", _cmd_serve,
+        "Run the engine: HTTP on TRADE_ENGINE_HTTP_HOST:PORT (gunicorn, one gthread worker); "
+        "without TRADE_ENGINE_DATABASE_URL an embedded PostgreSQL runs in DATA_DIR/postgres.")
+    add("migrate", _cmd_migrate, "Apply pending database migrations and exit.")
+    pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.")
+    pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="SUBCOMMAND", required=True)
+    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status.", pair_commands)
+    add("version", _cmd_version, "Print the version.")
+    bench = add("bench", _cmd_bench,
+                "Run a benchmark and print its figures (`bench core --help` for its options).")
+    bench.add_argument("suite", choices=["core"], help="core: the matching engine in one thread")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the suite")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+    except SettingsError as exc:
+        print(f"trade-engine: configuration error: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.handler(args, settings)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""One typed, frozen settings object built from ``TRADE_ENGINE_*`` environment variables.
+
+``Settings.from_env(environ)`` is called once, at start, by the command line; nothing reads the
+environment at import time. Every value is validated there: a bad value raises ``SettingsError``
+naming the variable and what is wrong, and an unknown ``TRADE_ENGINE_*`` variable is refused so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "TRADE_ENGINE_"
+
+# Variables of the project that are not engine settings (test harness switches and URLs).
+NOT_SETTINGS = frozenset({"REQUIRE_SERVICES"})
+NOT_SETTINGS_PREFIXES = ("TEST_",)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and the problem."""
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _optional_text(name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _port(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a port number from 0 to 65535")
+    return value
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a whole number") from None
+
+
+def _positive_int(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if value < 1:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at least 1")
+    return value
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds") from None
+    if not value > 0:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{PREFIX}{name}={raw!r}: must be true or false")
+
+
+def _url(*schemes: str) -> Callable[[str, str], str | None]:
+    def parse(name: str, raw: str) -> str | None:
+        if not raw:
+            return None
+        scheme = urlsplit(raw).scheme
+        if scheme not in schemes:
+            allowed = ", ".join(f"{s}://" for s in schemes)
+            raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a URL starting with {allowed}")
+        return raw
+
+    return parse
+
+
+def _log_level(name: str, raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("json", "text"):
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be json or text")
+    return value
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"{PREFIX}{name}={raw!r}: each origin must be * or start with http:// or https://"
+            )
+    return origins
+
+
+def _path(name: str, raw: str) -> Path:
+    if not raw.strip():
+        raise SettingsError(f"{PREFIX}{name} is empty: give a folder path")
+    return Path(raw.strip())
+
+
+def _field(parse: Callable[[str, str], Any], default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated engine configuration; build it with :meth:`from_env`."""
+
+    database_url: str | None = _field(
+        _url("postgresql", "postgres"), None,
+        "PostgreSQL URL; unset = embedded PostgreSQL in DATA_DIR/postgres",
+    )
+    database_pool_size: int = _field(_positive_int, 8, "PostgreSQL connections in the pool")
+    database_prepare: bool = _field(
+        _bool, True, "server-side prepared statements; set false behind PgBouncer (transaction mode)"
+    )
+    redis_url: str | None = _field(
+        _url("redis", "rediss", "unix"), None, "Redis URL for the market-data mirror and rate limits"
+    )
+    broker_url: str = _field(
+        _url("memory", "amqp", "amqps", "pyamqp"), "memory://", "kombu broker URL (amqp:// for RabbitMQ)"
+    )
+    http_host: str = _field(_text, "127.0.0.1", "address the HTTP server binds")
+    http_port: int = _field(_port, 8080, "port the HTTP server binds")
+    http_threads: int = _field(_positive_int, 16, "gunicorn gthread threads in the single worker")
+    data_dir: Path = _field(_path, Path("var"), "folder for the embedded database and local state")
+    log_level: str = _field(_log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")
+    cors_origins: tuple[str, ...] = _field(_origins, (), "comma-separated allowed CORS origins, or *")
+    request_timeout: float = _field(
+        _positive_float, 5.0, "seconds to wait for the engine before answering 504"
+    )
+    bootstrap_admin_key: str | None = _field(
+        _optional_text, None, "creates an admin with this API key at start when no admin exists"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build and validate settings from ``TRADE_ENGINE_*`` variables; raise SettingsError."""
+        known = {f.name.upper(): f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in environ.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX):]
+            if name in NOT_SETTINGS or name.startswith(NOT_SETTINGS_PREFIXES):
+                continue
+            field = known.get(name)
+            if field is None:
+                raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
+            values[field.name] = field.metadata["parse"](name, raw)
+        if not values.get("log_format"):
+            values["log_format"] = "text" if sys.stderr.isatty() else "json"
+        return cls(**values)
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when no DATABASE_URL is set and the engine runs its own PostgreSQL."""
+        return self.database_url is None
+
+    @property
+    def log_level_number(self) -> int:
+        """The logging module's number for ``log_level``."""
+        return logging.getLevelName(self.log_level)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def documentation() -> list[tuple[str, str, str]]:
+        """Rows of (variable, default, meaning) for the README and ``--help``."""
+        rows = []
+        for f in dataclasses.fields(Settings):
+            default = f.default
+            if isinstance(default, tuple):
+                default = ",".join(default)
+            shown = "" if default in (None, "", ()) else str(default)
+            rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
+        return rows
+

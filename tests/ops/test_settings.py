@@ -1,0 +1,92 @@
+"""Settings are built once from the environment, validated, and never guessed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tradeengine.ops.settings import Settings, SettingsError
+
+
+def test_an_empty_environment_gives_embedded_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert settings.embedded_database
+    assert settings.http_port == 8080
+    assert settings.data_dir == Path("var")
+    assert settings.broker_url == "memory://"
+    assert settings.log_format in ("json", "text")
+
+
+def test_every_documented_variable_is_read() -> None:
+    settings = Settings.from_env({
+        "TRADE_ENGINE_DATABASE_URL": "postgresql://u@db:5432/x",
+        "TRADE_ENGINE_REDIS_URL": "redis://cache:6379/0",
+        "TRADE_ENGINE_BROKER_URL": "amqp://guest:guest@mq:5672//",
+        "TRADE_ENGINE_HTTP_HOST": "0.0.0.0",
+        "TRADE_ENGINE_HTTP_PORT": "9000",
+        "TRADE_ENGINE_DATA_DIR": "/srv/te",
+        "TRADE_ENGINE_LOG_LEVEL": "debug",
+        "TRADE_ENGINE_LOG_FORMAT": "TEXT",
+        "TRADE_ENGINE_CORS_ORIGINS": "https://a.example, https://b.example",
+        "TRADE_ENGINE_DATABASE_PREPARE": "false",
+    })
+    assert settings.database_url == "postgresql://u@db:5432/x"
+    assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.broker_url.startswith("amqp://")
+    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 9000)
+    assert settings.data_dir == Path("/srv/te")
+    assert settings.log_level == "DEBUG"
+    assert settings.log_format == "text"
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.database_prepare is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "complaint"),
+    [
+        ("HTTP_PORT", "abc", "must be a whole number"),
+        ("HTTP_PORT", "70000", "port number"),
+        ("DATABASE_URL", "mysql://x", "postgresql://"),
+        ("REDIS_URL", "http://x", "redis://"),
+        ("BROKER_URL", "kafka://x", "amqp://"),
+        ("LOG_LEVEL", "LOUD", "must be one of"),
+        ("LOG_FORMAT", "xml", "json or text"),
+        ("CORS_ORIGINS", "example.com", "http://"),
+        ("REQUEST_TIMEOUT", "-1", "greater than 0"),
+        ("DATABASE_PREPARE", "maybe", "true or false"),
+        ("DATA_DIR", " ", "folder path"),
+    ],
+)
+def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
+    name: str, value: str, complaint: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({f"TRADE_ENGINE_{name}": value})
+    message = str(caught.value)
+    assert message.startswith(f"TRADE_ENGINE_{name}")
+    assert complaint in message
+    assert "\n" not in message
+
+
+def test_an_unknown_variable_is_refused_so_a_typo_never_falls_back_to_a_default() -> None:
+    with pytest.raises(SettingsError, match="TRADE_ENGINE_HTTP_PROT: unknown setting"):
+        Settings.from_env({"TRADE_ENGINE_HTTP_PROT": "9000"})
+
+
+def test_test_harness_variables_are_not_settings() -> None:
+    Settings.from_env({"TRADE_ENGINE_REQUIRE_SERVICES": "1",
+                       "TRADE_ENGINE_TEST_DATABASE_URL": "postgresql://x"})
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        settings.http_port = 1  # type: ignore[misc]
+
+
+def test_documentation_lists_every_variable_with_its_default() -> None:
+    rows = {name: default for name, default, _ in Settings.documentation()}
+    assert rows["TRADE_ENGINE_HTTP_PORT"] == "8080"
+    assert rows["TRADE_ENGINE_DATABASE_URL"] == ""
+    assert len(rows) == len(Settings.__dataclass_fields__)
