@@ -193,6 +193,8 @@ class Settings:
             default = f.default
             if isinstance(default, tuple):
                 default = ",".join(default)
+            elif isinstance(default, bool):
+                default = str(default).lower()
             shown = "" if default in (None, "", ()) else str(default)
             rows.append((PREFIX + f.name.upper(), shown, f.metadata["doc"]))
         return rows
