@@ -1,0 +1,54 @@
+"""Errors raised by the storage layer.
+
+Third-party exceptions (psycopg, psycopg_pool, subprocess) never leave ``tradeengine.storage``: they are
+translated at the boundary and chained (``raise StorageUnavailable(...) from exc``).
+
+    StorageError                      root of every storage failure
+    ├── StorageUnavailable            the database cannot be reached or did not answer in time (retryable)
+    ├── MigrationError                the schema cannot be brought to the version this code expects
+    │   ├── MigrationChecksumMismatch an applied migration file was edited afterwards
+    │   └── UnknownMigrationApplied   the database holds a migration this code does not know (newer schema)
+    └── EmbeddedPostgresError         the embedded server could not be initialised, started or stopped
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Root of every error raised by the storage layer."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or did not answer in time; the operation may be retried."""
+
+
+class MigrationError(StorageError):
+    """The schema cannot be brought to the version this code expects."""
+
+
+class MigrationChecksumMismatch(MigrationError):
+    """An already-applied migration file was edited afterwards."""
+
+    def __init__(self, name: str, applied_checksum: str, file_checksum: str) -> None:
+        super().__init__(
+            f"migration {name} was edited after it was applied "
+            f"(checksum {file_checksum} != {applied_checksum}); restore it or add a new migration"
+        )
+        self.name = name
+        self.applied_checksum = applied_checksum
+        self.file_checksum = file_checksum
+
+
+class UnknownMigrationApplied(MigrationError):
+    """The database holds a migration this code does not know: its schema is newer than the code."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the database has migration {name} applied, which this version of trade-engine does not know: "
+            "the schema is newer than the code; run a newer trade-engine or restore a matching database"
+        )
+        self.name = name
+
+
+class EmbeddedPostgresError(StorageError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
