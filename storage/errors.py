@@ -3,23 +3,35 @@
 Third-party exceptions (psycopg, psycopg_pool, subprocess) never leave ``tradeengine.storage``: they are
 translated at the boundary and chained (``raise StorageUnavailable(...) from exc``).
 
-    StorageError                      root of every storage failure
-    ├── StorageUnavailable            the database cannot be reached or did not answer in time (retryable)
-    ├── MigrationError                the schema cannot be brought to the version this code expects
-    │   ├── MigrationChecksumMismatch an applied migration file was edited afterwards
-    │   └── UnknownMigrationApplied   the database holds a migration this code does not know (newer schema)
-    └── EmbeddedPostgresError         the embedded server could not be initialised, started or stopped
+    TradeEngineError > InfrastructureError      (tradeengine.engine.errors)
+    └── StorageError                      root of every storage failure
+        ├── StorageUnavailable            the database cannot be reached or did not answer in time
+        │                                 (retryable; also an engine.errors.StorageUnavailable)
+        ├── MigrationError                the schema cannot be brought to the version this code expects
+        │   ├── MigrationChecksumMismatch an applied migration file was edited afterwards
+        │   └── UnknownMigrationApplied   the database holds a migration this code does not know
+        └── EmbeddedPostgresError         the embedded server could not be initialised, started or stopped
 """
 
 from __future__ import annotations
 
+from tradeengine.engine.errors import InfrastructureError
+from tradeengine.engine.errors import StorageUnavailable as UnavailableInfrastructure
 
-class StorageError(Exception):
+
+class StorageError(InfrastructureError):
     """Root of every error raised by the storage layer."""
 
+    code = "STORAGE_ERROR"
 
-class StorageUnavailable(StorageError):
-    """The database cannot be reached or did not answer in time; the operation may be retried."""
+
+class StorageUnavailable(StorageError, UnavailableInfrastructure):
+    """The database cannot be reached or did not answer in time; the operation may be retried.
+
+    Also an ``engine.errors.StorageUnavailable``, so layers above catch one class for "database down".
+    """
+
+    code = "UNAVAILABLE"
 
 
 class MigrationError(StorageError):
