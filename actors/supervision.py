@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, InfrastructureError
+
 if TYPE_CHECKING:
     import pykka
 
@@ -53,22 +55,20 @@ __all__ = [
 # -- errors -------------------------------------------------------------------------------------------
 
 
-class SupervisionError(Exception):
-    """Root of every error the supervisor raises on purpose."""
+class SupervisionError(InfrastructureError):
+    """Root of every error the supervisor raises on purpose (an engine InfrastructureError)."""
 
     code: str = "INTERNAL_ERROR"
 
     def __init__(self, message: str, *, child: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.child = child
-        self.field: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, child={self.child!r})"
 
 
-class ActorUnavailable(SupervisionError):
+class ActorUnavailable(SupervisionError, EngineUnavailable):
     """The child cannot take the message now: restarting beyond the wait, failed, stopped or removed."""
 
     code = "UNAVAILABLE"
@@ -78,7 +78,7 @@ class ActorUnavailable(SupervisionError):
         self.state = state
 
 
-class ActorTimeout(SupervisionError):
+class ActorTimeout(SupervisionError, EngineTimeout):
     """A live incarnation took the message but did not answer in time; it may or may not have acted."""
 
     code = "ENGINE_TIMEOUT"
