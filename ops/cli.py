@@ -122,7 +122,15 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except SettingsError as exc:
         print(f"trade-engine: configuration error: {exc}", file=sys.stderr)
         return 2
-    result: int = args.handler(args, settings)
+    from tradeengine.engine.errors import TradeEngineError
+
+    from .database import StartupError
+
+    try:
+        result: int = args.handler(args, settings)
+    except (StartupError, TradeEngineError) as exc:
+        print(f"trade-engine: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

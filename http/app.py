@@ -1,0 +1,100 @@
+"""The WSGI application factory.
+
+``create_app`` builds a falcon 4 ``App`` from injected parts only: it reads no environment and no
+settings; ``tradeengine.ops.server`` builds the parts from the settings in the gunicorn worker.
+
+Later issues add their resources through ``routes`` (``[("/api/v1/orders", OrdersResource(...)),
+("/api/v1/orders/{order_id}", OrdersResource(...), "item"), ...]``) and answer their own exceptions
+through ``error_mappings`` (``ErrorMapping(UnknownSymbol, 404)``); the project's error tree is already
+mapped by :func:`tradeengine.http.errors.default_error_mappings`, and a mapping passed here for the same
+class replaces the default. The error body stays the one of :mod:`tradeengine.http.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+import falcon
+import falcon.media
+import orjson
+from prometheus_client import CollectorRegistry
+
+from .errors import ErrorMapping, register_error_handlers
+from .middleware import REQUEST_ID_HEADER, AccessLogMiddleware, HttpMetrics, RequestIdMiddleware
+from .operations import HealthResource, MetricsResource, ReadyResource
+from .readiness import Check, Readiness
+
+#: ``(uri_template, resource)`` or ``(uri_template, resource, suffix)`` (falcon's responder suffix).
+Route = tuple[str, object] | tuple[str, object, str]
+
+
+def new_request_id() -> str:
+    """A fresh random request id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default)
+
+
+def _json_handlers() -> dict[str, falcon.media.BaseHandler]:
+    json = falcon.media.JSONHandler(dumps=_dumps, loads=orjson.loads)
+    return {falcon.MEDIA_JSON: json}
+
+
+def _cors(origins: Sequence[str]) -> falcon.CORSMiddleware[Any, Any]:
+    allowed: str | list[str] = "*" if "*" in origins else list(origins)
+    return falcon.CORSMiddleware(allow_origins=allowed, expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
+
+
+def create_app(
+    *,
+    version: str,
+    readiness_checks: Mapping[str, Check],
+    registry: CollectorRegistry,
+    cors_origins: Sequence[str] = (),
+    logger: logging.Logger | None = None,
+    request_ids: Callable[[], str] = new_request_id,
+    clock: Callable[[], float] = time.perf_counter,
+    ready_timeout: float = 1.5,
+    routes: Iterable[Route] = (),
+    error_mappings: Iterable[ErrorMapping] = (),
+) -> falcon.App[falcon.Request, falcon.Response]:
+    """Build the WSGI app: operational routes, ``routes``, middleware and the one error shape.
+
+    ``readiness_checks`` are named callables that raise when their part is unusable (see
+    :mod:`tradeengine.http.readiness`); ``registry`` receives the HTTP metrics and is what ``/metrics``
+    exposes; ``clock`` times requests; ``request_ids`` makes ids for requests that bring none.
+    """
+    log = logger if logger is not None else logging.getLogger("tradeengine.http")
+    metrics = HttpMetrics(registry)
+    middleware: list[Any] = [
+        RequestIdMiddleware(request_ids),
+        AccessLogMiddleware(log.getChild("access"), metrics, clock),
+    ]
+    if cors_origins:
+        middleware.append(_cors(cors_origins))
+    app = falcon.App(middleware=middleware)
+    handlers = _json_handlers()
+    app.req_options.media_handlers.update(handlers)
+    app.resp_options.media_handlers.update(handlers)
+    register_error_handlers(app, log, error_mappings)
+
+    app.add_route("/health", HealthResource(version))
+    app.add_route("/ready", ReadyResource(Readiness(readiness_checks, ready_timeout)))
+    app.add_route("/metrics", MetricsResource(registry))
+    for route in routes:
+        template, resource, *suffix = route
+        app.add_route(template, resource, **({"suffix": suffix[0]} if suffix else {}))
+    return app

@@ -1,0 +1,210 @@
+"""Every error answer of the HTTP API is built here, in ONE shape (API.md "Errors")::
+
+    {"error": {"code": "UPPER_SNAKE", "message": "...", "field": "..."?}, "request_id": "..."}
+
+Handlers are registered per exception base class with ``app.add_error_handler``; falcon picks the most
+specific one by walking the exception's MRO, so a mapping for a base class covers its whole branch and a
+mapping for a subclass overrides it. Resources never build error bodies: they raise.
+
+- ``falcon.HTTPError`` (routing 404/405, media errors, anything a resource raises): its status, its
+  ``code`` when it has one (``falcon.HTTPError(..., code="...")``), else a code derived from the status;
+  its headers (``Allow``, ``Retry-After``, ``WWW-Authenticate``) are kept.
+- :class:`ErrorMapping` entries: an application exception class answered with a fixed status. The code
+  and field come from the exception's ``code`` / ``field`` attributes (domain errors carry them) unless
+  the mapping fixes the code; ``details`` (a mapping) is passed through; ``message`` on the mapping
+  replaces the exception text for errors whose text may hold internals (database addresses, ...).
+  :func:`default_error_mappings` holds the table for the project's own error tree; ``create_app``
+  appends the caller's mappings, so a later entry for the same class replaces the default.
+- any other exception: 500 ``INTERNAL_ERROR``, logged with its traceback and the request id; the
+  exception text never reaches the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import falcon
+
+from tradeengine.engine import errors as engine_errors
+from tradeengine.storage import errors as storage_errors
+
+from .middleware import request_id_of
+
+# Codes for falcon errors that carry none of their own, by status.
+CODES_BY_STATUS = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    409: "CONFLICT",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "UNPROCESSABLE_ENTITY",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+    503: "UNAVAILABLE",
+    504: "ENGINE_TIMEOUT",
+}
+
+INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErrorMapping:
+    """Answer exceptions of class ``error`` (and its subclasses) with ``status``.
+
+    Without ``code`` the exception's own ``code`` attribute is used (domain errors carry one); with it,
+    the mapping's code wins. ``message`` replaces the exception text where that text must not be shown;
+    ``retry_after`` (seconds) adds a ``Retry-After`` header; ``log_level`` >= ERROR logs the traceback.
+    """
+
+    error: type[Exception]
+    status: int
+    code: str | None = None
+    message: str | None = None
+    retry_after: int | None = None
+    log_level: int = logging.INFO
+
+
+def error_body(code: str, message: str, request_id: str | None, field: str | None = None,
+               details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The one error body of the API."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    if details:
+        error["details"] = dict(details)
+    return {"error": error, "request_id": request_id}
+
+
+_TIMEOUT_MESSAGE = ("the engine did not answer in time; the outcome is unknown: look the order up by its "
+                    "client_order_id")
+
+
+def default_error_mappings() -> list[ErrorMapping]:
+    """The statuses of the project's own error tree (``tradeengine.engine.errors``, storage errors).
+
+    Order matters only between a class and its subclasses: falcon picks the most specific handler.
+    Infrastructure errors get a fixed message (their text may name hosts) and ``Retry-After``; bugs
+    surfacing as errors (illegal transition, broken invariant) answer like any unexpected error.
+    """
+    return [
+        _bug(engine_errors.TradeEngineError),
+        ErrorMapping(engine_errors.DomainError, 422),
+        ErrorMapping(engine_errors.ValidationError, 400),
+        ErrorMapping(engine_errors.OrderNotFound, 404),
+        ErrorMapping(engine_errors.DuplicateOrderId, 409),
+        ErrorMapping(engine_errors.OrderNotCancellable, 409),
+        ErrorMapping(engine_errors.OrderNotAmendable, 409),
+        _bug(engine_errors.IllegalStatusTransition),
+        _bug(engine_errors.InvariantViolation),
+        _unavailable(engine_errors.InfrastructureError, "engine"),
+        _unavailable(engine_errors.StorageUnavailable, "database"),
+        _unavailable(engine_errors.EngineUnavailable, "engine"),
+        ErrorMapping(engine_errors.EngineTimeout, 504, "ENGINE_TIMEOUT", _TIMEOUT_MESSAGE,
+                     log_level=logging.WARNING),
+        # The storage layer has its own tree; its errors reach here when a read goes to a repository.
+        _bug(storage_errors.StorageError),
+        _unavailable(storage_errors.StorageUnavailable, "database"),
+    ]
+
+
+def _bug(error: type[Exception]) -> ErrorMapping:
+    return ErrorMapping(error, 500, "INTERNAL_ERROR", INTERNAL_ERROR_MESSAGE, log_level=logging.ERROR)
+
+
+def _unavailable(error: type[Exception], what: str) -> ErrorMapping:
+    return ErrorMapping(error, 503, "UNAVAILABLE", f"the {what} is unavailable; retry later", retry_after=1,
+                        log_level=logging.WARNING)
+
+
+def register_error_handlers(app: falcon.App[falcon.Request, falcon.Response],
+                            logger: logging.Logger, mappings: Iterable[ErrorMapping] = ()) -> None:
+    """Install the handlers that give every error the one shape; ``mappings`` add application errors."""
+    app.add_error_handler(Exception, _UnexpectedErrorHandler(logger))
+    app.add_error_handler(falcon.HTTPError, _handle_http_error)
+    app.add_error_handler(falcon.MediaMalformedError, _handle_malformed_json)
+    app.add_error_handler(falcon.MediaNotFoundError, _handle_malformed_json)
+    for mapping in [*default_error_mappings(), *mappings]:
+        app.add_error_handler(mapping.error, _MappedErrorHandler(mapping, logger))
+
+
+def _render(req: falcon.Request, resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
+    resp.status = status
+    resp.media = body
+
+
+def _handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError,
+                       params: dict[str, Any]) -> None:
+    status = ex.status_code
+    if isinstance(ex, falcon.HTTPRouteNotFound):
+        message = f"no route matches {req.path}"
+    elif isinstance(ex, falcon.HTTPMethodNotAllowed):
+        allowed = dict(ex.headers or {}).get("Allow", "")
+        message = f"method {req.method} is not allowed on {req.path}; allowed: {allowed}"
+    else:
+        message = ex.description or ex.title or str(status)
+    code = ex.code if isinstance(ex.code, str) and ex.code else CODES_BY_STATUS.get(status, "HTTP_ERROR")
+    if ex.headers:
+        resp.set_headers(ex.headers)
+    _render(req, resp, status, error_body(code, message, request_id_of(req)))
+
+
+def _handle_malformed_json(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError,
+                           params: dict[str, Any]) -> None:
+    if isinstance(ex, falcon.MediaNotFoundError):
+        message = "the request body is empty; a JSON document is required"
+    else:
+        cause = ex.__cause__
+        message = "the request body is not valid JSON" + (f": {cause}" if cause else "")
+    _render(req, resp, 400, error_body("MALFORMED_JSON", message, request_id_of(req)))
+
+
+class _MappedErrorHandler:
+    """Answers one application exception branch with its mapped status."""
+
+    def __init__(self, mapping: ErrorMapping, logger: logging.Logger) -> None:
+        self._mapping = mapping
+        self._logger = logger
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception,
+                 params: dict[str, Any]) -> None:
+        mapping = self._mapping
+        own_code = getattr(ex, "code", None)
+        code = mapping.code or (own_code if isinstance(own_code, str) and own_code else None)
+        code = code or CODES_BY_STATUS.get(mapping.status, "ERROR")
+        client_error = mapping.status < 500  # a field or details only ever point at the client's input
+        field = getattr(ex, "field", None) if client_error else None
+        details = getattr(ex, "details", None) if client_error else None
+        message = mapping.message or str(ex) or code
+        traceback = ex if mapping.log_level >= logging.ERROR else None
+        self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
+                         mapping.status, code, ex, exc_info=traceback,
+                         extra={"request_id": request_id_of(req), "error_code": code})
+        if mapping.retry_after is not None:
+            resp.set_header("Retry-After", str(mapping.retry_after))
+        body = error_body(code, message, request_id_of(req),
+                          field if isinstance(field, str) else None,
+                          details if isinstance(details, Mapping) else None)
+        _render(req, resp, mapping.status, body)
+
+
+class _UnexpectedErrorHandler:
+    """500 with the one body; the traceback goes to the log with the request id, never to the client."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception,
+                 params: dict[str, Any]) -> None:
+        request_id = request_id_of(req)
+        self._logger.error("unhandled %s in %s %s", type(ex).__name__, req.method, req.path,
+                           exc_info=ex, extra={"request_id": request_id, "route": req.uri_template})
+        _render(req, resp, 500, error_body("INTERNAL_ERROR", INTERNAL_ERROR_MESSAGE, request_id))

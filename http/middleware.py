@@ -1,0 +1,102 @@
+"""Request middleware: the request id on every response, one access-log line and metrics per request.
+
+Order in the app: :class:`RequestIdMiddleware` first (so error handlers and the access log see the id),
+then :class:`AccessLogMiddleware`, then CORS. falcon runs ``process_response`` in reverse order and also
+after an error handler has rendered an error, so 404/405/500 answers get the header and the log line too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+# A client's request id is echoed only when it is short and made of harmless characters.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+# The route label of requests no route matched: a fixed value keeps the metric's label set bounded.
+UNMATCHED_ROUTE = "<unmatched>"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def request_id_of(req: falcon.Request) -> str | None:
+    """The id :class:`RequestIdMiddleware` gave this request (None before it ran)."""
+    return getattr(req.context, "request_id", None)
+
+
+def route_of(req: falcon.Request) -> str:
+    """The matched URI template (``/api/v1/orders/{id}``), never the raw path."""
+    return req.uri_template or UNMATCHED_ROUTE
+
+
+class RequestIdMiddleware:
+    """Echo a sane ``X-Request-ID`` from the client, or make one; send it back on every response."""
+
+    def __init__(self, new_request_id: Callable[[], str]) -> None:
+        self._new_request_id = new_request_id
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        sent = req.get_header(REQUEST_ID_HEADER)
+        sane = sent is not None and _SANE_REQUEST_ID.fullmatch(sent) is not None
+        req.context.request_id = sent if sane else self._new_request_id()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        request_id = request_id_of(req)
+        if request_id is not None:
+            resp.set_header(REQUEST_ID_HEADER, request_id)
+
+
+class HttpMetrics:
+    """The request counter and latency histogram, registered in the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "trade_engine_http_requests", "HTTP requests answered, by route, method and status.",
+            ("route", "method", "status"), registry=registry,
+        )
+        self.duration = Histogram(
+            "trade_engine_http_request_duration_seconds", "Time to answer an HTTP request, by route.",
+            ("route", "method"), buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and record its latency."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.duration.labels(route, method).observe(seconds)
+
+
+class AccessLogMiddleware:
+    """One log line and one metrics sample per request, with its route template and latency."""
+
+    def __init__(self, logger: logging.Logger, metrics: HttpMetrics, clock: Callable[[], float]) -> None:
+        self._logger = logger
+        self._metrics = metrics
+        self._clock = clock
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = self._clock()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        seconds = max(self._clock() - started, 0.0) if started is not None else 0.0
+        route = route_of(req)
+        status = resp.status_code
+        self._metrics.observe(route, req.method, status, seconds)
+        fields: dict[str, Any] = {
+            "method": req.method,
+            "route": route,
+            "path": req.path,
+            "status": status,
+            "latency_ms": round(seconds * 1000.0, 3),
+            "request_id": request_id_of(req),
+        }
+        self._logger.info("%s %s %d", req.method, req.path, status, extra=fields)

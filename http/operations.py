@@ -1,0 +1,41 @@
+"""Operational routes: ``/health`` (process alive), ``/ready`` (parts usable), ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .readiness import Readiness
+
+
+class HealthResource:
+    """``GET /health`` → 200 ``{"status": "ok", "version": ...}`` while the process answers at all."""
+
+    def __init__(self, version: str) -> None:
+        self._version = version
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok", "version": self._version}
+
+
+class ReadyResource:
+    """``GET /ready`` → 200 when every check passes, else 503 naming the failed checks."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ready, checks = self._readiness.run()
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"status": "ready" if ready else "not_ready", "checks": checks}
+
+
+class MetricsResource:
+    """``GET /metrics`` → the registry in the Prometheus text exposition format."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(self._registry)

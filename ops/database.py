@@ -1,0 +1,273 @@
+"""Which PostgreSQL a command uses, and who starts and stops it.
+
+With ``TRADE_ENGINE_DATABASE_URL`` set, that server is used and nothing is started or stopped.
+
+Without it, the engine runs an embedded PostgreSQL in ``DATA_DIR/postgres``, and the data folder has
+ONE owner at a time: the process holding an exclusive ``flock`` on ``DATA_DIR/engine.lock`` (its pid is
+written in the file). The owner starts the server (or takes over one left running by an owner that
+crashed) and stops it when it is done. flock is released by the kernel when the owner dies, even by
+``kill -9``, so a stale lock never blocks a restart.
+
+- ``serve`` must own the data folder: :func:`serving_database` raises :class:`DataDirInUse` (one clear
+  line) when another live process holds the lock, then starts the server and applies the migrations
+  in the calling process (the gunicorn master), and stops the server when serving ends.
+- one-shot commands (``migrate``, ``pairs list``) use :func:`open_database`: when a live process owns
+  the folder they reuse its running server and leave it running; otherwise they take the folder,
+  start (or take over) the server, and stop it at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+from tradeengine.storage.embedded import EmbeddedPostgres
+from tradeengine.storage.errors import StorageError, StorageUnavailable
+from tradeengine.storage.migrate import apply_migrations
+from tradeengine.storage.pairs import PairRepository
+
+from .settings import Settings
+
+_log = logging.getLogger(__name__)
+
+LOCK_FILE = "engine.lock"
+#: How long ``serve`` waits for an external database that does not answer at start.
+DATABASE_WAIT_SECONDS = 30.0
+
+
+class StartupError(Exception):
+    """The engine cannot start; the message is one line saying why and what to do."""
+
+
+class DataDirInUse(StartupError):
+    """Another live process owns the data folder."""
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class DataDirLock:
+    """An exclusive, non-blocking ``flock`` on ``<data_dir>/engine.lock`` holding the owner's pid.
+
+    The descriptor is not inherited by programs this process runs (close-on-exec); a forked child
+    that must not keep the folder locked after this process dies calls :meth:`forget_in_child`.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it and write our pid into the file; never waits."""
+        if self._fd is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> int | None:
+        """The pid written by the current (or last) owner, if the file holds one."""
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def release(self) -> None:
+        """Give the lock up (the file stays, emptied)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the last descriptor releases the flock
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor so only the parent keeps the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def in_use_error(self) -> DataDirInUse:
+        """The error for a folder another process owns, naming it and its pid."""
+        pid = self.holder()
+        owner = f"pid {pid}" if pid else "another process"
+        return DataDirInUse(
+            f"data folder {self.path.parent} is in use by another trade-engine ({owner}); stop it "
+            f"first or set TRADE_ENGINE_DATA_DIR to another folder"
+        )
+
+
+class Database:
+    """A database a command works on: its URL, migrations, a lazily opened pool and repositories."""
+
+    def __init__(self, url: str, *, pool_size: int = 4, prepare: bool = True) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._prepare = prepare
+        self._pool: Any = None
+
+    def migrate(self) -> list[str]:
+        """Apply the pending migrations; return the names applied."""
+        return apply_migrations(self.url)
+
+    @property
+    def pool(self) -> Any:
+        """A ``psycopg_pool.ConnectionPool`` on the database, opened on first use."""
+        if self._pool is None:
+            threshold = DEFAULT_PREPARE_THRESHOLD if self._prepare else None
+            self._pool = create_pool(self.url, min_size=1, max_size=self._pool_size,
+                                     prepare_threshold=threshold)
+        return self._pool
+
+    def pairs(self) -> PairRepository:
+        """The trading pairs repository."""
+        return PairRepository(self.pool)
+
+    def close(self) -> None:
+        """Close the pool, if one was opened."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+@contextmanager
+def open_database(settings: Settings) -> Iterator[Database]:
+    """The database for a one-shot command; an embedded server is started only if nobody runs it."""
+    with _command_url(settings) as url:
+        database = Database(url, pool_size=min(settings.database_pool_size, 4),
+                            prepare=settings.database_prepare)
+        try:
+            yield database
+        finally:
+            database.close()
+
+
+@contextmanager
+def _command_url(settings: Settings) -> Iterator[str]:
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    lock = DataDirLock(settings.data_dir)
+    server = EmbeddedPostgres(settings.data_dir)
+    if not lock.try_acquire():
+        _log.info("data folder %s is owned by pid %s; using its PostgreSQL server", settings.data_dir,
+                  lock.holder())
+        yield server.start()  # reuses the owner's running server; the owner stops it, not us
+        return
+    try:
+        try:
+            url = server.start()
+            yield url
+        finally:
+            server.stop()
+    finally:
+        lock.release()
+
+
+@contextmanager
+def serving_database(settings: Settings, *, lock: DataDirLock | None = None,
+                     wait: float = DATABASE_WAIT_SECONDS,
+                     shield: Callable[[], AbstractContextManager[object]] = nullcontext) -> Iterator[str]:
+    """For ``serve``: own the data folder, start the server, migrate; yield the URL; stop at the end.
+
+    Starting and stopping the embedded server run inside ``shield()``: ``serve`` holds stop signals
+    back there, so a server is never left half started or half stopped.
+
+    Raises :class:`StartupError` (one line) when the folder is in use, the server cannot start, the
+    external database does not answer within ``wait`` seconds, or a migration fails.
+    """
+    if settings.database_url is not None:
+        wait_for_database(settings.database_url, wait)
+        _migrate(settings.database_url)
+        yield settings.database_url
+        return
+    lock = lock if lock is not None else DataDirLock(settings.data_dir)
+    if not lock.try_acquire():
+        raise lock.in_use_error()
+    try:
+        server = EmbeddedPostgres(settings.data_dir)
+        try:
+            try:
+                with shield():
+                    url = server.start()
+            except StorageError as exc:
+                raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
+                                   f"{_one_line(exc)}") from exc
+            _log.info("embedded PostgreSQL ready in %s", server.pgdata)
+            _migrate(url)
+            yield url
+        finally:
+            with shield():
+                server.stop()
+    finally:
+        lock.release()
+
+
+def wait_for_database(url: str, wait: float, *, attempt_timeout: float = 2.0, pause: float = 1.0) -> None:
+    """Return once the database answers; retry for ``wait`` seconds, then raise StartupError."""
+    deadline = time.monotonic() + wait
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            check_database(url, timeout=attempt_timeout)
+            return
+        except StorageUnavailable as exc:
+            if time.monotonic() + pause >= deadline:
+                raise StartupError(
+                    f"the database at {redact(url)} did not answer within {wait:g} s "
+                    f"({attempts} attempts): {_one_line(exc)}"
+                ) from exc
+            if attempts == 1:
+                _log.warning("the database at %s does not answer yet (%s); retrying for up to %g s",
+                             redact(url), _one_line(exc), wait)
+        time.sleep(pause)
+
+
+def _migrate(url: str) -> None:
+    try:
+        applied = apply_migrations(url)
+    except StorageError as exc:
+        raise StartupError(f"migrations on {redact(url)} failed: {_one_line(exc)}") from exc
+    if applied:
+        _log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
+    else:
+        _log.info("database schema is up to date")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,76 @@
+"""gunicorn's configuration for ``trade-engine serve``, from the settings.
+
+Fixed by the design: ONE worker of class ``gthread`` (the actor system lives in it; two workers would
+run every pair twice), its threads from ``TRADE_ENGINE_HTTP_THREADS``; no control socket (gunicorn 27
+opens one by default); no gunicorn access log (the app logs each request itself); the error log
+formatted like every other record (:class:`~tradeengine.ops.logconfig.GunicornLogger`).
+
+The hooks run in the worker: ``post_fork`` lets the application object (``server.app``) drop what the
+worker must not inherit from the master (the data-folder lock); ``post_worker_init`` makes every stop
+signal graceful; ``worker_exit`` stops the worker's actor system and closes its pool.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from .logconfig import GunicornLogger
+from .settings import Settings
+
+#: Seconds a stopping worker gets to finish in-flight requests before it is killed.
+GRACEFUL_TIMEOUT = 10
+#: Seconds without a heartbeat from the worker before the master restarts it.
+WORKER_TIMEOUT = 30
+KEEPALIVE = 5
+
+
+def bind_address(host: str, port: int) -> str:
+    """``host:port`` for gunicorn's ``bind`` (IPv6 addresses in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the new worker: let the application drop what belongs to the master."""
+    server.app.after_fork_in_worker()
+
+
+def post_worker_init(worker: Any) -> None:
+    """Make SIGINT and SIGQUIT stop the worker gracefully, as SIGTERM does.
+
+    gunicorn's own handler for them raises SystemExit from inside the signal handler; Ctrl-C at a
+    terminal delivers two at once (the terminal's SIGINT to the whole process group, then the master's
+    SIGQUIT), and the second one can cut the first one's clean-up short, skipping ``worker_exit``. The
+    graceful path only sets a flag: the worker finishes its in-flight requests (the master kills it after
+    the graceful timeout) and leaves through ``worker_exit``.
+    """
+    signal.signal(signal.SIGINT, worker.handle_exit)
+    signal.signal(signal.SIGQUIT, worker.handle_exit)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """In the exiting worker: stop the actor system and close the pool."""
+    server.app.close_worker()
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """The gunicorn settings for ``serve``."""
+    return {
+        "bind": [bind_address(settings.http_host, settings.http_port)],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": settings.http_threads,
+        "timeout": WORKER_TIMEOUT,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "keepalive": KEEPALIVE,
+        "preload_app": False,
+        "control_socket_disable": True,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "logger_class": GunicornLogger,
+        "proc_name": "trade-engine",
+        "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+    }

@@ -1,0 +1,125 @@
+"""Structured logging for every process of the engine (gunicorn master, worker, one-shot commands).
+
+``configure_logging(settings)`` installs ONE handler on the root logger, writing to stderr either JSON
+lines (``log_format=json``: one object per record with ``ts`` RFC 3339 UTC with microseconds, ``level``,
+``logger``, ``message`` and every ``extra=`` field) or readable text (``log_format=text``, for a
+terminal). gunicorn's error log is routed into the same root handler by :class:`GunicornLogger`;
+gunicorn's access log stays off because the HTTP middleware writes one access line per request itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+from gunicorn import glogging
+
+from .settings import Settings
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName",
+}
+
+# Libraries that are chatty at INFO about things an operator does not act on.
+_QUIET_LOGGERS = {"pgserver": logging.WARNING, "kombu": logging.WARNING, "amqp": logging.WARNING}
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_")}
+
+
+def _exception_text(record: logging.LogRecord) -> str | None:
+    if record.exc_info and record.exc_info[0] is not None:
+        return "".join(traceback.format_exception(*record.exc_info)).rstrip()
+    if record.exc_text:
+        return record.exc_text
+    return None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, extra fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extra_fields(record).items():
+            entry.setdefault(key, value)
+        exception = _exception_text(record)
+        if exception:
+            entry["exception"] = exception
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``ts LEVEL logger: message key=value ...`` with the traceback below, for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extras = " ".join(f"{key}={value}" for key, value in _extra_fields(record).items())
+        if extras:
+            line = f"{line}  {extras}"
+        exception = _exception_text(record)
+        if exception:
+            line = f"{line}\n{exception}"
+        return line
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    """The formatter for ``json`` or ``text``."""
+    return TextFormatter() if log_format == "text" else JsonFormatter()
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """Send every log record of this process, as JSON lines or text, to stderr (or ``stream``)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(make_formatter(settings.log_format))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level_number)
+    for name, level in _QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(level, settings.log_level_number))
+    logging.captureWarnings(True)
+
+
+class GunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, made to write through the root handler and to keep no access log."""
+
+    def setup(self, cfg: Any) -> None:
+        """Route ``gunicorn.error`` to the root logger; leave ``gunicorn.access`` silent."""
+        self.cfg = cfg
+        self._access_log_enabled = False
+        self.loglevel = logging.getLogger().level
+        for log in (self.error_log, self.access_log):
+            for old in list(log.handlers):
+                log.removeHandler(old)
+        self.error_log.propagate = True
+        self.error_log.setLevel(logging.NOTSET)
+        self.access_log.propagate = False
+        self.access_log.disabled = True
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        """Write nothing: the HTTP middleware logs every request with its route and request id."""
+
+    def reopen_files(self) -> None:
+        """Nothing to reopen: records go to stderr."""
+
+    def close_on_exec(self) -> None:
+        """Nothing to mark: records go to stderr."""

@@ -1,0 +1,232 @@
+"""``trade-engine serve``: the process wiring around gunicorn.
+
+Master process (the one ``serve`` runs in):
+  1. configures logging; SIGTERM/SIGINT before gunicorn is up end the start cleanly (no orphan server);
+  2. owns the data folder and starts the embedded PostgreSQL, or waits (bounded) for the external one,
+     and applies the migrations — any failure ends here with one line on stderr and exit status 1;
+  3. runs gunicorn with ONE gthread worker; no app, pool or actor thread is ever created here;
+  4. when gunicorn stops (SIGTERM, SIGINT/Ctrl-C, or a worker that failed to boot) stops the embedded
+     PostgreSQL, so no postgres process is left, and releases the data folder.
+
+Worker process (forked by gunicorn): ``load()`` builds the pool, starts the :class:`ActorSystem` and
+creates the WSGI app; ``worker_exit`` stops the actor system and closes the pool. When the master is
+killed with ``kill -9`` the worker notices its parent is gone and exits by itself; the next ``serve``
+takes the orphaned PostgreSQL over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, NoReturn
+
+from gunicorn.app.base import BaseApplication
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from tradeengine.actors.system import ActorSystem
+from tradeengine.http.app import create_app
+from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check
+from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+
+from .cli import engine_version
+from .database import DataDirLock, StartupError, serving_database
+from .gunicorn_conf import gunicorn_options
+from .logconfig import configure_logging
+from .settings import Settings
+
+_log = logging.getLogger(__name__)
+
+#: Seconds each readiness check may take; /ready answers within about this long.
+READY_CHECK_TIMEOUT = 1.5
+
+
+class _Interrupted(Exception):
+    """A stop signal arrived before gunicorn took over signal handling."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def serve(settings: Settings) -> int:
+    """Run the engine until SIGTERM or SIGINT; return the exit status."""
+    configure_logging(settings)
+    lock = DataDirLock(settings.data_dir)
+    signals = _StopSignals()
+    try:
+        with signals.installed(), serving_database(settings, lock=lock, shield=signals.deferred) as conninfo:
+            return _run_gunicorn(settings, conninfo, lock)
+    except StartupError as exc:  # one plain line, as for a bad setting: the operator reads this one
+        print(f"trade-engine: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+        _log.info("stopped by %s while starting", signal.Signals(signum).name)
+        return 128 + signum
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT until gunicorn installs its own handlers: they end the start with
+    :class:`_Interrupted`, so the ``finally`` blocks that stop the embedded server run. Inside
+    :meth:`deferred` (starting or stopping the server, which must not be cut in half) a signal is
+    remembered and acted on when the block ends. Only the first signal counts."""
+
+    def __init__(self) -> None:
+        self._received: int | None = None
+        self._raised = False
+        self._deferring = 0
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle the signals inside the block; restore the previous handlers afterwards."""
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold a stop signal back until the block is done."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        if self._received is not None and not self._deferring:
+            self._interrupt()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._received is None:
+            self._received = signum
+            if not self._deferring:
+                self._interrupt()
+
+    def _interrupt(self) -> None:
+        if not self._raised and self._received is not None:
+            self._raised = True
+            raise _Interrupted(self._received)
+
+
+def _run_gunicorn(settings: Settings, conninfo: str, lock: DataDirLock) -> int:
+    master = os.getpid()
+    try:
+        EngineApplication(settings, conninfo, lock).run()
+        status = 0
+    except SystemExit as exc:  # gunicorn ends the master loop, and every worker, with sys.exit(status)
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        if os.getpid() != master:
+            _leave_worker(1)
+        raise
+    if os.getpid() != master:
+        _leave_worker(status)
+    (_log.info if status == 0 else _log.error)("gunicorn stopped (exit status %d)", status)
+    return status
+
+
+def _leave_worker(status: int) -> NoReturn:
+    """End a worker right here. A forked worker unwinds through the master's stack (gunicorn exits it
+    with sys.exit); it must not run the master's ``finally`` blocks, which stop the embedded server.
+    gunicorn's ``worker_exit`` hook has already stopped the worker's own parts."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+@dataclasses.dataclass
+class WorkerParts:
+    """What the worker builds after the fork: the pool, the actor system and the WSGI app."""
+
+    pool: Any
+    system: ActorSystem
+    app: Any
+
+    def close(self) -> None:
+        """Stop the actor system, then close the pool."""
+        try:
+            self.system.stop()
+        finally:
+            self.pool.close()
+
+
+def readiness_checks(settings: Settings, pool: Any, system: ActorSystem) -> dict[str, Check]:
+    """The /ready checks: database and actors always, Redis and the broker when configured."""
+
+    def database() -> None:
+        check_database(pool, timeout=READY_CHECK_TIMEOUT - 0.3)
+
+    checks: dict[str, Check] = {"database": database}
+    if settings.redis_url:
+        checks["redis"] = redis_check(settings.redis_url, timeout=1.0)
+    if not settings.broker_url.startswith("memory://"):
+        checks["broker"] = broker_check(settings.broker_url, timeout=1.0)
+    checks["actors"] = actors_check(system)
+    return checks
+
+
+def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
+    """In the worker: open the pool, start the actor system, create the app (nothing reads env)."""
+    size = settings.database_pool_size
+    pool = create_pool(conninfo, min_size=min(2, size), max_size=size, name="tradeengine-worker",
+                       prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
+    system = ActorSystem(pool)
+    try:
+        system.start()
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        app = create_app(
+            version=engine_version(),
+            readiness_checks=readiness_checks(settings, pool, system),
+            registry=registry,
+            cors_origins=settings.cors_origins,
+            logger=logging.getLogger("tradeengine.http"),
+            ready_timeout=READY_CHECK_TIMEOUT,
+        )
+    except BaseException:
+        WorkerParts(pool, system, None).close()
+        raise
+    _log.info("worker ready: pool of up to %d connection(s), actor system running", size)
+    return WorkerParts(pool, system, app)
+
+
+class EngineApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn's application object: configuration from the settings, the app built in the worker."""
+
+    def __init__(self, settings: Settings, conninfo: str, lock: DataDirLock | None = None) -> None:
+        self._settings = settings
+        self._conninfo = conninfo
+        self._lock = lock
+        self._parts: WorkerParts | None = None
+        super().__init__(prog="trade-engine")
+
+    def load_config(self) -> None:
+        """Apply :func:`gunicorn_options` (called by gunicorn in the master)."""
+        for key, value in gunicorn_options(self._settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Build the worker's parts and return the WSGI app (called by gunicorn in the worker)."""
+        self._parts = build_worker(self._settings, self._conninfo)
+        return self._parts.app
+
+    def after_fork_in_worker(self) -> None:
+        """The worker must not keep the data folder locked once the master is gone (``kill -9``)."""
+        if self._lock is not None:
+            self._lock.forget_in_child()
+
+    def close_worker(self) -> None:
+        """Stop the worker's actor system and close its pool (gunicorn's ``worker_exit``)."""
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            parts.close()

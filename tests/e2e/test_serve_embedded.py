@@ -1,0 +1,145 @@
+"""``trade-engine serve`` with the embedded PostgreSQL, as a real process: start, answer, stop, restart."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psycopg
+
+from .conftest import (
+    Engines,
+    engine_env,
+    gone,
+    postgres_processes,
+    run_cli,
+    wait_until,
+)
+
+
+def _embedded_url(data_dir: Path) -> str:
+    return f"postgresql://postgres@/tradeengine?host={data_dir / 'run'}"
+
+
+def test_serve_starts_the_embedded_database_answers_within_15_s_and_sigterm_leaves_no_postgres(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    engine = engines.start(data_dir)
+    engine.wait_ready()
+    assert engine.get("/ready").json() == {"status": "ready", "checks": {"database": "ok", "actors": "ok"}}
+    assert engine.get("/health").json()["status"] == "ok"
+    assert "trade_engine_http_requests_total" in engine.get("/metrics").text
+    (worker,) = engine.worker_pids()
+    assert postgres_processes(data_dir)
+
+    engine.signal(signal.SIGTERM)
+    assert engine.wait_exit() == 0
+    assert gone(worker)
+    assert postgres_processes(data_dir) == []
+    records = engine.log_records()
+    assert len(records) == len(engine.stderr().splitlines())  # every line is a JSON record, gunicorn's too
+    assert any(r["logger"] == "gunicorn.error" for r in records)
+    messages = [r["message"] for r in records]
+    assert not [m for m in messages if "failed" in m], messages
+    assert any(m.startswith("applied ") and "migration(s)" in m for m in messages)
+    assert "actor system stopped" in messages
+    access = [r for r in records if r["logger"] == "tradeengine.http.access" and r["path"] == "/metrics"]
+    assert access and access[0]["route"] == "/metrics" and access[0]["status"] == 200
+    assert all(r["ts"].endswith("Z") for r in records)
+
+
+def test_a_second_start_reuses_the_data_and_ctrl_c_stops_everything(engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = engines.start(data_dir)
+    first.wait_ready()
+    with psycopg.connect(_embedded_url(data_dir), autocommit=True) as conn:
+        conn.execute("CREATE TABLE e2e_marker (note text)")
+        conn.execute("INSERT INTO e2e_marker VALUES ('survives a restart')")
+    first.signal(signal.SIGTERM)
+    assert first.wait_exit() == 0
+    assert postgres_processes(data_dir) == []
+
+    second = engines.start(data_dir, port=first.port)
+    second.wait_ready()
+    with psycopg.connect(_embedded_url(data_dir)) as conn:
+        assert conn.execute("SELECT note FROM e2e_marker").fetchall() == [("survives a restart",)]
+        assert conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > 0  # type: ignore[index]
+    assert "database schema is up to date" in [r["message"] for r in second.log_records()]
+
+    second.ctrl_c()
+    assert second.wait_exit() == 0
+    assert postgres_processes(data_dir) == []
+    assert "actor system stopped" in [r["message"] for r in second.log_records()]
+
+
+def test_a_second_serve_on_a_data_folder_in_use_exits_with_one_clear_line(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = engines.start(data_dir)
+    first.wait_ready()
+    second = engines.start(data_dir)
+    assert second.wait_exit(30) == 1
+    lines = [line for line in second.stderr().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "in use by another trade-engine" in lines[0] and f"pid {first.pid}" in lines[0]
+    assert first.get("/ready").status_code == 200  # the owner is untouched
+
+
+def test_commands_reuse_the_server_of_a_running_engine_and_leave_it_running(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    engine = engines.start(data_dir)
+    engine.wait_ready()
+    env = engine_env(data_dir, engine.port)
+    listed = run_cli("pairs", "list", env=env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "BTC-USDT" in listed.stdout
+    migrated = run_cli("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.strip() == "applied 0 migration(s)"
+    assert engine.get("/ready").status_code == 200
+    assert postgres_processes(data_dir)
+
+
+def test_after_kill_9_of_the_master_the_worker_exits_and_the_next_start_takes_the_database_over(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = engines.start(data_dir)
+    first.wait_ready()
+    (worker,) = first.worker_pids()
+    first.signal(signal.SIGKILL)
+    first.wait_exit(10)
+    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    assert postgres_processes(data_dir), "the killed engine's PostgreSQL keeps running until taken over"
+
+    second = engines.start(data_dir, port=first.port)
+    second.wait_ready()
+    assert any("reusing the PostgreSQL server already running" in r["message"]
+               for r in second.log_records())
+    second.signal(signal.SIGTERM)
+    assert second.wait_exit() == 0
+    assert postgres_processes(data_dir) == []
+
+
+def test_a_command_takes_over_the_server_of_a_crashed_engine_and_stops_it(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = engines.start(data_dir)
+    first.wait_ready()
+    (worker,) = first.worker_pids()
+    first.signal(signal.SIGKILL)
+    first.wait_exit(10)
+    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    listed = run_cli("pairs", "list", env=engine_env(data_dir, first.port), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "BTC-USDT" in listed.stdout
+    assert postgres_processes(data_dir) == []
+
+
+def test_sigterm_while_starting_still_leaves_no_postgres(engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    engine = engines.start(data_dir)
+    wait_until(lambda: bool(postgres_processes(data_dir)), 15, "the embedded PostgreSQL starting", 0.01)
+    engine.signal(signal.SIGTERM)
+    assert engine.wait_exit() in (0, 128 + signal.SIGTERM)
+    assert postgres_processes(data_dir) == []

@@ -1,0 +1,80 @@
+"""``trade-engine serve`` against the machine's PostgreSQL (TRADE_ENGINE_DATABASE_URL), through a proxy
+the test can cut: /ready follows the database through an outage without a restart."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from .conftest import Engines, TcpProxy, postgres_processes, wait_until
+
+
+def _through(proxy: TcpProxy, url: str) -> str:
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+
+
+def test_ready_turns_503_naming_the_database_while_it_is_unreachable_and_200_when_it_returns(
+        engines: Engines, pg_proxy: TcpProxy, machine_pg_url: str, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data", database_url=_through(pg_proxy, machine_pg_url))
+    engine.wait_ready()
+    with psycopg.connect(machine_pg_url) as conn:  # migrations ran at start, on the external database
+        assert conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > 0  # type: ignore[index]
+    assert postgres_processes(tmp_path / "data") == []  # nothing embedded was started
+
+    pg_proxy.cut()
+    outage: dict[str, object] = {}
+
+    def reports_the_outage() -> bool:
+        started = time.monotonic()
+        answer = engine.get("/ready", timeout=10)
+        outage.update(status=answer.status_code, body=answer.json(), seconds=time.monotonic() - started)
+        return answer.status_code == 503
+
+    wait_until(reports_the_outage, 15, "/ready answering 503")
+    body = outage["body"]
+    assert isinstance(body, dict)
+    assert body["status"] == "not_ready"
+    assert body["checks"]["database"].startswith("unavailable: ")
+    assert body["checks"]["actors"] == "ok"
+    assert float(outage["seconds"]) < 3.0  # type: ignore[arg-type]  # bounded, never hangs
+    assert engine.get("/health").status_code == 200
+
+    pg_proxy.restore()
+    wait_until(lambda: engine.get("/ready", timeout=10).status_code == 200, 30, "/ready answering 200 again")
+    assert engine.process.poll() is None  # the same process: no restart
+
+    engine.signal(signal.SIGTERM)
+    assert engine.wait_exit() == 0
+
+
+def test_a_migration_error_ends_serve_with_one_line_and_a_non_zero_status(
+        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(machine_pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL UNIQUE,"
+                     " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("INSERT INTO schema_migrations (version, name, checksum) "
+                     "VALUES (9999, '9999_from_the_future.sql', repeat('0', 64))")
+    engine = engines.start(tmp_path / "data", database_url=machine_pg_url)
+    assert engine.wait_exit(30) == 1
+    plain = [line for line in engine.stderr().splitlines() if line.startswith("trade-engine:")]
+    assert len(plain) == 1 and "9999_from_the_future.sql" in plain[0], engine.stderr()
+
+
+def test_ready_checks_redis_and_the_broker_when_they_are_configured(
+        engines: Engines, machine_pg_url: str, redis_url: str, broker_url: str, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data", database_url=machine_pg_url, redis_url=redis_url,
+                           broker_url=broker_url)
+    engine.wait_ready()
+    checks = engine.get("/ready").json()["checks"]
+    expected = {"database": "ok", "redis": "ok", "actors": "ok"}
+    if not broker_url.startswith("memory://"):
+        expected["broker"] = "ok"
+    assert checks == expected
+    engine.signal(signal.SIGTERM)
+    assert engine.wait_exit() == 0

@@ -1,0 +1,26 @@
+"""The app factory takes its routes from the caller."""
+
+from __future__ import annotations
+
+import falcon
+import falcon.testing
+from prometheus_client import CollectorRegistry
+
+from tradeengine.http.app import create_app
+
+
+def test_routes_may_name_a_responder_suffix() -> None:
+    class Orders:
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            resp.media = {"orders": []}
+
+        def on_get_item(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
+            resp.media = {"id": order_id}
+
+    orders = Orders()
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/orders", orders), ("/orders/{order_id}", orders, "item")])
+    client = falcon.testing.TestClient(app)
+    assert client.simulate_get("/orders").json == {"orders": []}
+    assert client.simulate_get("/orders/42").json == {"id": "42"}
+

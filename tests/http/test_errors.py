@@ -1,0 +1,196 @@
+"""Every error answer has the one body of API.md, with the request id, whatever raised it."""
+
+from __future__ import annotations
+
+import logging
+
+import falcon
+import falcon.testing
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tradeengine.engine import errors as engine_errors
+from tradeengine.http.app import create_app
+from tradeengine.http.errors import ErrorMapping, error_body
+from tradeengine.storage import errors as storage_errors
+
+
+def test_unknown_path_answers_404_not_found_in_the_one_shape(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/no/such/route")
+    assert result.status_code == 404
+    assert result.headers["content-type"].startswith("application/json")
+    assert result.json == {"error": {"code": "NOT_FOUND", "message": "no route matches /no/such/route"},
+                           "request_id": "generated-1"}
+
+
+def test_wrong_method_answers_405_with_allow_header(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_delete("/health")
+    assert result.status_code == 405
+    assert "GET" in result.headers["allow"]
+    assert result.json["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert "DELETE" in result.json["error"]["message"]
+    assert result.json["request_id"] == "generated-1"
+
+
+def test_malformed_json_answers_400_malformed_json(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/test/echo", body=b'{"symbol": "BTC-USDT",',
+                                  headers={"Content-Type": "application/json"})
+    assert result.status_code == 400
+    assert result.json["error"]["code"] == "MALFORMED_JSON"
+    assert result.json["error"]["message"].startswith("the request body is not valid JSON")
+    assert result.json["request_id"] == "generated-1"
+
+
+def test_empty_json_body_answers_400_malformed_json(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/test/echo", body=b"", headers={"Content-Type": "application/json"})
+    assert result.status_code == 400
+    assert result.json["error"]["code"] == "MALFORMED_JSON"
+
+
+def test_valid_json_is_read_and_written_with_the_configured_handler(
+        client: falcon.testing.TestClient) -> None:
+    result = client.simulate_post("/test/echo", json={"price": "50000.5"})
+    assert result.status_code == 200
+    assert result.json == {"echo": {"price": "50000.5"}}
+
+
+def test_http_error_with_its_own_code_keeps_code_and_description(
+        client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/test/fail/conflict")
+    assert result.status_code == 409
+    assert result.json == {"error": {"code": "PAIR_EXISTS", "message": "pair BTC-USDT exists"},
+                           "request_id": "generated-1"}
+
+
+def test_http_error_without_code_gets_one_from_its_status_and_keeps_its_headers(
+        client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/test/fail/rate")
+    assert result.status_code == 429
+    assert result.headers["retry-after"] == "3"
+    assert result.json["error"] == {"code": "RATE_LIMITED", "message": "slow down"}
+
+
+def test_plain_bad_request_is_a_validation_error(client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/test/fail/other")
+    assert result.status_code == 400
+    assert result.json["error"] == {"code": "VALIDATION_ERROR", "message": "unknown kind other"}
+
+
+def test_mapped_application_error_answers_its_status_with_its_code_and_field(
+        client: falcon.testing.TestClient) -> None:
+    result = client.simulate_get("/test/fail/domain")
+    assert result.status_code == 422
+    assert result.json == {
+        "error": {"code": "INVALID_TICK_SIZE", "message": "price 100.005 is not a multiple of tick size 0.01",
+                  "field": "price"},
+        "request_id": "generated-1",
+    }
+
+
+def test_unexpected_exception_answers_500_json_and_logs_the_traceback_with_the_request_id(
+        client: falcon.testing.TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="tests.http"):
+        result = client.simulate_get("/test/fail/unexpected", headers={"X-Request-ID": "trace-me-42"})
+    assert result.status_code == 500
+    assert result.json["error"]["code"] == "INTERNAL_ERROR"
+    assert result.json["request_id"] == "trace-me-42"
+    assert "hunter2" not in result.text
+    assert result.headers["x-request-id"] == "trace-me-42"
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.request_id == "trace-me-42"  # type: ignore[attr-defined]
+    assert record.exc_info is not None and record.exc_info[0] is not None
+    assert record.exc_info[0].__name__ == "Boom"
+
+
+def test_a_later_mapping_for_a_subclass_overrides_its_base_by_mro() -> None:
+    class Base(Exception):
+        code = "BASE"
+
+    class Specific(Base):
+        code = "SPECIFIC"
+
+    class Raiser:
+        def on_get(self, req: falcon.Request, resp: falcon.Response, which: str) -> None:
+            raise Specific("specific") if which == "specific" else Base("base")
+
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/raise/{which}", Raiser())],
+                     error_mappings=[ErrorMapping(Base, 422), ErrorMapping(Specific, 409)])
+    client = falcon.testing.TestClient(app)
+    assert client.simulate_get("/raise/base").status_code == 422
+    specific = client.simulate_get("/raise/specific")
+    assert specific.status_code == 409
+    assert specific.json["error"]["code"] == "SPECIFIC"
+
+
+def test_mapping_with_a_fixed_message_hides_the_exception_text_and_sets_retry_after() -> None:
+    class DatabaseDown(Exception):
+        pass
+
+    class Raiser:
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            raise DatabaseDown("connection to 10.1.2.3:5432 refused")
+
+    mapping = ErrorMapping(DatabaseDown, 503, "UNAVAILABLE", "the database is unavailable", retry_after=2)
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/down", Raiser())], error_mappings=[mapping])
+    result = falcon.testing.TestClient(app).simulate_get("/down")
+    assert result.status_code == 503
+    assert result.headers["retry-after"] == "2"
+    assert result.json["error"] == {"code": "UNAVAILABLE", "message": "the database is unavailable"}
+
+
+class _Raise:
+    """Raises the exception it was given."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise self.error
+
+
+def _answer_to(error: Exception) -> falcon.testing.Result:
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/x", _Raise(error))])
+    return falcon.testing.TestClient(app).simulate_get("/x")
+
+
+@pytest.mark.parametrize(("error", "status", "code", "retry_after"), [
+    (engine_errors.StorageUnavailable("pool timeout at 10.0.0.5"), 503, "UNAVAILABLE", "1"),
+    (engine_errors.EngineUnavailable("pair BTC-USDT restarting"), 503, "UNAVAILABLE", "1"),
+    (engine_errors.EngineTimeout("no answer from writer"), 504, "ENGINE_TIMEOUT", None),
+    (storage_errors.StorageUnavailable("database unavailable (connection refused)"), 503, "UNAVAILABLE",
+     "1"),
+])
+def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
+        error: Exception, status: int, code: str, retry_after: str | None) -> None:
+    result = _answer_to(error)
+    assert result.status_code == status
+    assert result.json["error"]["code"] == code
+    assert str(error) not in result.text
+    assert result.headers.get("retry-after") == retry_after
+
+
+@pytest.mark.parametrize(("error", "status", "code", "field"), [
+    (engine_errors.InvalidTickSize("price 100.005 is not a multiple of 0.01", field="price"), 422,
+     "INVALID_TICK_SIZE", "price"),
+    (engine_errors.InsufficientBalance("needs 10 USDT, 5 available"), 422, "INSUFFICIENT_BALANCE", None),
+    (engine_errors.ValidationError("side must be BUY or SELL", field="side"), 400, "VALIDATION_ERROR",
+     "side"),
+    (engine_errors.OrderNotFound("no order 42"), 404, "NOT_FOUND", None),
+    (engine_errors.OrderNotCancellable("order 42 is FILLED"), 409, "ORDER_NOT_CANCELLABLE", None),
+    (engine_errors.IllegalStatusTransition("FILLED -> OPEN"), 500, "INTERNAL_ERROR", None),
+])
+def test_domain_errors_map_by_class_with_their_code_and_field(
+        error: Exception, status: int, code: str, field: str | None) -> None:
+    result = _answer_to(error)
+    assert result.status_code == status
+    assert result.json["error"]["code"] == code
+    assert result.json["error"].get("field") == field
+
+
+def test_error_body_has_field_only_when_given() -> None:
+    assert error_body("X", "m", "r") == {"error": {"code": "X", "message": "m"}, "request_id": "r"}
+    assert error_body("X", "m", "r", "price")["error"]["field"] == "price"
+

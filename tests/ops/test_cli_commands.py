@@ -1,0 +1,66 @@
+"""The ``trade-engine`` command as a real process: help, version, a bad setting, migrate, pairs list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _run(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRADE_ENGINE_")}
+    env.update({f"TRADE_ENGINE_{key.upper()}": value for key, value in settings.items()})
+    env.setdefault("TRADE_ENGINE_DATA_DIR", str(cwd / "data"))
+    return subprocess.run([sys.executable, "-m", "tradeengine.ops.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_bad_setting_ends_serve_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    result = _run("serve", cwd=tmp_path, http_port="abc")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TRADE_ENGINE_HTTP_PORT" in lines[0]
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    result = _run("version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("trade-engine ")
+
+
+def test_help_and_serve_help_list_commands_and_settings(tmp_path: Path) -> None:
+    top = _run("--help", cwd=tmp_path)
+    assert top.returncode == 0
+    assert "serve" in top.stdout and "migrate" in top.stdout
+    serve = _run("serve", "--help", cwd=tmp_path)
+    assert serve.returncode == 0
+    assert "TRADE_ENGINE_HTTP_PORT" in serve.stdout and "gunicorn" in serve.stdout
+
+
+def test_migrate_then_pairs_list_against_a_fresh_database(machine_pg_url: str, tmp_path: Path) -> None:
+    first = _run("migrate", cwd=tmp_path, database_url=machine_pg_url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("applied ") and not first.stdout.startswith("applied 0 ")
+    again = _run("migrate", cwd=tmp_path, database_url=machine_pg_url)
+    assert again.stdout.strip() == "applied 0 migration(s)"
+    listed = _run("pairs", "list", cwd=tmp_path, database_url=machine_pg_url)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:2] == ["SYMBOL", "STATUS"]
+    assert "BTC-USDT" in [row.split()[0] for row in rows]
+    assert not (tmp_path / "data").exists()  # an external database needs no data folder
+
+
+def test_migrate_with_the_embedded_database_starts_and_stops_it(tmp_path: Path) -> None:
+    import psutil
+
+    result = _run("migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("applied ")
+    data_dir = str((tmp_path / "data").resolve())
+    left = [p for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "postgres" and any(data_dir in a for a in p.info["cmdline"] or ())]
+    assert left == []
