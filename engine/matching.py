@@ -1,0 +1,558 @@
+"""One pair's matching core: price-time priority, stops, self-trade prevention, funds and fee facts.
+
+`MatchingEngine.execute(command)` returns the list of events the command caused, or raises a
+`DomainError` having changed nothing (no event, no sequence number, no lock). It never calls out except to
+the injected `FundsGate`, it never reads the clock, and its events depend only on the commands, the gate's
+answers and the start state: the same inputs give byte-identical events.
+
+Rules decided here (documented for the API layer):
+- A stop whose condition already holds when placed (BUY: last ≥ stop, SELL: last ≤ stop) triggers at once,
+  in the same command: OrderAccepted(PENDING_TRIGGER) then StopTriggered. With no last price yet it waits.
+- Stops trigger on the last trade price; after every taker, the oldest (lowest sequence) triggered stop is
+  processed, its trades may move the price, and the check repeats until no pending stop is triggered.
+- An amend that changes the price so that the order crosses makes it a taker again (it matches like a new
+  GTC order at the back of the queue); for a post-only order such an amend is refused (POST_ONLY_WOULD_TAKE).
+- Self-trade prevention is the taker's mode. EXPIRE_TAKER expires the taker's remainder at the first own
+  resting order; EXPIRE_MAKER expires own resting orders and keeps matching; EXPIRE_BOTH expires the own
+  resting order and the taker's remainder; NONE lets them trade.
+- Funds: LIMIT/STOP_LIMIT BUY lock price × quantity of quote, SELL orders lock their quantity of base, a
+  MARKET BUY locks exactly what the book walk (with STP as above) says it will spend, a STOP_MARKET BUY
+  locks nothing until triggered (refused then → EXPIRED, reason INSUFFICIENT_BALANCE). A FOK that cannot
+  fill completely expires before asking for funds. A MARKET BUY by quote budget buys the whole lots the
+  walk found; its internal quantity is that lot count.
+- Fees: maker rate for the resting order, taker rate for the incoming one, on what each receives (buyer in
+  base, seller in quote), rounded up to one atom, credited to `FEE_ACCOUNT` (see events.TradeExecuted).
+- Trade ids are the TradeExecuted event's sequence (see events.trade_id).
+- Cancelling a final order answers ORDER_NOT_CANCELLABLE while its id is remembered (see pair_state).
+- Market orders skip the minimum-notional check (their price is unknown until they trade).
+
+The hot paths (a well-formed GTC/IOC LIMIT, the trade loop) are written flat on purpose: every call and
+attribute lookup there is paid on each command. Complexity per command: O(log L) for a new price level,
+O(1) per resting order touched, O(orders walked) for FOK and MARKET BUY locks, O(N) for cancel_all (a scan
+of the pair's live orders).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .book import Level
+from .commands import AmendOrder, CancelAll, CancelOrder, Command, PlaceOrder
+from .errors import (
+    DuplicateOrderId,
+    IllegalStatusTransition,
+    InsufficientBalance,
+    OrderNotAmendable,
+    OrderNotCancellable,
+    OrderNotFound,
+    PostOnlyWouldTake,
+    ValidationError,
+)
+from .events import (
+    EngineEvent,
+    FundsLocked,
+    FundsReleased,
+    OrderAccepted,
+    OrderAmended,
+    OrderCancelled,
+    OrderExpired,
+    OrderRejected,
+    StopTriggered,
+    TradeExecuted,
+)
+from .lifecycle import (
+    CANCELLED,
+    EXPIRED,
+    FILLED,
+    NEW,
+    OPEN,
+    PARTIALLY_FILLED,
+    PENDING_TRIGGER,
+    REJECTED,
+    TRANSITIONS,
+    check_transition,
+)
+from .liquidity import walk_liquidity
+from .order import (
+    BUY,
+    EXPIRE_BOTH,
+    EXPIRE_TAKER,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    STOP_LIMIT,
+    STOP_MARKET,
+    STP_NONE,
+    Order,
+    Reason,
+    TimeInForce,
+)
+from .pair_state import PairState, by_sequence
+from .validation import validate_amend, validate_place
+
+_FOK_UNFILLED: Final = Reason.FILL_OR_KILL_UNFILLED
+_IOC: Final = Reason.IMMEDIATE_OR_CANCEL
+_STP: Final = Reason.SELF_TRADE_PREVENTION
+_NO_FUNDS: Final = Reason.INSUFFICIENT_BALANCE
+
+
+class MatchingEngine(PairState):
+    """The order book, stop book, sequence and last price of one pair, changed only by commands.
+
+    Build it with `MatchingEngine(spec, funds, sequence=0, last_price=None, finished_capacity=10_000)`.
+    """
+
+    __slots__ = ()
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    def execute(self, command: Command) -> list[EngineEvent]:
+        """Apply any command and return its events."""
+        if type(command) is PlaceOrder:
+            return self.place(command)
+        if type(command) is CancelOrder:
+            return self.cancel(command)
+        if type(command) is AmendOrder:
+            return self.amend(command)
+        if type(command) is CancelAll:
+            return self.cancel_all(command)
+        raise ValidationError(f"unknown command {type(command).__name__}")
+
+    def place(self, command: PlaceOrder) -> list[EngineEvent]:
+        """Accept (or reject) a new order, lock its funds, match it, rest or expire it, run stops."""
+        order_id = command.order_id
+        user_id = command.user_id
+        book = self.book
+        tif = command.time_in_force
+        price = command.price
+        quantity = command.quantity
+        post_only = command.post_only
+        if (  # hot path: a well-formed GTC/IOC LIMIT order (anything else gets the full validation)
+            command.order_type is LIMIT
+            and (tif is None or tif is GTC or (tif is IOC and not post_only))
+            and type(price) is int
+            and type(quantity) is int
+            and price > 0
+            and self.min_lots <= quantity <= self.max_lots
+            and command.stop_price is None
+            and command.quote_quantity is None
+            and order_id
+            and user_id
+            and price * quantity * self.notional_unit >= self.min_notional
+            and order_id not in book.orders
+            and order_id not in self.stops.orders
+            and order_id not in self._finished
+        ):
+            return self._place_limit(
+                command, GTC if tif is None else tif, order_id, user_id, price, quantity, post_only
+            )
+        tif = validate_place(self.spec, command)
+        if order_id in book.orders or order_id in self.stops.orders or order_id in self._finished:
+            raise DuplicateOrderId(f"order id {order_id} is already used on this pair", field="order_id")
+        if command.order_type is LIMIT and tif is not FOK:
+            assert price is not None and quantity is not None
+            return self._place_limit(command, tif, order_id, user_id, price, quantity, post_only)
+        return self._place_other(command, tif)
+
+    def _place_other(self, command: PlaceOrder, tif: TimeInForce) -> list[EngineEvent]:
+        """Place a validated FOK LIMIT, MARKET or stop order."""
+        order_id = command.order_id
+        order_type = command.order_type
+        side = command.side
+        is_buy = side is BUY
+        events: list[EngineEvent] = []
+        ts = command.timestamp
+        last_price = self.last_price
+        quantity, lock, expiry = self._plan_entry(command, tif)
+        asset = self.quote_asset if is_buy else self.base_asset
+        if lock and not self.funds.try_lock(command.user_id, asset, lock):
+            raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
+        is_stop = order_type is STOP_LIMIT or order_type is STOP_MARKET
+        self.sequence += 1
+        order = Order(
+            order_id, command.user_id, side, order_type, command.price, command.stop_price, quantity,
+            command.quote_quantity, tif, command.post_only, command.self_trade_prevention,
+            command.client_order_id, PENDING_TRIGGER if is_stop else OPEN, self.sequence,
+        )
+        events.append(OrderAccepted(
+            self.sequence, ts, order_id, order.user_id, order.client_order_id, side, order_type, order.status,
+            order.price, order.stop_price, command.quantity, command.quote_quantity, tif, order.post_only,
+            order.stp,
+        ))
+        if lock:
+            self._lock(order, lock, events, ts)
+        if is_stop:
+            self.stops.add(order)
+        elif expiry is not None:
+            self._expire(order, expiry, events, ts)
+        else:
+            self._take(order, events, ts)
+        if self.stops.orders and (is_stop or self.last_price != last_price):
+            self._run_stops(events, ts)
+        return events
+
+    def _place_limit(  # the fields already read by place() come in as arguments: each read costs
+        self, command: PlaceOrder, tif: TimeInForce, order_id: str, user_id: str, price: int, quantity: int,
+        post_only: bool,
+    ) -> list[EngineEvent]:
+        """Place a validated GTC or IOC LIMIT order (the hot path: no book walk needed before locking)."""
+        book = self.book
+        side = command.side
+        if side is BUY:
+            crossing = book.best_ask is not None and price >= book.best_ask
+            asset = self.quote_asset
+            lock = price * quantity * self.notional_unit
+        else:
+            crossing = book.best_bid is not None and price <= book.best_bid
+            asset = self.base_asset
+            lock = quantity * self.base_unit
+        if crossing and post_only:
+            return self._reject(command, tif, [])
+        if not self.funds.try_lock(user_id, asset, lock):
+            raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
+        sequence = self.sequence + 1
+        self.sequence = sequence + 1
+        stp = command.self_trade_prevention
+        client_order_id = command.client_order_id
+        order = Order(
+            order_id, user_id, side, LIMIT, price, None, quantity, None, tif, post_only, stp, client_order_id,
+            OPEN, sequence,
+        )
+        order.locked = lock
+        ts = command.timestamp
+        events: list[EngineEvent] = [
+            OrderAccepted(
+                sequence, ts, order_id, user_id, client_order_id, side, LIMIT, OPEN, price, None, quantity,
+                None, tif, post_only, stp,
+            ),
+            FundsLocked(sequence + 1, ts, order_id, user_id, asset, lock),
+        ]
+        if crossing:
+            last_price = self.last_price
+            self._take(order, events, ts)
+            if self.stops.orders and self.last_price != last_price:
+                self._run_stops(events, ts)
+        elif tif is GTC:
+            book.add(order)
+        else:
+            self._expire(order, _IOC, events, ts)
+        return events
+
+    def _plan_entry(self, command: PlaceOrder, tif: TimeInForce) -> tuple[int, int, Reason | None]:
+        """Return (quantity in lots, atoms to lock, expiry reason if it must expire untouched)."""
+        spec = self.spec
+        order_type = command.order_type
+        is_buy = command.side is BUY
+        if order_type is MARKET and is_buy:
+            lots, spend = walk_liquidity(
+                self.book, spec.quote_atoms_per_tick_lot, BUY, command.user_id,
+                command.self_trade_prevention, None, command.quantity, command.quote_quantity,
+            )
+            by_base = command.quantity
+            return (lots if by_base is None else by_base), spend, (_IOC if lots == 0 else None)
+        quantity = command.quantity
+        assert quantity is not None
+        if tif is FOK and order_type is LIMIT:
+            lots, _ = walk_liquidity(
+                self.book, spec.quote_atoms_per_tick_lot, command.side, command.user_id,
+                command.self_trade_prevention, command.price, quantity,
+            )
+            if lots < quantity:
+                return quantity, 0, _FOK_UNFILLED
+        if not is_buy:
+            return quantity, quantity * spec.base_atoms_per_lot, None
+        if command.price is None:  # STOP_MARKET BUY: nothing until triggered
+            return quantity, 0, None
+        return quantity, command.price * quantity * spec.quote_atoms_per_tick_lot, None
+
+    def _crosses(self, is_buy: bool, price: int | None) -> bool:
+        if price is None:
+            return False
+        if is_buy:
+            return self.book.best_ask is not None and price >= self.book.best_ask
+        return self.book.best_bid is not None and price <= self.book.best_bid
+
+    def _reject(self, command: PlaceOrder, tif: TimeInForce, events: list[EngineEvent]) -> list[EngineEvent]:
+        check_transition(NEW, REJECTED)
+        self.sequence += 1
+        events.append(OrderRejected(
+            self.sequence, command.timestamp, command.order_id, command.user_id, command.client_order_id,
+            command.side, command.order_type, REJECTED, command.price, command.stop_price, command.quantity,
+            command.quote_quantity, tif, command.post_only,
+            command.self_trade_prevention, Reason.POST_ONLY_WOULD_TAKE,
+        ))
+        self._remember_finished(command.order_id, command.user_id)
+        return events
+
+    def cancel(self, command: CancelOrder) -> list[EngineEvent]:
+        """Cancel one live order of its owner and release its funds."""
+        order = self._live_order(command.order_id, command.user_id, OrderNotCancellable)
+        events: list[EngineEvent] = []
+        self._cancel(order, events, command.timestamp)
+        return events
+
+    def cancel_all(self, command: CancelAll) -> list[EngineEvent]:
+        """Cancel every live order of one user on this pair, oldest first."""
+        user_id = command.user_id
+        doomed = [o for o in self.book.orders.values() if o.user_id == user_id]
+        if command.include_stops:
+            doomed.extend(o for o in self.stops.orders.values() if o.user_id == user_id)
+        doomed.sort(key=by_sequence)
+        events: list[EngineEvent] = []
+        for order in doomed:
+            self._cancel(order, events, command.timestamp)
+        return events
+
+    def _cancel(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+        if order.status is PENDING_TRIGGER:
+            self.stops.remove(order)
+        else:
+            self.book.remove(order)
+        order.status = check_transition(order.status, CANCELLED)
+        self.sequence += 1
+        events.append(OrderCancelled(
+            self.sequence, ts, order.order_id, order.user_id, order.filled, order.quantity - order.filled,
+            order.cumulative_quote,
+        ))
+        if order.locked:
+            self._release(order, order.locked, events, ts)
+        self._remember_finished(order.order_id, order.user_id)
+
+    def amend(self, command: AmendOrder) -> list[EngineEvent]:
+        """Change a resting order's quantity and/or price; re-queue it unless only reduced."""
+        order = self._live_order(command.order_id, command.user_id, OrderNotAmendable)
+        if order.status is PENDING_TRIGGER:
+            raise OrderNotAmendable("a pending stop cannot be amended; cancel and place it again")
+        price, quantity = validate_amend(self.spec, command, order.price, order.quantity, order.filled)
+        is_buy = order.side is BUY
+        if price != order.price and self._crosses(is_buy, price) and order.post_only:
+            raise PostOnlyWouldTake("the amended price would take liquidity", field="price")
+        remaining = quantity - order.filled
+        spec = self.spec
+        if is_buy:
+            new_lock = price * remaining * spec.quote_atoms_per_tick_lot
+        else:
+            new_lock = remaining * spec.base_atoms_per_lot
+        delta = new_lock - order.locked
+        asset = self.quote_asset if is_buy else self.base_asset
+        if delta > 0 and not self.funds.try_lock(order.user_id, asset, delta):
+            raise InsufficientBalance(f"not enough funds to lock {delta} more atoms")
+        requeue = price != order.price or quantity > order.quantity
+        ts = command.timestamp
+        if requeue:
+            self.book.remove(order)
+        else:
+            assert order.price is not None
+            self.book.side(order.side)[order.price].total -= order.quantity - quantity
+        order.price = price
+        order.quantity = quantity
+        self.sequence += 1
+        if requeue:
+            order.priority = self.sequence
+        events: list[EngineEvent] = [OrderAmended(
+            self.sequence, ts, order.order_id, order.user_id, price, quantity, remaining, order.status,
+            requeue, order.priority,
+        )]
+        if delta > 0:
+            self._lock(order, delta, events, ts)
+        elif delta < 0:
+            self._release(order, -delta, events, ts)
+        if requeue:
+            last_price = self.last_price
+            self._take(order, events, ts)
+            if self.stops.orders and self.last_price != last_price:
+                self._run_stops(events, ts)
+        return events
+
+    def _live_order(self, order_id: str, user_id: str, when_final: type[OrderNotCancellable]
+                    | type[OrderNotAmendable]) -> Order:
+        order = self.book.orders.get(order_id) or self.stops.orders.get(order_id)
+        if order is not None and order.user_id == user_id:
+            return order
+        if order is None and self._finished.get(order_id) == user_id:
+            raise when_final(f"order {order_id} is already final")
+        raise OrderNotFound(f"no live order {order_id}", field=None)
+
+    # -- matching ----------------------------------------------------------------------------------
+
+    def _take(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+        """Match an incoming order, then rest its remainder (GTC limit) or expire it."""
+        if order.time_in_force is FOK:
+            lots, _ = walk_liquidity(
+                self.book, self.spec.quote_atoms_per_tick_lot, order.side, order.user_id, order.stp,
+                order.price, order.quantity - order.filled,
+            )
+            if lots < order.quantity - order.filled:
+                self._expire(order, _FOK_UNFILLED, events, ts)
+                return
+        improvement, stopped_by_stp = self._match(order, events, ts)
+        if order.filled == order.quantity:
+            if order.locked:
+                self._release(order, order.locked, events, ts)
+            self._remember_finished(order.order_id, order.user_id)
+            return
+        is_limit = order.order_type is LIMIT or order.order_type is STOP_LIMIT
+        if is_limit and order.time_in_force is GTC and not stopped_by_stp:
+            self.book.add(order)
+            if improvement:
+                self._release(order, improvement, events, ts)
+            return
+        self._expire(order, _STP if stopped_by_stp else _IOC, events, ts)
+
+    def _match(self, taker: Order, events: list[EngineEvent], ts: int) -> tuple[int, bool]:
+        """Trade the taker against the opposite side; return (quote atoms to release, stopped by STP)."""
+        book = self.book
+        is_buy = taker.side is BUY
+        levels = book.asks if is_buy else book.bids
+        limit = taker.price
+        per_tick_lot = self.notional_unit
+        taker_user = taker.user_id
+        stp = taker.stp
+        remaining = taker.quantity - taker.filled
+        improvement = 0
+        finished = self._finished
+        while remaining:
+            best = book.best_ask if is_buy else book.best_bid
+            if best is None or (limit is not None and (best > limit if is_buy else best < limit)):
+                break
+            level = levels[best]
+            maker = level.head
+            while maker is not None and remaining:
+                if maker.user_id == taker_user and stp is not STP_NONE:
+                    if stp is EXPIRE_TAKER:
+                        return improvement, True
+                    following = maker.next
+                    book.remove(maker)
+                    self._expire(maker, _STP, events, ts)
+                    if stp is EXPIRE_BOTH:
+                        return improvement, True
+                    maker = following
+                    continue
+                lots = self._trade(taker, maker, level, remaining, events, ts)
+                remaining -= lots
+                if is_buy and limit is not None:
+                    improvement += (limit - best) * lots * per_tick_lot
+                self.last_price = best
+                if maker.status is FILLED:
+                    following = maker.next
+                    book.remove(maker)
+                    finished[maker.order_id] = maker.user_id
+                    maker = following
+        if len(finished) > 2 * self.finished_capacity:
+            self._forget_oldest_finished()
+        return improvement, False
+
+    def _trade(
+        self, taker: Order, maker: Order, level: Level, remaining: int, events: list[EngineEvent], ts: int
+    ) -> int:
+        """Fill taker and maker at the maker's price, consume their locks, emit the trade; return the lots."""
+        price = level.price
+        maker_left = maker.quantity - maker.filled
+        lots = remaining if remaining < maker_left else maker_left
+        base_amount = lots * self.base_unit
+        quote_amount = price * lots * self.notional_unit
+        taker.filled += lots
+        taker.cumulative_quote += quote_amount
+        maker.filled += lots
+        maker.cumulative_quote += quote_amount
+        level.total -= lots
+        status = FILLED if lots == remaining else PARTIALLY_FILLED
+        if status not in TRANSITIONS[taker.status]:
+            raise IllegalStatusTransition(f"{taker.status} → {status}")
+        taker.status = status
+        maker_status = FILLED if lots == maker_left else PARTIALLY_FILLED
+        if maker_status not in TRANSITIONS[maker.status]:
+            raise IllegalStatusTransition(f"{maker.status} → {maker_status}")
+        maker.status = maker_status
+        buyer, seller = (taker, maker) if taker.side is BUY else (maker, taker)
+        if buyer is taker:
+            buyer_fee = -((-base_amount * self.taker_fee_num) // self.taker_fee_den)
+            seller_fee = -((-quote_amount * self.maker_fee_num) // self.maker_fee_den)
+        else:
+            buyer_fee = -((-base_amount * self.maker_fee_num) // self.maker_fee_den)
+            seller_fee = -((-quote_amount * self.taker_fee_num) // self.taker_fee_den)
+        buyer.locked -= quote_amount
+        seller.locked -= base_amount
+        self.sequence += 1
+        events.append(TradeExecuted(
+            self.sequence, ts, price, lots, base_amount, quote_amount, taker.side,
+            buyer.order_id, buyer.user_id, seller.order_id, seller.user_id,
+            buyer_fee, seller_fee,
+            buyer.status, buyer.filled, buyer.cumulative_quote,
+            seller.status, seller.filled, seller.cumulative_quote,
+        ))
+        return lots
+
+    def _run_stops(self, events: list[EngineEvent], ts: int) -> None:
+        """Trigger and process pending stops, oldest first, until none is triggered at the last price."""
+        stops = self.stops
+        while stops.orders:
+            order = stops.next_triggered(self.last_price)
+            if order is None:
+                return
+            stops.remove(order)
+            order.status = check_transition(order.status, OPEN)
+            self.sequence += 1
+            order.priority = self.sequence
+            assert order.stop_price is not None and self.last_price is not None
+            events.append(StopTriggered(
+                self.sequence, ts, order.order_id, order.user_id, order.stop_price, self.last_price,
+            ))
+            if order.order_type is STOP_MARKET and order.side is BUY and not self._lock_triggered_buy(
+                order, events, ts
+            ):
+                continue
+            self._take(order, events, ts)
+
+    def _lock_triggered_buy(self, order: Order, events: list[EngineEvent], ts: int) -> bool:
+        """Lock what a triggered STOP_MARKET BUY will spend; expire it if the gate refuses."""
+        _, spend = walk_liquidity(
+            self.book, self.spec.quote_atoms_per_tick_lot, BUY, order.user_id, order.stp, None,
+            order.quantity,
+        )
+        if spend == 0:
+            return True
+        if not self.funds.try_lock(order.user_id, self.quote_asset, spend):
+            self._expire(order, _NO_FUNDS, events, ts)
+            return False
+        self._lock(order, spend, events, ts)
+        return True
+
+    # -- facts -------------------------------------------------------------------------------------
+
+    def _expire(self, order: Order, reason: Reason, events: list[EngineEvent], ts: int) -> None:
+        status = order.status
+        if EXPIRED not in TRANSITIONS[status]:
+            raise IllegalStatusTransition(f"{status} → {EXPIRED}")
+        order.status = EXPIRED
+        self.sequence += 1
+        events.append(OrderExpired(
+            self.sequence, ts, order.order_id, order.user_id, order.filled, order.quantity - order.filled,
+            order.cumulative_quote, reason,
+        ))
+        self._release_all(order, events, ts)
+        self._remember_finished(order.order_id, order.user_id)
+
+    def _lock(self, order: Order, amount: int, events: list[EngineEvent], ts: int) -> None:
+        order.locked += amount
+        self.sequence += 1
+        events.append(FundsLocked(
+            self.sequence, ts, order.order_id, order.user_id,
+            self.quote_asset if order.side is BUY else self.base_asset, amount,
+        ))
+
+    def _release(self, order: Order, amount: int, events: list[EngineEvent], ts: int) -> None:
+        if amount:
+            order.locked -= amount
+            self.sequence += 1
+            events.append(FundsReleased(
+                self.sequence, ts, order.order_id, order.user_id,
+                self.quote_asset if order.side is BUY else self.base_asset, amount,
+            ))
+
+    def _release_all(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+        self._release(order, order.locked, events, ts)
+
+__all__ = ["MatchingEngine"]

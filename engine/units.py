@@ -1,0 +1,76 @@
+"""Decimal ↔ integer conversions at the edge of the core, and decimal formatting for the API.
+
+Units inside the core:
+- a price is an integer number of *ticks* of the pair's tick_size;
+- a quantity is an integer number of *lots* of the pair's lot_size;
+- an asset amount (lock, settlement, fee, release) is an integer number of *atoms*, 1 atom = 1e-8.
+
+Decimals are only touched here and in `PairSpec` construction; nothing in the matching path converts.
+Conversions are exact or they raise: a value that is not a whole number of units is refused, never
+rounded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from .errors import DomainError, ValidationError
+
+ATOM_PLACES = 8
+"""Balances have 8 decimal places."""
+ATOMS_PER_UNIT = 10**ATOM_PLACES
+ATOM = Decimal(1).scaleb(-ATOM_PLACES)
+
+
+def whole_units(
+    value: Decimal, unit: Decimal, *, field: str, error: type[DomainError], what: str
+) -> int:
+    """Return value / unit as a positive int, or raise `error` naming `field` if it is not whole."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValidationError(f"{field} must be a finite decimal", field=field)
+    if value <= 0:
+        raise ValidationError(f"{field} must be positive, got {format_decimal(value)}", field=field)
+    try:
+        quotient, remainder = divmod(value, unit)
+    except InvalidOperation as exc:  # quotient too large for the context precision
+        raise ValidationError(f"{field} {value} is out of range", field=field) from exc
+    if remainder != 0:
+        raise error(
+            f"{field} {format_decimal(value)} is not a multiple of {what} {format_decimal(unit)}",
+            field=field,
+        )
+    return int(quotient)
+
+
+def to_atoms(value: Decimal, *, field: str) -> int:
+    """Return a positive amount as whole atoms (1e-8), or raise VALIDATION_ERROR naming `field`."""
+    return whole_units(value, ATOM, field=field, error=ValidationError, what="the balance precision")
+
+
+def from_atoms(atoms: int) -> Decimal:
+    """Return an atom count as a Decimal asset amount."""
+    return Decimal(atoms).scaleb(-ATOM_PLACES)
+
+
+def format_decimal(value: Decimal) -> str:
+    """Render a Decimal as a plain string without exponent and without trailing fractional zeros."""
+    if not value.is_finite():
+        raise ValidationError(f"cannot format non-finite decimal {value}")
+    if value == 0:
+        return "0"
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    if exponent >= 0:
+        text = text + "0" * exponent
+    else:
+        places = -exponent
+        if len(text) <= places:
+            text = "0" * (places - len(text) + 1) + text
+        text = f"{text[:-places]}.{text[-places:]}".rstrip("0").rstrip(".")
+    return ("-" if sign else "") + text
+
+
+def format_atoms(atoms: int) -> str:
+    """Render an atom count as a decimal string (`150000000` → `"1.5"`)."""
+    return format_decimal(from_atoms(atoms))

@@ -1,0 +1,112 @@
+"""Integer-form validation of new orders and amends against a pair's rules.
+
+Runs before anything changes: a command that fails here raises a `DomainError` naming the field at fault
+and leaves the engine untouched (no sequence number consumed, no funds asked for). Decimal-form checks
+(tick and lot grid) happen earlier, when the edge converts Decimals with `PairSpec`.
+"""
+
+from __future__ import annotations
+
+from .commands import AmendOrder, PlaceOrder
+from .errors import (
+    NotionalTooSmall,
+    PriceNotAllowed,
+    PriceRequired,
+    QuantityTooLarge,
+    QuantityTooSmall,
+    StopPriceRequired,
+    ValidationError,
+)
+from .order import BUY, GTC, IOC, LIMIT, MARKET, STOP_LIMIT, STOP_MARKET, TimeInForce
+from .pair import PairSpec
+
+
+def validate_place(spec: PairSpec, command: PlaceOrder) -> TimeInForce:
+    """Check a PlaceOrder against the pair's rules and return its effective time in force."""
+    order_type = command.order_type
+    is_limit = order_type is LIMIT or order_type is STOP_LIMIT
+    if not command.order_id or not command.user_id:
+        raise ValidationError("order_id and user_id are required")
+    _check_prices(command, is_limit)
+    if command.quote_quantity is not None:
+        _check_quote_quantity(spec, command)
+    else:
+        check_quantity(spec, command.quantity)
+        if is_limit:
+            check_notional(spec, command.price, command.quantity)  # type: ignore[arg-type]
+    tif = command.time_in_force
+    if is_limit:
+        tif = GTC if tif is None else tif
+    elif tif is None or tif is IOC:
+        tif = IOC
+    else:
+        raise ValidationError("MARKET and STOP_MARKET orders are always IOC", field="time_in_force")
+    if command.post_only and (order_type is not LIMIT or tif is not GTC):
+        raise ValidationError("post_only is only for GTC LIMIT orders", field="post_only")
+    return tif
+
+
+def _check_prices(command: PlaceOrder, is_limit: bool) -> None:
+    price = command.price
+    if is_limit:
+        if price is None:
+            raise PriceRequired(f"{command.order_type} orders need a price", field="price")
+        if type(price) is not int or price <= 0:
+            raise ValidationError("price must be a positive number of ticks", field="price")
+    elif price is not None:
+        raise PriceNotAllowed(f"{command.order_type} orders take no price", field="price")
+    stop = command.stop_price
+    if command.order_type is STOP_LIMIT or command.order_type is STOP_MARKET:
+        if stop is None:
+            raise StopPriceRequired("stop orders need a stop_price", field="stop_price")
+        if type(stop) is not int or stop <= 0:
+            raise ValidationError("stop_price must be a positive number of ticks", field="stop_price")
+    elif stop is not None:
+        raise ValidationError("stop_price is only for stop orders", field="stop_price")
+
+
+def _check_quote_quantity(spec: PairSpec, command: PlaceOrder) -> None:
+    quote = command.quote_quantity
+    if command.order_type is not MARKET or command.side is not BUY:
+        raise ValidationError("quote_quantity is only for MARKET BUY orders", field="quote_quantity")
+    if command.quantity is not None:
+        raise ValidationError("give quantity or quote_quantity, not both", field="quote_quantity")
+    if type(quote) is not int or quote <= 0:
+        raise ValidationError("quote_quantity must be a positive number of atoms", field="quote_quantity")
+    if quote < spec.min_notional_atoms:
+        raise NotionalTooSmall("quote_quantity is below the minimum notional", field="quote_quantity")
+
+
+def check_quantity(spec: PairSpec, quantity: int | None) -> None:
+    """Check a total quantity in lots against presence, type and the pair's min/max."""
+    if quantity is None:
+        raise ValidationError("quantity is required", field="quantity")
+    if type(quantity) is not int or quantity <= 0:
+        raise ValidationError("quantity must be a positive number of lots", field="quantity")
+    if quantity < spec.min_quantity_lots:
+        raise QuantityTooSmall(f"quantity is below the minimum {spec.min_quantity}", field="quantity")
+    if quantity > spec.max_quantity_lots:
+        raise QuantityTooLarge(f"quantity is above the maximum {spec.max_quantity}", field="quantity")
+
+
+def check_notional(spec: PairSpec, price: int, quantity: int) -> None:
+    """Check price × quantity against the pair's minimum notional."""
+    if price * quantity * spec.quote_atoms_per_tick_lot < spec.min_notional_atoms:
+        raise NotionalTooSmall(f"price × quantity is below the minimum notional {spec.min_notional}")
+
+
+def validate_amend(
+    spec: PairSpec, command: AmendOrder, price_now: int | None, quantity_now: int, filled: int
+) -> tuple[int, int]:
+    """Check an amend of a resting order at price_now × quantity_now; return the new (price, quantity)."""
+    if command.quantity is None and command.price is None:
+        raise ValidationError("an amend needs a quantity or a price")
+    price = price_now if command.price is None else command.price
+    quantity = quantity_now if command.quantity is None else command.quantity
+    if type(price) is not int or price <= 0:
+        raise ValidationError("price must be a positive number of ticks", field="price")
+    check_quantity(spec, quantity)
+    if quantity <= filled:
+        raise QuantityTooSmall("quantity must stay above the filled quantity", field="quantity")
+    check_notional(spec, price, quantity)
+    return price, quantity

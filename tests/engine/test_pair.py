@@ -1,0 +1,154 @@
+"""Pair specs, Decimal ↔ integer conversions, formatting."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tradeengine.engine import (
+    InvalidLotSize,
+    InvalidPairSpec,
+    InvalidTickSize,
+    PairSpec,
+    ValidationError,
+    format_atoms,
+    format_decimal,
+    require_decimal,
+)
+
+
+def _spec(**overrides: object) -> PairSpec:
+    fields: dict[str, object] = dict(
+        symbol="BTC-USDT",
+        base_asset="BTC",
+        quote_asset="USDT",
+        tick_size=Decimal("0.01"),
+        lot_size=Decimal("0.00001"),
+        min_quantity=Decimal("0.0001"),
+        max_quantity=Decimal("100"),
+        min_notional=Decimal("5"),
+        maker_fee=Decimal("0.001"),
+        taker_fee=Decimal("0.0015"),
+    )
+    fields.update(overrides)
+    return PairSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_pair_spec_keeps_exact_integer_forms() -> None:
+    spec = _spec()
+    assert spec.base_atoms_per_lot == 1000
+    assert spec.quote_atoms_per_tick_lot == 10
+    assert (spec.min_quantity_lots, spec.max_quantity_lots) == (10, 10_000_000)
+    assert spec.min_notional_atoms == 500_000_000
+    assert spec.taker_fee_fraction == (3, 2000)
+
+
+def test_pair_spec_whose_notional_is_not_whole_atoms_is_rejected() -> None:
+    with pytest.raises(InvalidPairSpec):
+        _spec(tick_size=Decimal("0.0001"), lot_size=Decimal("0.00001"))
+
+
+def test_pair_spec_with_a_lot_size_finer_than_one_atom_is_rejected() -> None:
+    with pytest.raises(InvalidPairSpec):
+        _spec(lot_size=Decimal("0.000000001"), tick_size=Decimal("100"), min_quantity=Decimal("0.000000001"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"symbol": "BTCUSDT"},
+        {"quote_asset": "BTC", "symbol": "BTC-BTC"},
+        {"tick_size": Decimal(0)},
+        {"min_quantity": Decimal("0.000015")},
+        {"min_quantity": Decimal("200")},
+        {"maker_fee": Decimal(1)},
+        {"taker_fee": Decimal("-0.001")},
+        {"min_notional": Decimal("0.000000001")},
+        {"tick_size": 0.01},
+    ],
+)
+def test_inconsistent_pair_specs_are_rejected(overrides: dict[str, object]) -> None:
+    with pytest.raises(InvalidPairSpec):
+        _spec(**overrides)
+
+
+def test_price_off_the_tick_grid_is_invalid_tick_size_on_the_price_field() -> None:
+    with pytest.raises(InvalidTickSize) as caught:
+        _spec().price_to_ticks(Decimal("100.005"))
+    assert caught.value.code == "INVALID_TICK_SIZE" and caught.value.field == "price"
+    assert "100.005" in caught.value.message and "0.01" in caught.value.message
+
+
+def test_stop_price_off_the_grid_names_the_stop_price_field() -> None:
+    with pytest.raises(InvalidTickSize) as caught:
+        _spec().price_to_ticks(Decimal("1.001"), field="stop_price")
+    assert caught.value.field == "stop_price"
+
+
+def test_quantity_off_the_lot_grid_is_invalid_lot_size() -> None:
+    with pytest.raises(InvalidLotSize) as caught:
+        _spec().quantity_to_lots(Decimal("0.000001"))
+    assert caught.value.field == "quantity"
+
+
+def test_non_positive_or_non_finite_values_are_validation_errors() -> None:
+    for bad in (Decimal(0), Decimal(-1), Decimal("NaN"), Decimal("Infinity")):
+        with pytest.raises(ValidationError):
+            _spec().price_to_ticks(bad)
+
+
+def test_conversions_round_trip() -> None:
+    spec = _spec()
+    assert spec.price_to_ticks(Decimal("50000.5")) == 5_000_050
+    assert spec.ticks_to_price(5_000_050) == Decimal("50000.50")
+    assert spec.quantity_to_lots(Decimal("0.5")) == 50_000
+    assert spec.format_quantity(50_000) == "0.5"
+    assert spec.format_price(5_000_000) == "50000"
+    assert spec.amount_to_atoms(Decimal("1.5")) == 150_000_000
+
+
+def test_amount_with_more_than_eight_decimals_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        _spec().amount_to_atoms(Decimal("0.000000001"))
+
+
+def test_fee_is_rounded_up_to_one_atom() -> None:
+    spec = _spec()
+    assert spec.fee_atoms(1000, maker=False) == 2  # 1.5 atoms → 2
+    assert spec.fee_atoms(1000, maker=True) == 1
+    assert spec.fee_atoms(0, maker=True) == 0
+
+
+def test_average_price_is_cumulative_quote_over_filled_base() -> None:
+    spec = _spec()
+    assert spec.average_price(0, 0) is None
+    assert spec.average_price(3, 3 * 1000 * 50000) == Decimal(50000)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("50000.5000", "50000.5"),
+        ("50000.00", "50000"),
+        ("1E+3", "1000"),
+        ("0.00000001", "0.00000001"),
+        ("1E-8", "0.00000001"),
+        ("-2.50", "-2.5"),
+        ("0.000", "0"),
+    ],
+)
+def test_decimals_render_without_exponent_or_trailing_zeros(value: str, text: str) -> None:
+    assert format_decimal(Decimal(value)) == text
+
+
+def test_atoms_render_as_decimal_strings() -> None:
+    assert format_atoms(150_000_000) == "1.5"
+
+
+def test_floats_are_never_accepted_as_money() -> None:
+    with pytest.raises(ValidationError):
+        require_decimal(0.1, field="price")
+    assert require_decimal("0.1", field="price") == Decimal("0.1")
+    with pytest.raises(ValidationError):
+        require_decimal("abc", field="price")
