@@ -1,86 +1,321 @@
-"""The actor system of one engine process, composed around the database connection pool.
+"""The actor system of one engine process: writer, wallet and pairs under one supervisor.
 
 It lives in the gunicorn worker only: created and started when the worker builds its app, stopped in
-``worker_exit``. For now it holds no pair actors (a later issue adds the pairs, the wallet and the
-writer under a supervisor); it does run the storage's partition maintenance: once right after
-``start()`` and then every ``maintenance_interval`` seconds (after a failure, again within
-``retry_interval``), on one daemon thread that ``stop()`` ends.
+``worker_exit``. Composition, in start order (the supervisor stops in reverse):
+
+    supervisor ── group "database" (rebuilt together once the database answers again)
+                  ├── writer      PersistenceActor   ONE_FOR_ALL  (a failed commit → rebuild the group)
+                  ├── wallet      WalletActor        ONE_FOR_ALL  (its ledger and the books go together)
+                  └── pair:SYM …  PairActor          ONE_FOR_ONE  (a crash restarts that pair alone)
+
+A pair that crashes is restarted alone: its new incarnation waits for the writer to commit what the old
+one sent, then rebuilds its book from the database. A failed commit means memory and database may
+differ, so the writer reports the whole group broken and the supervisor rebuilds it once the database
+answers. The system also runs the partition maintenance (`actors.maintenance`).
+
+The specs and statuses of the pairs are kept here (the database is the source; this is the cache the
+Exchange converts units with): each pair incarnation is built from the current entry, so a fee change
+takes effect through a restart of that pair, and a halt through a message to it.
 
 ``start()`` and ``stop()`` are idempotent; a stopped system is not started again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from decimal import Decimal
 from typing import Any
 
+from tradeengine.engine import PairSpec
+from tradeengine.engine.errors import EngineUnavailable, UnknownSymbol, ValidationError
+from tradeengine.storage.database import check_database
+from tradeengine.storage.errors import StorageUnavailable
+from tradeengine.storage.orders import OrderLocation, find_client_order, largest_order_id, locate_order
+from tradeengine.storage.pairs import NewPair, PairRecord, PairRepository
 from tradeengine.storage.partitions import run_partition_maintenance
+from tradeengine.storage.recovery import check_reserved_funds, load_pair_specs, load_pair_state
+
+from .exchange import Exchange
+from .handles import ChildHandle
+from .ids import OrderIds
+from .ledger import AssetBalance
+from .maintenance import HOUR, PeriodicMaintenance
+from .pair import PairActor, SetTrading, StatusQuery
+from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
+from .supervisor import Supervisor
+from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
+from .writer import BatchReport, PersistenceActor
 
 _log = logging.getLogger(__name__)
 
-HOUR = 3600.0
+DATABASE_GROUP = "database"
+TRADING_STATUSES = frozenset({"ACTIVE"})
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+def pair_child_name(symbol: str) -> str:
+    """The supervisor's name for a pair's actor."""
+    return f"pair:{symbol}"
+
+
+@dataclasses.dataclass(slots=True)
+class PairRoute:
+    """A pair as the Exchange sees it: the current spec and a handle that survives restarts."""
+
+    spec: PairSpec
+    status: str
+    handle: ChildHandle
+
+    def tell(self, message: Any) -> None:
+        """Send to the pair's current incarnation without waiting."""
+        self.handle.tell(message)
+
+    def ask(self, message: Any, timeout: float) -> Any:
+        """Send to the pair's current incarnation and wait for the answer."""
+        return self.handle.ask(message, timeout)
+
+
+class DatabaseOrders:
+    """The Exchange's view of committed orders, read from PostgreSQL."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    def locate(self, order_id: int) -> OrderLocation | None:
+        """Return the pair and owner of an order, or None."""
+        return locate_order(self._pool, order_id)
+
+    def find_client_order(self, user_id: int, client_order_id: str) -> int | None:
+        """Return the id of the user's order with this client order id, or None."""
+        return find_client_order(self._pool, user_id, client_order_id)
 
 
 class ActorSystem:
-    """Starts and stops the engine's actors and its periodic work."""
+    """Starts, supervises and stops the engine's actors and its periodic work."""
 
     def __init__(
         self,
         pool: Any,
         *,
-        maintenance: Callable[[], object] | None = None,
+        request_timeout: float = 5.0,
         maintenance_interval: float = HOUR,
-        retry_interval: float = 60.0,
+        clock_us: Callable[[], int] = _wall_clock_us,
+        on_event: Callable[[SupervisorEvent], None] | None = None,
+        on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         self.pool = pool
-        self._maintenance = maintenance if maintenance is not None else self._run_partition_maintenance
-        self._interval = maintenance_interval
-        self._retry_interval = min(retry_interval, maintenance_interval)
+        self._maintenance = PeriodicMaintenance(self._run_partition_maintenance,
+                                                interval=maintenance_interval)
+        self._request_timeout = request_timeout
+        self._clock_us = clock_us
+        self._on_event = on_event
+        self._on_batch = on_batch
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._timer: threading.Thread | None = None
+        self._stopped = False
         self._running = False
+        self._routes: dict[str, PairRoute] = {}
+        self._slot = LedgerSlot()
+        self.supervisor: Supervisor | None = None
+        self._exchange: Exchange | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True between ``start()`` and ``stop()``."""
         return self._running
 
+    @property
+    def exchange(self) -> Exchange:
+        """The Exchange facade over the running pairs."""
+        if self._exchange is None:
+            raise EngineUnavailable("the engine is not running")
+        return self._exchange
+
     def start(self) -> None:
-        """Start the periodic partition maintenance (its first run happens at once)."""
+        """Start the actors (writer, wallet, every pair) and the periodic partition maintenance."""
         with self._lock:
-            if self._running or self._stopping.is_set():
+            if self._running or self._stopped:
                 return
-            self._timer = threading.Thread(target=self._maintain, name="partition-maintenance", daemon=True)
-            self._timer.start()
+            self._maintenance.start()
+            try:
+                self._start_actors()
+            except BaseException:
+                self._stop_parts(timeout=10.0)
+                raise
             self._running = True
-        _log.info("actor system started (partition maintenance every %g s)", self._interval)
+        _log.info("actor system started: %d pairs (partition maintenance every %g s)",
+                  len(self._routes), self._maintenance.interval)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the periodic work and wait up to ``timeout`` seconds for a run in progress."""
+        """Stop every actor (pairs first, the writer last, committing what is pending) and the timer."""
         with self._lock:
-            self._stopping.set()
-            timer, self._timer = self._timer, None
+            self._stopped = True
             was_running, self._running = self._running, False
-        if timer is not None:
-            timer.join(timeout)
-            if timer.is_alive():
-                _log.warning("partition maintenance still running after %g s; leaving it behind", timeout)
+        self._stop_parts(timeout)
         if was_running:
             _log.info("actor system stopped")
+
+    def _stop_parts(self, timeout: float) -> None:
+        supervisor, self.supervisor = self.supervisor, None
+        self._exchange = None
+        if supervisor is not None:
+            supervisor.stop_all(timeout=timeout)
+        self._maintenance.stop(timeout)
+
+    def _start_actors(self) -> None:
+        supervisor = Supervisor(
+            groups=[GroupSpec(DATABASE_GROUP, ready=self._database_answers)],
+            on_event=self._on_event,
+        )
+        self.supervisor = supervisor
+        writer = supervisor.add(ChildSpec(
+            "writer",
+            lambda link: PersistenceActor.start(link, self.pool, on_batch=self._on_batch),
+            strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
+        ))
+        supervisor.add(ChildSpec(
+            "wallet",
+            lambda link: WalletActor.start(link, pool=self.pool, writer=writer, slot=self._slot,
+                                           clock_us=self._clock_us),
+            strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
+        ))
+        self._writer = writer
+        for spec, status in load_pair_specs(self.pool):
+            self._add_pair_actor(spec, status)
+        self._report_reserved_funds()
+        ids = OrderIds(clock_us=self._clock_us, floor=largest_order_id(self.pool))
+        self._exchange = Exchange(
+            routes=self._routes.get, next_order_id=ids.next, clock_us=self._clock_us,
+            orders=DatabaseOrders(self.pool), timeout=self._request_timeout,
+            wallet=supervisor.handle("wallet"), symbols=lambda: sorted(self._routes),
+        )
+
+    def _add_pair_actor(self, spec: PairSpec, status: str) -> PairRoute:
+        assert self.supervisor is not None
+        symbol = spec.symbol
+
+        def build(link: Any) -> Any:
+            route = self._routes[symbol]
+            return PairActor.start(link, spec=route.spec, trading=route.status in TRADING_STATUSES,
+                                   pool=self.pool, writer=self._writer, ledger=self._slot)
+
+        placeholder = PairRoute(spec, status, handle=None)  # type: ignore[arg-type]
+        self._routes[symbol] = placeholder
+        try:
+            placeholder.handle = self.supervisor.add(ChildSpec(
+                pair_child_name(symbol), build, strategy=Strategy.ONE_FOR_ONE, group=DATABASE_GROUP,
+            ))
+        except BaseException:
+            self._routes.pop(symbol, None)
+            raise
+        return placeholder
+
+    def _report_reserved_funds(self) -> None:
+        """Compare locked balances with what open orders reserve; report any difference loudly."""
+        ledger = self._slot.current()
+        pairs = [(route.spec, load_pair_state(self.pool, route.spec).snapshots)
+                 for route in self._routes.values()]
+        for gap in check_reserved_funds(ledger, pairs):  # type: ignore[arg-type]
+            _log.error("locked funds differ from what open orders reserve: user %s asset %s locked %d "
+                       "reserved %d (atoms)", gap.user_id, gap.asset, gap.locked, gap.reserved)
+
+    def _database_answers(self) -> bool:
+        try:
+            check_database(self.pool, timeout=2.0)
+        except StorageUnavailable:
+            return False
+        return True
+
+    # -- operator controls ----------------------------------------------------------------------------
+
+    def actors(self) -> list[ChildStatus]:
+        """The supervised actors with state, incarnation, restarts, mailbox and last failure."""
+        return list(self._supervisor().list())
+
+    def pair_actor(self, symbol: str) -> ChildStatus:
+        """The supervision status of one pair's actor."""
+        self._route(symbol)
+        return self._supervisor().status(pair_child_name(symbol))
+
+    def open_orders(self, symbol: str) -> int:
+        """The number of live orders (resting and pending stops) of a pair, from its actor."""
+        status = self._route(symbol).ask(StatusQuery(), self._request_timeout)
+        return int(status.bids + status.asks + status.stops)
+
+    def add_pair(self, pair: NewPair) -> PairRecord:
+        """Persist a new pair and start its actor: it trades at once."""
+        spec = _spec_of(pair)  # the engine's rules first: a bad spec is refused before it is stored
+        record = PairRepository(self.pool).create(pair)
+        self._add_pair_actor(spec, record.status)
+        _log.info("pair %s added (%s)", pair.symbol, record.status)
+        return record
+
+    def update_pair(self, symbol: str, *, status: str | None = None, maker_fee: Decimal | None = None,
+                    taker_fee: Decimal | None = None) -> PairRecord:
+        """Halt, resume or delist a pair, or change its fees (the pair restarts with the new fees)."""
+        route = self._route(symbol)
+        record = PairRepository(self.pool).update(symbol, status=status, maker_fee=maker_fee,
+                                                  taker_fee=taker_fee)
+        if record is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        route.status = record.status
+        if maker_fee is not None or taker_fee is not None:
+            route.spec = dataclasses.replace(route.spec, maker_fee=record.maker_fee,
+                                             taker_fee=record.taker_fee)
+            self.restart_pair(symbol)
+        else:
+            route.ask(SetTrading(record.status in TRADING_STATUSES), self._request_timeout)
+        return record
+
+    def restart_pair(self, symbol: str) -> ChildStatus:
+        """Restart a pair's actor; return once the new incarnation has rebuilt its book."""
+        self._route(symbol)
+        name = pair_child_name(symbol)
+        self._supervisor().restart(name)
+        return self._supervisor().status(name)
+
+    def deposit(self, user_id: int, asset: str, amount: int) -> AssetBalance:
+        """Credit a user's balance (atoms); return it once committed."""
+        return self._transfer(Deposit(user_id, asset, amount, Future()))
+
+    def withdraw(self, user_id: int, asset: str, amount: int) -> AssetBalance:
+        """Debit a user's available balance (atoms); return it once committed."""
+        return self._transfer(Withdraw(user_id, asset, amount, Future()))
+
+    def _transfer(self, message: Deposit | Withdraw) -> AssetBalance:
+        if message.amount <= 0:
+            raise ValidationError("amount must be greater than 0", field="amount")
+        self._supervisor().handle("wallet").tell(message)
+        return message.reply.result(timeout=self._request_timeout)
+
+    def _route(self, symbol: str) -> PairRoute:
+        route = self._routes.get(symbol)
+        if route is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        return route
+
+    def _supervisor(self) -> Supervisor:
+        if self.supervisor is None:
+            raise EngineUnavailable("the engine is not running")
+        return self.supervisor
 
     def _run_partition_maintenance(self) -> object:
         return run_partition_maintenance(self.pool)
 
-    def _maintain(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._maintenance()
-            except Exception:
-                _log.exception("partition maintenance failed; retrying in %g s", self._retry_interval)
-                wait = self._retry_interval
-            else:
-                wait = self._interval
-            self._stopping.wait(wait)
+
+def _spec_of(pair: NewPair) -> PairSpec:
+    return PairSpec(
+        symbol=pair.symbol, base_asset=pair.base_asset, quote_asset=pair.quote_asset,
+        tick_size=pair.tick_size, lot_size=pair.lot_size, min_quantity=pair.min_quantity,
+        max_quantity=pair.max_quantity, min_notional=pair.min_notional, maker_fee=pair.maker_fee,
+        taker_fee=pair.taker_fee,
+    )

@@ -178,7 +178,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     size = settings.database_pool_size
     pool = create_pool(conninfo, min_size=min(2, size), max_size=size, name="tradeengine-worker",
                        prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
-    system = ActorSystem(pool)
+    system = ActorSystem(pool, request_timeout=settings.request_timeout)
     try:
         system.start()
         registry = CollectorRegistry()

@@ -1,4 +1,4 @@
-"""The actor system shell: idempotent start/stop, running flag, partition maintenance on a timer."""
+"""Partition maintenance on a timer: at once, then on the interval; idempotent start/stop; retries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tradeengine.actors.maintenance import PeriodicMaintenance
 from tradeengine.actors.system import ActorSystem
 
 
@@ -30,7 +31,7 @@ class CountingMaintenance:
 
 def test_start_runs_maintenance_at_once_and_then_on_the_interval() -> None:
     maintenance = CountingMaintenance()
-    system = ActorSystem(None, maintenance=maintenance, maintenance_interval=0.05)
+    system = PeriodicMaintenance(maintenance, interval=0.05)
     system.start()
     try:
         assert system.running
@@ -42,7 +43,7 @@ def test_start_runs_maintenance_at_once_and_then_on_the_interval() -> None:
 
 def test_stop_ends_the_timer_thread_and_no_more_maintenance_runs() -> None:
     maintenance = CountingMaintenance()
-    system = ActorSystem(None, maintenance=maintenance, maintenance_interval=3600)
+    system = PeriodicMaintenance(maintenance, interval=3600)
     system.start()
     maintenance.wait_for(1)
     started = time.monotonic()
@@ -56,7 +57,7 @@ def test_stop_ends_the_timer_thread_and_no_more_maintenance_runs() -> None:
 
 def test_start_and_stop_are_idempotent() -> None:
     maintenance = CountingMaintenance()
-    system = ActorSystem(None, maintenance=maintenance, maintenance_interval=3600)
+    system = PeriodicMaintenance(maintenance, interval=3600)
     system.start()
     system.start()
     maintenance.wait_for(1)
@@ -70,7 +71,7 @@ def test_start_and_stop_are_idempotent() -> None:
 
 def test_a_failed_maintenance_is_logged_and_retried_sooner(caplog: pytest.LogCaptureFixture) -> None:
     maintenance = CountingMaintenance(fail_first=1)
-    system = ActorSystem(None, maintenance=maintenance, maintenance_interval=3600, retry_interval=0.05)
+    system = PeriodicMaintenance(maintenance, interval=3600, retry_interval=0.05)
     system.start()
     try:
         maintenance.wait_for(2)
@@ -80,12 +81,12 @@ def test_a_failed_maintenance_is_logged_and_retried_sooner(caplog: pytest.LogCap
 
 
 def test_stop_without_start_is_harmless() -> None:
-    system = ActorSystem(None, maintenance=CountingMaintenance())
+    system = PeriodicMaintenance(CountingMaintenance())
     system.stop()
     assert not system.running
 
 
-def test_the_default_maintenance_creates_missing_partitions_in_the_real_database(machine_pg_url: str) -> None:
+def test_the_actor_system_creates_missing_partitions_in_the_real_database(machine_pg_url: str) -> None:
     from tradeengine.storage import apply_migrations, create_pool
 
     apply_migrations(machine_pg_url)

@@ -1,0 +1,279 @@
+"""The Exchange: the in-process entry point the HTTP layer and the tests use to trade.
+
+It turns a request in API units (Decimals, symbols, ids as strings) into an engine command in the
+pair's integer units, routes it to the pair's actor through a stable handle, and waits for the reply,
+which arrives only after the command's facts are committed. It never touches a book itself.
+
+Waiting is bounded: after `timeout` seconds the caller gets `EngineTimeout` (HTTP 504, outcome unknown:
+look the order up by client_order_id). An actor that is restarting answers `EngineUnavailable` (503).
+
+Client order ids are unique per user. The check is made here, before the order reaches a pair: the
+database holds every committed id, and ids of orders still in flight are held in memory until their
+commit resolves, so two concurrent requests with the same id cannot both pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any, Protocol
+
+from tradeengine.engine import (
+    AmendOrder,
+    CancelAll,
+    CancelOrder,
+    Command,
+    OrderNotFound,
+    OrderType,
+    PairSpec,
+    PlaceOrder,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    TradeEngineError,
+    ValidationError,
+)
+from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, UnknownSymbol
+
+from .ledger import AssetBalance
+from .pair import CommandOutcome, Depth, DepthQuery, Execute, Top, TopQuery
+from .wallet import BalancesQuery
+
+
+class PairRoute(Protocol):
+    """How the Exchange reaches one pair: its spec and a handle that survives restarts."""
+
+    spec: PairSpec
+
+    def tell(self, message: Any) -> None:
+        """Send without waiting."""
+
+    def ask(self, message: Any, timeout: float) -> Any:
+        """Send and wait for the answer."""
+
+
+class OrderDirectory(Protocol):
+    """Where committed orders are found (the database)."""
+
+    def locate(self, order_id: int) -> tuple[str, int] | None:
+        """Return (symbol, user_id) of an order, or None."""
+
+    def find_client_order(self, user_id: int, client_order_id: str) -> int | None:
+        """Return the id of the user's order with this client order id, or None."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """A new order in API units, already type-checked by the caller."""
+
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: Decimal | None = None
+    quote_quantity: Decimal | None = None
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: TimeInForce | None = None
+    post_only: bool = False
+    self_trade_prevention: SelfTradePrevention = SelfTradePrevention.EXPIRE_TAKER
+    client_order_id: str | None = None
+
+
+class Exchange:
+    """Place, amend and cancel orders and read books, through the pair actors."""
+
+    def __init__(
+        self,
+        *,
+        routes: Callable[[str], PairRoute | None],
+        next_order_id: Callable[[], tuple[int, int]],
+        clock_us: Callable[[], int],
+        orders: OrderDirectory,
+        timeout: float,
+        wallet: PairRoute | Any,
+        symbols: Callable[[], list[str]],
+    ) -> None:
+        self._routes = routes
+        self._wallet = wallet
+        self._symbols = symbols
+        self._next_order_id = next_order_id
+        self._clock_us = clock_us
+        self._orders = orders
+        self._timeout = timeout
+        self._in_flight: dict[tuple[int, str], int] = {}
+        self._in_flight_lock = threading.Lock()
+
+    # -- orders ---------------------------------------------------------------------------------------
+
+    def place(self, user_id: int, request: OrderRequest) -> CommandOutcome:
+        """Place one order; return its committed outcome."""
+        (result,) = self.place_batch(user_id, [request])
+        if isinstance(result, TradeEngineError):
+            raise result
+        return result
+
+    def place_batch(
+        self, user_id: int, requests: Sequence[OrderRequest]
+    ) -> list[CommandOutcome | TradeEngineError]:
+        """Place several orders: all are sent before any reply is awaited, results in request order."""
+        pending: list[Future[Any] | TradeEngineError] = []
+        with self._client_ids(user_id, requests) as refused:
+            for request, refusal in zip(requests, refused, strict=True):
+                if refusal is not None:
+                    pending.append(refusal)
+                    continue
+                try:
+                    route, command = self._place_command(user_id, request)
+                    pending.append(self._send(route, command))
+                except TradeEngineError as exc:
+                    pending.append(exc)
+            return [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+
+    def cancel(self, user_id: int, order_id: str) -> CommandOutcome:
+        """Cancel one of the user's live orders."""
+        route, oid = self._owned_order(user_id, order_id)
+        return self._wait(self._send(route, CancelOrder(order_id=oid, user_id=str(user_id),
+                                                        timestamp=self._clock_us())))
+
+    def amend(self, user_id: int, order_id: str, *, quantity: Decimal | None = None,
+              price: Decimal | None = None) -> CommandOutcome:
+        """Change the quantity and/or price of one of the user's resting orders."""
+        if quantity is None and price is None:
+            raise ValidationError("give a new quantity, a new price, or both")
+        route, oid = self._owned_order(user_id, order_id)
+        spec = route.spec
+        command = AmendOrder(
+            order_id=oid, user_id=str(user_id),
+            quantity=None if quantity is None else spec.quantity_to_lots(quantity),
+            price=None if price is None else spec.price_to_ticks(price),
+            timestamp=self._clock_us(),
+        )
+        return self._wait(self._send(route, command))
+
+    def cancel_all(self, user_id: int, symbol: str | None = None) -> list[CommandOutcome]:
+        """Cancel every live order of the user on `symbol`, or on every pair."""
+        routes = [self._route(s) for s in ([symbol] if symbol is not None else self._symbols())]
+        futures = [self._send(route, CancelAll(user_id=str(user_id), timestamp=self._clock_us()))
+                   for route in routes]
+        return [self._wait(future) for future in futures]
+
+    def balances(self, user_id: int) -> list[AssetBalance]:
+        """The user's balances per asset (available and locked, in atoms)."""
+        result: list[AssetBalance] = self._wallet.ask(BalancesQuery(user_id), self._timeout)
+        return result
+
+    # -- market data ----------------------------------------------------------------------------------
+
+    def depth(self, symbol: str, levels: int) -> Depth:
+        """Aggregated levels of a pair's book, best first."""
+        result: Depth = self._route(symbol).ask(DepthQuery(levels), self._timeout)
+        return result
+
+    def top(self, symbol: str) -> Top:
+        """Best bid/ask with quantities and the last trade price of a pair."""
+        result: Top = self._route(symbol).ask(TopQuery(), self._timeout)
+        return result
+
+    def spec(self, symbol: str) -> PairSpec:
+        """The spec of a trading pair (UNKNOWN_SYMBOL when there is none)."""
+        return self._route(symbol).spec
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _route(self, symbol: str) -> PairRoute:
+        route = self._routes(symbol)
+        if route is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        return route
+
+    def _place_command(self, user_id: int, request: OrderRequest) -> tuple[PairRoute, PlaceOrder]:
+        route = self._route(request.symbol)
+        spec = route.spec
+        order_id, timestamp = self._next_order_id()
+        command = PlaceOrder(
+            order_id=str(order_id), user_id=str(user_id), side=request.side, order_type=request.type,
+            quantity=None if request.quantity is None else spec.quantity_to_lots(request.quantity),
+            price=None if request.price is None else spec.price_to_ticks(request.price),
+            stop_price=(None if request.stop_price is None
+                        else spec.price_to_ticks(request.stop_price, field="stop_price")),
+            quote_quantity=(None if request.quote_quantity is None
+                            else spec.amount_to_atoms(request.quote_quantity)),
+            time_in_force=request.time_in_force, post_only=request.post_only,
+            self_trade_prevention=request.self_trade_prevention,
+            client_order_id=request.client_order_id, timestamp=timestamp,
+        )
+        return route, command
+
+    def _owned_order(self, user_id: int, order_id: str) -> tuple[PairRoute, str]:
+        """Find the pair of the user's order; another user's order is as unknown as a missing one."""
+        try:
+            oid = int(order_id)
+        except ValueError:
+            oid = -1
+        location = self._orders.locate(oid) if oid > 0 else None
+        if location is None or location[1] != user_id:
+            raise OrderNotFound(f"order {order_id} not found")
+        return self._route(location[0]), str(oid)
+
+    def _send(self, route: PairRoute, command: Command) -> Future[Any]:
+        reply: Future[Any] = Future()
+        route.tell(Execute(command, reply))
+        return reply
+
+    def _wait(self, future: Future[Any]) -> CommandOutcome:
+        result = self._settle(future)
+        if isinstance(result, TradeEngineError):
+            raise result
+        return result
+
+    def _settle(self, future: Future[Any]) -> CommandOutcome | TradeEngineError:
+        try:
+            outcome: CommandOutcome = future.result(timeout=self._timeout)
+        except FutureTimeout:
+            return EngineTimeout(f"the engine did not answer within {self._timeout} s; outcome unknown "
+                                 "(look the order up by client_order_id)")
+        except TradeEngineError as exc:
+            return exc
+        return outcome
+
+    @contextmanager
+    def _client_ids(self, user_id: int, requests: Sequence[OrderRequest]
+                    ) -> Iterator[list[TradeEngineError | None]]:
+        """Hold the batch's client order ids while it is in flight; refuse duplicates."""
+        held: list[tuple[int, str]] = []
+        refused: list[TradeEngineError | None] = []
+        try:
+            for request in requests:
+                refused.append(self._hold_client_id(user_id, request.client_order_id, held))
+            yield refused
+        finally:
+            with self._in_flight_lock:
+                for key in held:
+                    self._in_flight.pop(key, None)
+
+    def _hold_client_id(self, user_id: int, client_order_id: str | None,
+                        held: list[tuple[int, str]]) -> TradeEngineError | None:
+        if client_order_id is None:
+            return None
+        key = (user_id, client_order_id)
+        with self._in_flight_lock:
+            if key in self._in_flight:
+                return _duplicate(client_order_id, None)
+            self._in_flight[key] = 0
+            held.append(key)
+        existing = self._orders.find_client_order(user_id, client_order_id)
+        if existing is not None:
+            return _duplicate(client_order_id, existing)
+        return None
+
+
+def _duplicate(client_order_id: str, existing: int | None) -> DuplicateClientOrderId:
+    error = DuplicateClientOrderId(f"client_order_id {client_order_id} is already used",
+                                   field="client_order_id")
+    error.order_id = None if existing is None else str(existing)
+    return error

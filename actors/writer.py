@@ -1,0 +1,320 @@
+"""PersistenceActor: the writer. Group-commits every fact to PostgreSQL, then answers the waiting callers.
+
+Messages:
+- `Commit(facts, reply, result)`: commit `facts` (one command's `PairFacts`, or a `Transfer`); once the
+  transaction that holds them has committed, `reply.set_result(result)`. Senders `tell` it and never
+  wait for the writer, so a pair keeps matching while earlier commands are written (pipelining).
+- `Barrier(reply)`: `reply` resolves (None) once every Commit received before it has committed; a
+  restarted pair asks this before it rebuilds from the database.
+
+Group commit: a Commit joins the pending list and, unless a flush is already scheduled, the actor tells
+itself a `Flush`. That Flush queues behind the Commits already in the inbox, so one flush commits
+everything that arrived meanwhile, in ONE transaction (`storage.writer.write_batch`), capped at
+`max_batch` facts (the rest goes to the next flush, scheduled at once). Replies resolve in arrival order,
+only after the commit that holds them; a reply is never resolved twice, and a cancelled one is skipped.
+
+Failure: a commit that fails (any error while building or writing the batch) leaves memory (books,
+wallet) ahead of the database. The writer then fails the replies of that batch, of everything still
+pending and of every later Commit with `StorageUnavailable` (nothing of the batch is in the database:
+it is one transaction; if the connection broke during COMMIT itself the outcome is unknown, and the
+rebuild from the database decides), refuses Barriers the same way, and reports itself broken with
+scope "group", so the supervisor rebuilds the "database" group from the database once it answers.
+`on_stop` commits what is pending (a normal stop: shutdown or a group restart) and fails whatever it
+cannot, so no caller is ever left waiting.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import TYPE_CHECKING, Any
+
+from psycopg_pool import ConnectionPool
+
+from tradeengine.storage.database import storage_errors
+from tradeengine.storage.errors import StorageUnavailable
+from tradeengine.storage.facts import Facts
+from tradeengine.storage.rows import build_rows
+from tradeengine.storage.writer import write_batch
+
+from .supervised import ChildLink, SupervisedActor
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Barrier", "BatchReport", "Commit", "PersistenceActor"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Commit:
+    """Commit `facts`; then `reply.set_result(result)` (or set StorageUnavailable if that fails)."""
+
+    facts: Facts
+    reply: Future[Any] | None = None
+    result: object = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Barrier:
+    """Resolve `reply` once every Commit received before this has committed."""
+
+    reply: Future[Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Flush:
+    """Write the pending Commits (the writer tells itself; nobody else needs to)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one flush did, for metrics: Commits (facts) in it, rows written, seconds, success."""
+
+    commits: int
+    rows: int
+    seconds: float
+    ok: bool
+
+
+PoolSource = ConnectionPool | Callable[[], ConnectionPool]
+
+
+class PersistenceActor(SupervisedActor):
+    """The persistence writer: group commit of every fact (see the module docstring)."""
+
+    def __init__(
+        self,
+        link: ChildLink,
+        pool: PoolSource,
+        *,
+        max_batch: int = 2000,
+        commit_timeout: float = 10.0,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
+        """`pool` is an open pool (borrowed) or a factory called in on_start (owned: closed on the way out).
+
+        `commit_timeout` bounds each statement of a batch (and the wait for a connection); `on_batch`
+        gets a `BatchReport` after every flush, from the writer's thread (keep it quick).
+        """
+        super().__init__(link)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._pool_source = pool
+        self._pool: ConnectionPool | None = None
+        self._owns_pool = False
+        self._max_batch = max_batch
+        self._commit_timeout = commit_timeout
+        self._on_batch = on_batch
+        self._pending: collections.deque[Commit | Barrier] = collections.deque()
+        self._flush_scheduled = False
+        self._broken: StorageUnavailable | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Open the pool when given a factory (a database that does not answer fails the start)."""
+        if isinstance(self._pool_source, ConnectionPool):
+            self._pool = self._pool_source
+        else:
+            self._pool = self._pool_source()
+            self._owns_pool = True
+
+    def on_stop(self) -> None:
+        """Commit what is pending, fail what cannot be, release the pool, report the exit."""
+        try:
+            self._stopping(StorageUnavailable(f"writer {self.link} stopped"))
+        finally:
+            super().on_stop()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A bug in the writer: fail every waiting caller, release the pool, report the crash."""
+        try:
+            error = StorageUnavailable(f"writer {self.link} crashed: {exception_value!r}")
+            self._broken = error
+            self._fail_all(list(self._pending), error)
+            self._pending.clear()
+            self._refuse_inbox()
+            self._release_pool()
+        finally:
+            super().on_failure(exception_type, exception_value, traceback)
+
+    def _actor_loop_teardown(self) -> None:
+        # pykka drops told messages still queued when an actor ends (only asks are answered): refuse
+        # the Commits and Barriers that raced in after the last handler, so their callers never hang.
+        self._refuse_inbox()
+        super()._actor_loop_teardown()
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        if isinstance(message, Commit):
+            self._enqueue(message, message.reply)
+        elif isinstance(message, Flush):
+            self._flush_scheduled = False
+            self._flush()
+        elif isinstance(message, Barrier):
+            if self._pending or self._broken is not None:
+                self._enqueue(message, message.reply)
+            else:
+                _resolve(message.reply, None)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def _enqueue(self, item: Commit | Barrier, reply: Future[Any] | None) -> None:
+        if self._broken is not None:
+            _fail(reply, self._broken)
+            return
+        self._pending.append(item)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.actor_ref.tell(Flush())
+
+    # -- group commit -------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Commit the next batch of pending Commits; on failure, break (see the module docstring)."""
+        batch = self._take_batch()
+        if not batch:
+            return
+        error = self._commit(batch)
+        if error is not None:
+            self._break(error, batch)
+        elif self._pending:
+            self._schedule_flush()
+
+    def _commit(self, batch: list[Commit | Barrier]) -> Exception | None:
+        """Write the batch, then resolve its replies; return the error instead if the write failed."""
+        commits = [item for item in batch if isinstance(item, Commit)]
+        started = time.perf_counter()
+        try:
+            rows = self._write(commits)
+        except Exception as exc:
+            self._report(commits, 0, started, ok=False)
+            return exc
+        self._report(commits, rows, started, ok=True)
+        for item in batch:
+            _resolve(item.reply, item.result if isinstance(item, Commit) else None)
+        return None
+
+    def _take_batch(self) -> list[Commit | Barrier]:
+        """Take pending items in order until the batch holds `max_batch` facts."""
+        batch: list[Commit | Barrier] = []
+        facts = 0
+        pending = self._pending
+        while pending and facts < self._max_batch:
+            item = pending.popleft()
+            batch.append(item)
+            if isinstance(item, Commit):
+                facts += 1
+        # A Barrier right behind a full batch needs nothing more than that batch.
+        while pending and isinstance(pending[0], Barrier):
+            batch.append(pending.popleft())
+        return batch
+
+    def _write(self, commits: list[Commit]) -> int:
+        """Write the facts of `commits` in one transaction; return the number of rows written."""
+        rows = build_rows([commit.facts for commit in commits])
+        if rows.row_count == 0:
+            return 0
+        assert self._pool is not None, "on_start sets the pool"
+        with storage_errors("committing a batch of facts"), self._pool.connection(
+            timeout=self._commit_timeout
+        ) as conn:
+            write_batch(conn, rows, statement_timeout=self._commit_timeout)
+        return rows.row_count
+
+    def _break(self, exc: Exception, batch: list[Commit | Barrier]) -> None:
+        """Fail the batch, everything pending and everything later; ask for the group's rebuild."""
+        error = StorageUnavailable(f"the commit of {len(batch)} message(s) failed: {exc}")
+        error.__cause__ = exc
+        self._broken = error
+        log.error("writer %s: commit failed; refusing further commits until the group is rebuilt",
+                  self.link, exc_info=exc)
+        self._fail_all([*batch, *self._pending], error)
+        self._pending.clear()
+        self.report_broken(exc, scope="group")
+        # After report_broken (new tells now raise ActorDeadError at the sender): refuse what is queued.
+        self._refuse_inbox()
+        self._release_pool()
+
+    def _stopping(self, error: StorageUnavailable) -> None:
+        """Commit what is pending (unless broken); fail what cannot be; refuse what is queued."""
+        while self._pending and self._broken is None:
+            batch = self._take_batch()
+            failure = self._commit(batch)
+            if failure is not None:
+                log.error("writer %s: the last commit before stopping failed", self.link, exc_info=failure)
+                self._broken = StorageUnavailable(f"the commit of {len(batch)} message(s) failed: {failure}")
+                self._fail_all(batch, self._broken)
+        self._broken = self._broken or error
+        self._fail_all(list(self._pending), self._broken)
+        self._pending.clear()
+        self._refuse_inbox()
+        self._release_pool()
+
+    def _refuse_inbox(self) -> None:
+        """Fail the Commits and Barriers queued in the inbox; leave asks for pykka to answer."""
+        error = self._broken or StorageUnavailable(f"writer {self.link} stopped")
+        others = []
+        inbox = self.actor_inbox
+        while not inbox.empty():  # this thread is the inbox's only reader: get() cannot block
+            envelope = inbox.get()
+            message = envelope.message
+            if isinstance(message, Commit | Barrier):
+                _fail(message.reply, error)
+            elif not isinstance(message, Flush):
+                others.append(envelope)
+        for envelope in others:
+            self.actor_inbox.put(envelope)
+
+    def _fail_all(self, items: list[Commit | Barrier], error: StorageUnavailable) -> None:
+        for item in items:
+            _fail(item.reply, error)
+
+    def _report(self, commits: list[Commit], rows: int, started: float, *, ok: bool) -> None:
+        if self._on_batch is None:
+            return
+        report = BatchReport(len(commits), rows, time.perf_counter() - started, ok)
+        try:
+            self._on_batch(report)
+        except Exception:
+            log.exception("writer %s: the on_batch hook failed", self.link)
+
+    def _release_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None and self._owns_pool:
+            pool.close(timeout=self._commit_timeout)
+
+
+def _resolve(reply: Future[Any] | None, result: object) -> None:
+    if reply is None:
+        return
+    with contextlib.suppress(InvalidStateError):  # cancelled by its caller, or already failed
+        reply.set_result(result)
+
+
+def _fail(reply: Future[Any] | None, error: StorageUnavailable) -> None:
+    if reply is None:
+        return
+    # One exception object per caller: callers re-raise it in their own threads (tracebacks differ).
+    own = StorageUnavailable(error.message)
+    own.__cause__ = error.__cause__
+    with contextlib.suppress(InvalidStateError):
+        reply.set_exception(own)

@@ -1,0 +1,247 @@
+"""Rebuild from the database: pair specs, each pair's live orders, and the start-up check of reserved funds.
+
+`load_pair_state(pool, spec)` reads what `MatchingEngine.restore(snapshots, sequence=, last_price=)` takes
+back: the pair's live orders (OPEN, PARTIALLY_FILLED, PENDING_TRIGGER) in sequence order, converted to the
+core's units (price/stop_price in ticks, quantity/filled in lots, filled quote in atoms, ids as strings
+per `storage.facts`, `priority` from ``orders.priority``), with ``pairs.last_sequence`` and
+``pairs.last_price`` (ticks). Orders and pair progress are read in one REPEATABLE READ transaction, so they
+come from the same commit even while the writer commits other pairs. A stored value that is not a whole
+number of the pair's units fails loudly (`CorruptStoredAmount`): the pair must not start on it.
+
+`check_reserved_funds(balances, pairs)` is the start-up check: for every (user, asset) the locked balance
+must equal what the user's live orders reserve (`engine.funds.required_lock` per order, summed per user
+and asset with each pair's spec). It returns the differences; `log_discrepancies` logs each one at ERROR.
+
+Complexity: load_pair_state is one indexed query (the partial index orders_open_by_symbol_sequence),
+O(live orders of the pair); check_reserved_funds is O(balances + live orders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+from psycopg_pool import ConnectionPool
+
+from tradeengine.engine import (
+    ATOMS_PER_UNIT,
+    OrderSnapshot,
+    OrderStatus,
+    OrderType,
+    PairSpec,
+    SelfTradePrevention,
+    Side,
+    TimeInForce,
+    UnknownSymbol,
+    required_lock,
+)
+from tradeengine.engine.order import BUY, Order
+
+from .balances import CorruptStoredAmount, decimal_to_units, load_balances
+from .database import storage_errors
+from .facts import core_user_id
+from .pairs import PairRepository
+
+__all__ = [
+    "LIVE_STATUSES",
+    "BalanceSource",
+    "Discrepancy",
+    "StoredPairState",
+    "check_database_reserved_funds",
+    "check_reserved_funds",
+    "load_pair_specs",
+    "load_pair_state",
+    "log_discrepancies",
+    "reserved_funds",
+]
+
+log = logging.getLogger(__name__)
+
+LIVE_STATUSES = ("OPEN", "PARTIALLY_FILLED", "PENDING_TRIGGER")
+"""The order statuses a rebuilt pair takes back (the partial index's predicate)."""
+
+_ATOM = Decimal(1) / ATOMS_PER_UNIT
+
+_LIVE_ORDERS = """
+SELECT id, user_id, side::text, type::text, status::text, price, stop_price, quantity, filled_quantity,
+       filled_quote, time_in_force::text, post_only, self_trade_prevention::text, client_order_id,
+       sequence, priority
+FROM orders
+WHERE symbol = %s AND status IN ('OPEN', 'PARTIALLY_FILLED', 'PENDING_TRIGGER')
+ORDER BY sequence, id
+"""
+
+
+class StoredPairState(NamedTuple):
+    """What a pair is rebuilt from: live orders in sequence order, last sequence, last price (ticks)."""
+
+    snapshots: list[OrderSnapshot]
+    sequence: int
+    last_price: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """A (user, asset) whose locked balance differs from what the user's live orders reserve (atoms)."""
+
+    user_id: str
+    asset: str
+    locked: int
+    reserved: int
+
+    @property
+    def difference(self) -> int:
+        """Locked minus reserved: positive means funds are locked that no order needs."""
+        return self.locked - self.reserved
+
+
+class BalanceSource(Protocol):
+    """Anything that can list balances as (user_id, asset) → (available, locked) atoms (the Ledger)."""
+
+    def snapshot(self) -> Mapping[tuple[str, str], tuple[int, int]]:
+        """Return every balance."""
+        ...
+
+
+# -- loaders --------------------------------------------------------------------------------------------
+
+
+def load_pair_specs(pool: ConnectionPool) -> list[tuple[PairSpec, str]]:
+    """Return every pair's spec with its status (ACTIVE, HALTED, DELISTED), ordered by symbol."""
+    return [
+        (
+            PairSpec(
+                symbol=record.symbol, base_asset=record.base_asset, quote_asset=record.quote_asset,
+                tick_size=record.tick_size, lot_size=record.lot_size, min_quantity=record.min_quantity,
+                max_quantity=record.max_quantity, min_notional=record.min_notional,
+                maker_fee=record.maker_fee, taker_fee=record.taker_fee,
+            ),
+            record.status,
+        )
+        for record in PairRepository(pool).list()
+    ]
+
+
+def load_pair_state(pool: ConnectionPool, spec: PairSpec) -> StoredPairState:
+    """Return the pair's live orders (sequence order), last sequence and last trade price, in core units."""
+    symbol = spec.symbol
+    with storage_errors(f"loading the state of {symbol}"), pool.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        progress = conn.execute(
+            "SELECT last_sequence, last_price FROM pairs WHERE symbol = %s", (symbol,)
+        ).fetchone()
+        rows = conn.execute(_LIVE_ORDERS, (symbol,)).fetchall() if progress is not None else []
+    if progress is None:
+        raise UnknownSymbol(f"pair {symbol} is not in the database", field="symbol")
+    last_sequence, last_price = progress
+    snapshots = [_snapshot(spec, row) for row in rows]
+    ticks = None if last_price is None else _ticks(spec, last_price, f"{symbol} last_price")
+    return StoredPairState(snapshots, int(last_sequence), ticks)
+
+
+def _snapshot(spec: PairSpec, row: tuple[Any, ...]) -> OrderSnapshot:
+    (order_id, user_id, side, order_type, status, price, stop_price, quantity, filled, filled_quote,
+     time_in_force, post_only, stp, client_order_id, sequence, priority) = row
+    where = f"order {order_id} of {spec.symbol}"
+    if quantity is None:
+        raise CorruptStoredAmount(f"{where} is live ({status}) without a base quantity")
+    return OrderSnapshot(
+        order_id=str(order_id),
+        user_id=core_user_id(user_id),
+        side=Side(side),
+        order_type=OrderType(order_type),
+        status=OrderStatus(status),
+        price=None if price is None else _ticks(spec, price, f"{where}: price"),
+        stop_price=None if stop_price is None else _ticks(spec, stop_price, f"{where}: stop_price"),
+        quantity=decimal_to_units(quantity, spec.lot_size, f"{where}: quantity"),
+        filled_quantity=decimal_to_units(filled, spec.lot_size, f"{where}: filled_quantity"),
+        cumulative_quote=decimal_to_units(filled_quote, _ATOM, f"{where}: filled_quote"),
+        time_in_force=TimeInForce(time_in_force),
+        post_only=bool(post_only),
+        self_trade_prevention=SelfTradePrevention(stp),
+        client_order_id=client_order_id,
+        sequence=int(sequence),
+        priority=int(priority),
+    )
+
+
+def _ticks(spec: PairSpec, price: Decimal, what: str) -> int:
+    ticks = decimal_to_units(price, spec.tick_size, what)
+    if ticks == 0:
+        raise CorruptStoredAmount(f"{what} is zero")
+    return ticks
+
+
+# -- the start-up check ---------------------------------------------------------------------------------
+
+
+def reserved_funds(
+    pairs: Iterable[tuple[PairSpec, Iterable[OrderSnapshot]]],
+) -> dict[tuple[str, str], int]:
+    """Return what live orders reserve: (user_id, asset) → atoms (`required_lock` summed), zeros left out."""
+    reserved: dict[tuple[str, str], int] = {}
+    for spec, snapshots in pairs:
+        for snapshot in snapshots:
+            amount = required_lock(spec, _order(snapshot))
+            if amount:
+                asset = spec.quote_asset if snapshot.side is BUY else spec.base_asset
+                key = (snapshot.user_id, asset)
+                reserved[key] = reserved.get(key, 0) + amount
+    return reserved
+
+
+def check_reserved_funds(
+    balances: Mapping[tuple[str, str], tuple[int, int]] | BalanceSource,
+    pairs: Iterable[tuple[PairSpec, Iterable[OrderSnapshot]]],
+) -> list[Discrepancy]:
+    """Return every (user, asset) whose locked balance differs from what its live orders reserve.
+
+    `balances` is a Ledger (anything with `snapshot()`) or the mapping `load_balances` returns; `pairs` is
+    each pair's spec with its live orders (e.g. `load_pair_state(...).snapshots`). Sorted by user, asset.
+    Run it while no command is in flight (at start-up): balances and orders must describe one moment.
+    """
+    held = balances if isinstance(balances, Mapping) else balances.snapshot()
+    reserved = reserved_funds(pairs)
+    found = []
+    for key in sorted(held.keys() | reserved.keys()):
+        locked = held[key][1] if key in held else 0
+        needed = reserved.get(key, 0)
+        if locked != needed:
+            found.append(Discrepancy(key[0], key[1], locked, needed))
+    return found
+
+
+def check_database_reserved_funds(pool: ConnectionPool) -> list[Discrepancy]:
+    """Run `check_reserved_funds` on the committed balances and the live orders of every pair."""
+    balances = load_balances(pool)
+    pairs = [(spec, load_pair_state(pool, spec).snapshots) for spec, _ in load_pair_specs(pool)]
+    return check_reserved_funds(balances, pairs)
+
+
+def log_discrepancies(discrepancies: Iterable[Discrepancy], logger: logging.Logger | None = None) -> int:
+    """Log each discrepancy at ERROR (user, asset, locked, reserved, in atoms); return how many."""
+    logger = logger or log
+    count = 0
+    for found in discrepancies:
+        count += 1
+        logger.error(
+            "reserved funds mismatch: user %s asset %s locked %d atoms but live orders reserve %d (%+d)",
+            found.user_id, found.asset, found.locked, found.reserved, found.difference,
+            extra={"user_id": found.user_id, "asset": found.asset, "locked": found.locked,
+                   "reserved": found.reserved},
+        )
+    return count
+
+
+def _order(snapshot: OrderSnapshot) -> Order:
+    """Return a core Order in the snapshot's state (what `required_lock` reads)."""
+    order = Order(
+        snapshot.order_id, snapshot.user_id, snapshot.side, snapshot.order_type, snapshot.price,
+        snapshot.stop_price, snapshot.quantity, None, snapshot.time_in_force, snapshot.post_only,
+        snapshot.self_trade_prevention, snapshot.client_order_id, snapshot.status, snapshot.sequence,
+    )
+    order.filled = snapshot.filled_quantity
+    return order

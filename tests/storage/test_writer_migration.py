@@ -1,0 +1,93 @@
+"""Migration 0005: the new order id scheme in SQL, text trade ids, priority and last price columns."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tradeengine.storage import apply_migrations
+from tradeengine.storage.ids import MAX_ORDER_ID, created_at_of
+from tradeengine.storage.migrate import load_migrations
+
+
+@pytest.fixture
+def conn(migrated_pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(migrated_pg_url) as connection:
+        yield connection
+
+
+def column_type(conn: psycopg.Connection[Any], table: str, column: str) -> tuple[str, str]:
+    row = conn.execute(
+        "SELECT data_type, is_nullable FROM information_schema.columns "
+        "WHERE table_name = %s AND column_name = %s",
+        (table, column),
+    ).fetchone()
+    assert row is not None, f"{table}.{column} is missing"
+    return row[0], row[1]
+
+
+def test_snowflake_timestamp_gives_back_the_exact_instant_of_an_order_id(
+    conn: psycopg.Connection[Any],
+) -> None:
+    rng = random.Random(5)
+    ids = [0, 1, 4095, 4096, MAX_ORDER_ID, (2 << 52) + 7, *(rng.randrange(MAX_ORDER_ID) for _ in range(200))]
+    query = "SELECT id, snowflake_timestamp(id) FROM unnest(%s::bigint[]) AS id"
+    got = conn.execute(query, (ids,)).fetchall()
+    assert got == [(i, created_at_of(i)) for i in ids]
+
+
+def test_trade_ids_are_text_and_orders_keep_priority_and_the_last_changing_sequence(
+    conn: psycopg.Connection[Any],
+) -> None:
+    assert column_type(conn, "trades", "id") == ("text", "NO")
+    assert column_type(conn, "ledger_entries", "trade_id") == ("text", "YES")
+    assert column_type(conn, "orders", "priority") == ("bigint", "YES")
+    assert column_type(conn, "orders", "updated_sequence") == ("bigint", "YES")
+    assert column_type(conn, "orders", "filled_quote") == ("numeric", "NO")
+    assert column_type(conn, "pairs", "last_price") == ("numeric", "YES")
+    assert conn.execute("SELECT count(*) FROM pair_volume_24h").fetchone() == (10,)
+
+
+def test_orders_stored_before_0005_get_their_sequence_as_priority(pg_url: str) -> None:
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 5]
+
+    class Folder:  # a Traversable over the first four migrations only
+        def iterdir(self) -> Iterator[Any]:
+            for m in before:
+                yield _File(m.name, m.sql)
+
+    apply_migrations(pg_url, source=Folder())  # type: ignore[arg-type]
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO users (id, name, role) VALUES (1001, 'alice', 'trader')")
+        conn.execute(
+            "INSERT INTO orders (id, user_id, symbol, side, type, status, price, quantity, time_in_force, "
+            "sequence, created_at, updated_at) VALUES (42, 1001, 'BTC-USDT', 'BUY', 'LIMIT', 'OPEN', 1, 1, "
+            "'GTC', 7, now(), now())"
+        )
+        conn.execute(
+            "INSERT INTO trades (id, symbol, price, quantity, quote_quantity, buyer_order_id, "
+            "seller_order_id, buyer_user_id, seller_user_id, taker_side, buyer_fee, seller_fee, executed_at, "
+            "sequence) "
+            "VALUES (9, 'BTC-USDT', 1, 1, 1, 1, 2, 1001, 1001, 'BUY', 0, 0, now(), 9)"
+        )
+    assert apply_migrations(pg_url) == [m.name for m in migrations if m.version >= 5]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT priority, updated_sequence FROM orders").fetchone() == (7, 7)
+        assert conn.execute("SELECT id FROM trades").fetchone() == ("9",)
+
+
+class _File:
+    def __init__(self, name: str, sql: bytes) -> None:
+        self.name = name
+        self._sql = sql
+
+    def is_file(self) -> bool:
+        return True
+
+    def read_bytes(self) -> bytes:
+        return self._sql
