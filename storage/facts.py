@@ -17,6 +17,7 @@ Identity mapping between the core and the database (the core's ids are opaque st
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Literal
 
 from tradeengine.engine import FEE_ACCOUNT, EngineEvent, PairSpec
@@ -45,13 +46,17 @@ class PairFacts:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Transfer:
-    """A deposit or withdrawal of `amount` atoms (> 0) of `asset` for a user, at `timestamp` µs."""
+    """A deposit or withdrawal of `amount` atoms (> 0) of `asset` for a user, at `timestamp` µs.
+
+    `transfer_id` names it for good: its outbox events derive their stable ids from it.
+    """
 
     kind: Literal["DEPOSIT", "WITHDRAWAL"]
     user_id: int
     asset: str
     amount: int
     timestamp: int
+    transfer_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
 
 
 Facts = PairFacts | Transfer

@@ -68,7 +68,7 @@ _ATOM = Decimal(1) / ATOMS_PER_UNIT
 _LIVE_ORDERS = """
 SELECT id, user_id, side::text, type::text, status::text, price, stop_price, quantity, filled_quantity,
        filled_quote, time_in_force::text, post_only, self_trade_prevention::text, client_order_id,
-       sequence, priority
+       sequence, coalesce(priority, sequence)
 FROM orders
 WHERE symbol = %s AND status IN ('OPEN', 'PARTIALLY_FILLED', 'PENDING_TRIGGER')
 ORDER BY sequence, id

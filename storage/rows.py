@@ -22,9 +22,7 @@ created); Transfers change the total by exactly their amounts; the same facts gi
 for byte, including every `event_id` (uuid5 of symbol, sequence and kind; see `event_id`).
 
 Event types: order.accepted|rejected|traded|cancelled|expired|triggered|amended, trade.executed,
-balance.changed. Known limit: a `Transfer` has no id, so its event ids hash its content and rank among
-identical transfers of its group; identical transfers (kind, user, asset, amount, µs) committed in two
-groups would collide on ``outbox_events.event_id`` and fail the second commit.
+balance.changed. A `Transfer`'s events derive their ids from its `transfer_id`.
 
 Id mapping follows `storage.facts`: order id = int(core order id), created_at = the instant in the id,
 users through `database_user_id`, trade id text "SYMBOL:SEQ", timestamps µs since the Unix epoch.
@@ -257,7 +255,6 @@ class _RowBuilder:
         self.orders: dict[str, _OrderState] = {}
         self.movements: list[_Movement] = []
         self.progress: dict[str, PairProgress] = {}
-        self.transfer_keys: dict[str, int] = {}
         self._times: dict[int, datetime] = {}
         self._stamps: dict[int, str] = {}
         self.spec: PairSpec
@@ -296,13 +293,9 @@ class _RowBuilder:
             transfer.user_id, transfer.asset, transfer.kind, transfer.amount, sign * transfer.amount, 0,
             None, None, transfer.timestamp,
         ))
-        # Transfers carry no sequence: their event ids come from their content, and from their rank
-        # among identical transfers of this group.
-        key = (f"transfer:{transfer.kind}:{transfer.user_id}:{transfer.asset}:{transfer.amount}:"
-               f"{transfer.timestamp}")
-        rank = self.transfer_keys.get(key, 0)
-        self.transfer_keys[key] = rank + 1
-        self._balance_events(first_movement, None, None, f"{key}:{rank}", transfer.timestamp)
+        # Transfers carry no sequence: their event ids come from their own id.
+        key = f"transfer:{transfer.transfer_id}"
+        self._balance_events(first_movement, None, None, key, transfer.timestamp)
 
     def finish(self) -> RowSet:
         """Return the rows of everything added."""

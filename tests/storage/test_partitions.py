@@ -112,7 +112,7 @@ def test_maintenance_moves_rows_caught_by_the_default_partition(pg_pool: psycopg
 
     with pg_pool.connection() as conn:
         order = conn.execute("SELECT tableoid::regclass::text, quantity FROM orders WHERE id = 42").fetchone()
-        trade = conn.execute("SELECT tableoid::regclass::text FROM trades WHERE id = 43").fetchone()
+        trade = conn.execute("SELECT tableoid::regclass::text FROM trades WHERE id = '43'").fetchone()
         assert conn.execute("SELECT count(*) FROM ONLY orders_default").fetchone() == (0,)
     assert order == (f"orders_p{in_five_months:%Y_%m}", Decimal("0.50000000"))
     assert trade == (f"trades_p{in_twenty_days:%Y_%m_%d}",)

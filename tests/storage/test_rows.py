@@ -319,11 +319,13 @@ def test_event_ids_are_uuid5_of_symbol_sequence_and_kind_and_the_same_on_every_b
     assert all(o.event_id.version == 5 for o in first.outbox)
 
 
-def test_identical_transfers_in_one_group_get_distinct_event_ids() -> None:
-    transfer = Transfer("DEPOSIT", ALICE, "USDT", 10**8, 1_795_000_000_000_000)
-    rows = build_rows([transfer, transfer])
+def test_identical_transfers_get_distinct_event_ids_and_each_keeps_its_own() -> None:
+    first = Transfer("DEPOSIT", ALICE, "USDT", 10**8, 1_795_000_000_000_000)
+    second = Transfer("DEPOSIT", ALICE, "USDT", 10**8, 1_795_000_000_000_000)
+    rows = build_rows([first, second])
     assert len({o.event_id for o in rows.outbox}) == 2
     assert rows.balance_deltas == [BalanceDelta(ALICE, "USDT", D(2), D(0))]
+    assert build_rows([first]).outbox[0].event_id == build_rows([first]).outbox[0].event_id
 
 
 def test_a_command_without_events_writes_nothing_but_counts_as_a_fact() -> None:

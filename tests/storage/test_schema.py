@@ -120,9 +120,11 @@ def test_api_keys_store_a_sha256_hash_only(conn: psycopg.Connection[Any]) -> Non
                      (user_id, b"plaintext-key"))
 
 
-def test_snowflake_ids_give_their_timestamp_back(conn: psycopg.Connection[Any]) -> None:
-    moment = datetime(2026, 11, 24, 10, 0, 0, 123000, tzinfo=UTC)
-    order_id = (int(moment.timestamp() * 1000) << 22) | 77
+def test_order_ids_give_their_timestamp_back_to_the_microsecond(conn: psycopg.Connection[Any]) -> None:
+    moment = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
+    since_epoch = moment - datetime(2025, 1, 1, tzinfo=UTC)
+    micros = (since_epoch.days * 86_400 + since_epoch.seconds) * 1_000_000 + since_epoch.microseconds
+    order_id = (micros << 12) | 77
     assert conn.execute("SELECT snowflake_timestamp(%s)", (order_id,)).fetchone() == (moment,)
 
 
