@@ -54,6 +54,7 @@ from .writer import BatchReport, PersistenceActor
 _log = logging.getLogger(__name__)
 
 DATABASE_GROUP = "database"
+WRITER_COMMIT_TIMEOUT = 10.0
 TRADING_STATUSES = frozenset({"ACTIVE"})
 
 
@@ -179,8 +180,11 @@ class ActorSystem:
         self.supervisor = supervisor
         writer = supervisor.add(ChildSpec(
             "writer",
-            lambda link: PersistenceActor.start(link, self.pool, on_batch=self._on_batch),
+            lambda link: PersistenceActor.start(link, self.pool, on_batch=self._on_batch,
+                                                commit_timeout=WRITER_COMMIT_TIMEOUT),
             strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
+            # on_stop commits what is pending: give it longer than one commit may take.
+            stop_timeout=WRITER_COMMIT_TIMEOUT + 5.0,
         ))
         supervisor.add(ChildSpec(
             "wallet",

@@ -60,6 +60,12 @@ def connection_kwargs(
         "connect_timeout": max(2, math.ceil(connect_timeout)),
         "prepare_threshold": prepare_threshold,
         "application_name": application_name,
+        # A database that silently stops answering (a dead host, a cut network) is noticed within
+        # ~11 s instead of the kernel's two hours, so the writer fails and the group is rebuilt.
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
     }
 
 
