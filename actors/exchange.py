@@ -105,7 +105,8 @@ class Exchange:
         self._clock_us = clock_us
         self._orders = orders
         self._timeout = timeout
-        self._in_flight: dict[tuple[int, str], int] = {}
+        # (user, client order id) → the id of the order carrying it, while that order is in flight.
+        self._in_flight: dict[tuple[int, str], str | None] = {}
         self._in_flight_lock = threading.Lock()
 
     # -- orders ---------------------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class Exchange:
                     continue
                 try:
                     route, command = self._place_command(user_id, request)
+                    self._note_in_flight(user_id, request.client_order_id, command.order_id)
                     pending.append(self._send(route, command))
                 except TradeEngineError as exc:
                     pending.append(exc)
@@ -256,6 +258,11 @@ class Exchange:
                 for key in held:
                     self._in_flight.pop(key, None)
 
+    def _note_in_flight(self, user_id: int, client_order_id: str | None, order_id: str) -> None:
+        if client_order_id is not None:
+            with self._in_flight_lock:
+                self._in_flight[(user_id, client_order_id)] = order_id
+
     def _hold_client_id(self, user_id: int, client_order_id: str | None,
                         held: list[tuple[int, str]]) -> TradeEngineError | None:
         if client_order_id is None:
@@ -263,8 +270,8 @@ class Exchange:
         key = (user_id, client_order_id)
         with self._in_flight_lock:
             if key in self._in_flight:
-                return _duplicate(client_order_id, None)
-            self._in_flight[key] = 0
+                return _duplicate(client_order_id, self._in_flight[key])
+            self._in_flight[key] = None
             held.append(key)
         existing = self._orders.find_client_order(user_id, client_order_id)
         if existing is not None:
@@ -272,7 +279,7 @@ class Exchange:
         return None
 
 
-def _duplicate(client_order_id: str, existing: int | None) -> DuplicateClientOrderId:
+def _duplicate(client_order_id: str, existing: int | str | None) -> DuplicateClientOrderId:
     error = DuplicateClientOrderId(f"client_order_id {client_order_id} is already used",
                                    field="client_order_id")
     error.order_id = None if existing is None else str(existing)

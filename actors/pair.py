@@ -166,8 +166,8 @@ class PairActor(SupervisedActor):
             self.trading = message.trading
             return None
         if isinstance(message, StatusQuery):
-            bids, asks, stops = self.engine.counts()
-            return PairActorStatus(self.trading, bids, asks, stops, self.engine.sequence)
+            bid_count, ask_count, stop_count = self.engine.counts()
+            return PairActorStatus(self.trading, bid_count, ask_count, stop_count, self.engine.sequence)
         return super().on_receive(message)
 
     def _execute(self, command: Command, reply: Future[Any]) -> None:
