@@ -50,8 +50,8 @@ class PairRoute(Protocol):
 
     spec: PairSpec
 
-    def tell(self, message: Any) -> None:
-        """Send without waiting."""
+    def tell(self, message: Any, wait: float = 0.0) -> None:
+        """Send without waiting for an answer; wait up to `wait` s for a restarting pair."""
 
     def ask(self, message: Any, timeout: float) -> Any:
         """Send and wait for the answer."""
@@ -223,8 +223,9 @@ class Exchange:
         return self._route(location[0]), str(oid)
 
     def _send(self, route: PairRoute, command: Command) -> Future[Any]:
+        """Hand the command to the pair; a restarting pair is waited for, within the request timeout."""
         reply: Future[Any] = Future()
-        route.tell(Execute(command, reply))
+        route.tell(Execute(command, reply), wait=self._timeout)
         return reply
 
     def _wait(self, future: Future[Any]) -> CommandOutcome:

@@ -87,9 +87,13 @@ class ChildHandle:
         """Call `method` on the current incarnation (a pykka proxy call without a proxy object)."""
         return self.ask(ProxyCall(attr_path=(method,), args=args, kwargs=kwargs), timeout)
 
-    def tell(self, message: Any) -> None:
-        """Send `message` to the current incarnation without waiting; ActorUnavailable if none runs."""
-        ref, _ = self._supervisor._await_running(self._name, time.monotonic(), 0.0)
+    def tell(self, message: Any, wait: float = 0.0) -> None:
+        """Send `message` to the current incarnation without waiting for an answer.
+
+        While the child is restarting, wait up to `wait` seconds for its next incarnation; then, or at
+        once when it is stopped or failed, raise ActorUnavailable.
+        """
+        ref, _ = self._supervisor._await_running(self._name, time.monotonic() + wait, wait)
         try:
             ref.tell(message)
         except pykka.ActorDeadError as exc:  # died between the lookup and the send

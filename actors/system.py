@@ -75,9 +75,9 @@ class PairRoute:
     status: str
     handle: ChildHandle
 
-    def tell(self, message: Any) -> None:
-        """Send to the pair's current incarnation without waiting."""
-        self.handle.tell(message)
+    def tell(self, message: Any, wait: float = 0.0) -> None:
+        """Send to the pair's current incarnation; wait up to `wait` s while it restarts."""
+        self.handle.tell(message, wait)
 
     def ask(self, message: Any, timeout: float) -> Any:
         """Send to the pair's current incarnation and wait for the answer."""
@@ -298,7 +298,7 @@ class ActorSystem:
     def _transfer(self, message: Deposit | Withdraw) -> AssetBalance:
         if message.amount <= 0:
             raise ValidationError("amount must be greater than 0", field="amount")
-        self._supervisor().handle("wallet").tell(message)
+        self._supervisor().handle("wallet").tell(message, wait=self._request_timeout)
         return message.reply.result(timeout=self._request_timeout)
 
     def _route(self, symbol: str) -> PairRoute:
