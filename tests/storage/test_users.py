@@ -1,0 +1,82 @@
+"""Users and API keys: keys are shown once, stored hashed, and authenticate exactly their holder."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg_pool
+import pytest
+
+from tradeengine.engine.errors import ValidationError
+from tradeengine.storage.users import UserExists, UserRepository, new_api_key
+
+
+def test_a_created_user_gets_a_key_that_authenticates_them_with_their_role(
+    pg_pool: psycopg_pool.ConnectionPool,
+) -> None:
+    users = UserRepository(pg_pool)
+    alice, key = users.create("alice", "trader")
+    principal = users.authenticate(key)
+    assert principal is not None
+    assert (principal.user_id, principal.name, principal.role) == (alice.id, "alice", "trader")
+    assert alice.id >= 1000
+
+
+def test_only_the_hash_of_a_key_is_stored(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    _, key = UserRepository(pg_pool).create("bob", "trader")
+    with pg_pool.connection() as conn:
+        stored = conn.execute("SELECT key_hash, key_prefix FROM api_keys").fetchall()
+    assert stored == [(hashlib.sha256(key.encode()).digest(), key[:10])]
+
+
+def test_unknown_malformed_and_revoked_keys_authenticate_nobody(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    _, key = users.create("carol", "trader")
+    assert users.authenticate(new_api_key()) is None
+    assert users.authenticate("not-a-key") is None
+    with pg_pool.connection() as conn:
+        conn.execute("UPDATE api_keys SET revoked_at = now()")
+    assert users.authenticate(key) is None
+
+
+def test_a_second_key_works_alongside_the_first(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    dave, first = users.create("dave", "admin")
+    second = users.issue_key(dave.id)
+    assert first != second
+    assert users.authenticate(first) == users.authenticate(second)
+
+
+def test_a_taken_name_or_a_bad_role_or_name_is_refused_and_nothing_is_stored(
+    pg_pool: psycopg_pool.ConnectionPool,
+) -> None:
+    users = UserRepository(pg_pool)
+    users.create("erin", "trader")
+    with pytest.raises(UserExists):
+        users.create("erin", "admin")
+    with pytest.raises(ValidationError):
+        users.create("frank", "superuser")
+    with pytest.raises(ValidationError):
+        users.create("no spaces allowed", "trader")
+    with pg_pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE role <> 'system'").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM api_keys").fetchone() == (1,)
+
+
+def test_the_bootstrap_admin_is_created_once_even_by_concurrent_starts(
+    pg_pool: psycopg_pool.ConnectionPool,
+) -> None:
+    users = UserRepository(pg_pool)
+    key = new_api_key()
+    with ThreadPoolExecutor(4) as pool:
+        created = list(pool.map(lambda _: users.ensure_admin(key), range(4)))
+    assert len([user for user in created if user is not None]) == 1
+    principal = users.authenticate(key)
+    assert principal is not None and principal.role == "admin"
+    assert users.ensure_admin(new_api_key()) is None
+
+
+def test_a_weak_bootstrap_key_is_refused(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    with pytest.raises(ValidationError):
+        UserRepository(pg_pool).ensure_admin("te_short")
