@@ -33,6 +33,7 @@ from tradeengine.actors.system import ActorSystem
 from tradeengine.http.app import create_app
 from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+from tradeengine.storage.users import UserRepository
 
 from .cli import engine_version
 from .database import DataDirLock, StartupError, serving_database
@@ -180,6 +181,8 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
                        prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
     system = ActorSystem(pool, request_timeout=settings.request_timeout)
     try:
+        if settings.bootstrap_admin_key and UserRepository(pool).ensure_admin(settings.bootstrap_admin_key):
+            _log.info("created the bootstrap admin (user 'admin') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
         system.start()
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)

@@ -33,10 +33,6 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def _optional_text(name: str, raw: str) -> str | None:
-    return raw or None
-
-
 def _port(name: str, raw: str) -> int:
     value = _int(name, raw)
     if not 0 <= value <= 65535:
@@ -114,6 +110,16 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _api_key(name: str, raw: str) -> str | None:
+    key = raw.strip()
+    if not key:
+        return None
+    if not key.startswith("te_") or len(key) < 19 or not key[3:].replace("-", "").replace("_", "").isalnum():
+        raise SettingsError(f"{PREFIX}{name}: must be te_ followed by at least 16 letters, digits, - or _ "
+                            "(e.g. te_ and the output of `openssl rand -hex 24`)")
+    return key
+
+
 def _path(name: str, raw: str) -> Path:
     if not raw.strip():
         raise SettingsError(f"{PREFIX}{name} is empty: give a folder path")
@@ -153,7 +159,7 @@ class Settings:
         _positive_float, 5.0, "seconds to wait for the engine before answering 504"
     )
     bootstrap_admin_key: str | None = _field(
-        _optional_text, None, "creates an admin with this API key at start when no admin exists"
+        _api_key, None, "creates an admin with this API key (te_…) at start when no admin exists"
     )
 
     @classmethod

@@ -57,6 +57,8 @@ def test_every_documented_variable_is_read() -> None:
         ("REQUEST_TIMEOUT", "-1", "greater than 0"),
         ("DATABASE_PREPARE", "maybe", "true or false"),
         ("DATA_DIR", " ", "folder path"),
+        ("BOOTSTRAP_ADMIN_KEY", "secret", "te_ followed by"),
+        ("BOOTSTRAP_ADMIN_KEY", "te_short", "te_ followed by"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
