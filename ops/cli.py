@@ -67,6 +67,23 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .database import open_database
+
+    with open_database(settings) as database:
+        database.migrate()
+        user, key = database.users().create(args.name, args.role)
+    if args.json:
+        print(json.dumps({"user": {"id": str(user.id), "name": user.name, "role": user.role,
+                                   "created_at": user.created_at.isoformat()}, "api_key": key}))
+    else:
+        print(f"created {user.role} {user.name} (id {user.id})")
+        print(f"api key (shown once, keep it safe): {key}")
+    return 0
+
+
 def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
     print(f"trade-engine {engine_version()}")
     return 0
@@ -106,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.")
     pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="SUBCOMMAND", required=True)
     add("list", _cmd_pairs_list, "List the trading pairs with their rules and status.", pair_commands)
+    users = commands.add_parser("users", help="Users and their API keys.", description="Users.")
+    user_commands = users.add_subparsers(dest="users_command", metavar="SUBCOMMAND", required=True)
+    create = add("create", _cmd_users_create,
+                 "Create a user and print their API key (shown once).", user_commands)
+    create.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'")
+    create.add_argument("--role", choices=["trader", "admin"], default="trader")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
     add("version", _cmd_version, "Print the version.")
     bench = add("bench", _cmd_bench,
                 "Run a benchmark and print its figures (`bench core --help` for its options).")

@@ -34,6 +34,7 @@ from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.errors import StorageError, StorageUnavailable
 from tradeengine.storage.migrate import apply_migrations
 from tradeengine.storage.pairs import PairRepository
+from tradeengine.storage.users import UserRepository
 
 from .settings import Settings
 
@@ -155,6 +156,10 @@ class Database:
     def pairs(self) -> PairRepository:
         """The trading pairs repository."""
         return PairRepository(self.pool)
+
+    def users(self) -> UserRepository:
+        """The users and API keys repository."""
+        return UserRepository(self.pool)
 
     def close(self) -> None:
         """Close the pool, if one was opened."""

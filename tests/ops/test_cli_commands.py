@@ -64,3 +64,27 @@ def test_migrate_with_the_embedded_database_starts_and_stops_it(tmp_path: Path) 
     left = [p for p in psutil.process_iter(["name", "cmdline"])
             if p.info["name"] == "postgres" and any(data_dir in a for a in p.info["cmdline"] or ())]
     assert left == []
+
+
+def test_users_create_prints_a_key_once_that_authenticates_the_new_user(machine_pg_url: str,
+                                                                       tmp_path: Path) -> None:
+    import json
+
+    from tradeengine.storage import create_pool
+    from tradeengine.storage.users import UserRepository
+
+    made = _run("users", "create", "alice", "--role", "admin", "--json", cwd=tmp_path,
+                database_url=machine_pg_url)
+    assert made.returncode == 0, made.stderr
+    answer = json.loads(made.stdout)
+    assert answer["user"]["name"] == "alice" and answer["user"]["role"] == "admin"
+    pool = create_pool(machine_pg_url, min_size=1, max_size=1)
+    try:
+        principal = UserRepository(pool).authenticate(answer["api_key"])
+    finally:
+        pool.close()
+    assert principal is not None and str(principal.user_id) == answer["user"]["id"]
+
+    again = _run("users", "create", "alice", cwd=tmp_path, database_url=machine_pg_url)
+    assert again.returncode == 1
+    assert again.stderr.strip() == "trade-engine: a user named alice exists already"
