@@ -139,6 +139,11 @@ class DuplicateClientOrderId(DomainError):
         super().__init__(message, field=field)
         self.order_id = order_id
 
+    @property
+    def details(self) -> dict[str, str | None]:
+        """What the API's error body carries besides code and message: the existing order's id."""
+        return {"order_id": self.order_id}
+
 
 class UnknownSymbol(DomainError):
     """No trading pair has this symbol."""

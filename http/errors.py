@@ -30,6 +30,7 @@ import falcon
 
 from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
+from tradeengine.storage.users import UserExists
 
 from .middleware import request_id_of
 
@@ -103,6 +104,11 @@ def default_error_mappings() -> list[ErrorMapping]:
         ErrorMapping(engine_errors.DuplicateOrderId, 409),
         ErrorMapping(engine_errors.OrderNotCancellable, 409),
         ErrorMapping(engine_errors.OrderNotAmendable, 409),
+        ErrorMapping(engine_errors.UnknownSymbol, 404),
+        ErrorMapping(engine_errors.DuplicateClientOrderId, 409),
+        ErrorMapping(engine_errors.PairNotTrading, 409),
+        ErrorMapping(engine_errors.PairExists, 409),
+        ErrorMapping(UserExists, 409),
         _bug(engine_errors.IllegalStatusTransition),
         _bug(engine_errors.InvariantViolation),
         _unavailable(engine_errors.InfrastructureError, "engine"),

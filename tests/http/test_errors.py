@@ -13,6 +13,7 @@ from tradeengine.engine import errors as engine_errors
 from tradeengine.http.app import create_app
 from tradeengine.http.errors import ErrorMapping, error_body
 from tradeengine.storage import errors as storage_errors
+from tradeengine.storage.users import UserExists
 
 
 def test_unknown_path_answers_404_not_found_in_the_one_shape(client: falcon.testing.TestClient) -> None:
@@ -181,6 +182,10 @@ def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
     (engine_errors.OrderNotFound("no order 42"), 404, "NOT_FOUND", None),
     (engine_errors.OrderNotCancellable("order 42 is FILLED"), 409, "ORDER_NOT_CANCELLABLE", None),
     (engine_errors.IllegalStatusTransition("FILLED -> OPEN"), 500, "INTERNAL_ERROR", None),
+    (engine_errors.UnknownSymbol("unknown symbol DOGE-EUR", field="symbol"), 404, "UNKNOWN_SYMBOL", "symbol"),
+    (engine_errors.PairNotTrading("BTC-USDT is halted"), 409, "PAIR_NOT_TRADING", None),
+    (engine_errors.PairExists("BTC-USDT exists", field="symbol"), 409, "PAIR_EXISTS", "symbol"),
+    (UserExists("alice exists", field="name"), 409, "USER_EXISTS", "name"),
 ])
 def test_domain_errors_map_by_class_with_their_code_and_field(
         error: Exception, status: int, code: str, field: str | None) -> None:
@@ -188,6 +193,15 @@ def test_domain_errors_map_by_class_with_their_code_and_field(
     assert result.status_code == status
     assert result.json["error"]["code"] == code
     assert result.json["error"].get("field") == field
+
+
+def test_a_duplicate_client_order_id_answers_409_naming_the_existing_order() -> None:
+    error = engine_errors.DuplicateClientOrderId("client_order_id my-1 is already used",
+                                                 field="client_order_id", order_id="245015042036027392")
+    result = _answer_to(error)
+    assert result.status_code == 409
+    assert result.json["error"]["code"] == "DUPLICATE_CLIENT_ORDER_ID"
+    assert result.json["error"]["details"] == {"order_id": "245015042036027392"}
 
 
 def test_error_body_has_field_only_when_given() -> None:
