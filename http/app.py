@@ -24,6 +24,7 @@ import falcon.media
 import orjson
 from prometheus_client import CollectorRegistry
 
+from .auth import AuthMiddleware, Principal
 from .errors import ErrorMapping, register_error_handlers
 from .middleware import REQUEST_ID_HEADER, AccessLogMiddleware, HttpMetrics, RequestIdMiddleware
 from .operations import HealthResource, MetricsResource, ReadyResource
@@ -70,12 +71,14 @@ def create_app(
     ready_timeout: float = 1.5,
     routes: Iterable[Route] = (),
     error_mappings: Iterable[ErrorMapping] = (),
+    authenticate: Callable[[str], Principal | None] | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI app: operational routes, ``routes``, middleware and the one error shape.
 
     ``readiness_checks`` are named callables that raise when their part is unusable (see
     :mod:`tradeengine.http.readiness`); ``registry`` receives the HTTP metrics and is what ``/metrics``
-    exposes; ``clock`` times requests; ``request_ids`` makes ids for requests that bring none.
+    exposes; ``clock`` times requests; ``request_ids`` makes ids for requests that bring none;
+    ``authenticate`` maps an API key to its user (see :mod:`tradeengine.http.auth`).
     """
     log = logger if logger is not None else logging.getLogger("tradeengine.http")
     metrics = HttpMetrics(registry)
@@ -85,6 +88,8 @@ def create_app(
     ]
     if cors_origins:
         middleware.append(_cors(cors_origins))
+    if authenticate is not None:
+        middleware.append(AuthMiddleware(authenticate))
     app = falcon.App(middleware=middleware)
     handlers = _json_handlers()
     app.req_options.media_handlers.update(handlers)

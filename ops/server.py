@@ -195,6 +195,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             cors_origins=settings.cors_origins,
             logger=logging.getLogger("tradeengine.http"),
             ready_timeout=READY_CHECK_TIMEOUT,
+            authenticate=UserRepository(pool).authenticate,
         )
     except BaseException:
         WorkerParts(pool, system, None).close()

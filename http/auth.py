@@ -1,0 +1,103 @@
+"""API-key authentication: who a request acts for, and which role a route needs.
+
+A resource states what it needs in a class attribute ``auth``: ``PUBLIC`` (market data), ``TRADER``
+(any user with a key: traders and admins) or ``ADMIN``. Under ``/api/`` a resource that states nothing
+needs ``TRADER`` — the middleware fails closed; operational routes (``/health``, ``/ready``,
+``/metrics``) are outside ``/api/`` and public.
+
+``Authorization: Bearer <key>``: a missing, malformed or unknown key answers 401 ``UNAUTHENTICATED``
+(with ``WWW-Authenticate: Bearer``), a trader on an admin route 403 ``FORBIDDEN``. The principal is put
+in ``req.context.principal``.
+
+Keys are looked up through the injected ``authenticate`` (the database) and remembered for
+``cache_ttl`` seconds (unknown keys for ``miss_ttl``), so a busy client costs one lookup per TTL, not
+one per request. Known limit: a revoked key keeps working until its cache entry expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import falcon
+
+PUBLIC = "public"
+TRADER = "trader"
+ADMIN = "admin"
+
+
+class Principal(Protocol):
+    """What the middleware needs of an authenticated user."""
+
+    @property
+    def user_id(self) -> int:
+        """The user's id."""
+
+    @property
+    def role(self) -> str:
+        """trader or admin."""
+
+
+class AuthMiddleware:
+    """Authenticate API keys and enforce each resource's ``auth`` requirement."""
+
+    def __init__(self, authenticate: Callable[[str], Principal | None], *, cache_ttl: float = 30.0,
+                 miss_ttl: float = 2.0, cache_size: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._authenticate = authenticate
+        self._cache_ttl = cache_ttl
+        self._miss_ttl = miss_ttl
+        self._cache_size = cache_size
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
+        """Refuse the request unless its key satisfies the resource's requirement."""
+        if resource is None or req.method == "OPTIONS":
+            return  # routing answers 404/405; CORS preflights carry no credentials
+        need = getattr(resource, "auth", TRADER if req.path.startswith("/api/") else PUBLIC)
+        if need == PUBLIC:
+            return
+        principal = self._principal(req)
+        if need == ADMIN and principal.role != ADMIN:
+            raise falcon.HTTPForbidden(title="Forbidden", description="this route is for admins",
+                                       code="FORBIDDEN")
+        req.context.principal = principal
+
+    def _principal(self, req: falcon.Request) -> Principal:
+        scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise _unauthenticated("send Authorization: Bearer <api key>")
+        principal = self._lookup(key)
+        if principal is None:
+            raise _unauthenticated("unknown or revoked API key")
+        return principal
+
+    def _lookup(self, key: str) -> Principal | None:
+        digest = hashlib.sha256(key.encode()).digest()
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(digest)
+            if cached is not None and cached[0] > now:
+                self._cache.move_to_end(digest)
+                return cached[1]
+        principal = self._authenticate(key)
+        ttl = self._cache_ttl if principal is not None else self._miss_ttl
+        with self._lock:
+            self._cache[digest] = (now + ttl, principal)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return principal
+
+
+def _unauthenticated(description: str) -> falcon.HTTPUnauthorized:
+    return falcon.HTTPUnauthorized(title="Unauthenticated", description=description,
+                                   challenges=["Bearer"], code="UNAUTHENTICATED")

@@ -1,0 +1,117 @@
+"""API-key authentication: 401 without a valid key, 403 for a trader on an admin route, keys cached."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import falcon
+import falcon.testing
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tradeengine.http.app import create_app
+from tradeengine.http.auth import ADMIN, PUBLIC, AuthMiddleware
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    user_id: int
+    role: str
+
+
+KEYS = {"te_trader": User(1001, "trader"), "te_admin": User(1, "admin")}
+
+
+class Whoami:
+    """Answers with the caller's id; declares nothing, so under /api/ it needs a trader key."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"user_id": req.context.principal.user_id}
+
+
+class AdminOnly(Whoami):
+    auth = ADMIN
+
+
+class Market:
+    auth = PUBLIC
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"pairs": []}
+
+
+class Lookups:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, key: str) -> User | None:
+        self.calls.append(key)
+        return KEYS.get(key)
+
+
+@pytest.fixture
+def lookups() -> Lookups:
+    return Lookups()
+
+
+@pytest.fixture
+def client(lookups: Lookups) -> falcon.testing.TestClient:
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(), authenticate=lookups,
+                     routes=[("/api/v1/me", Whoami()), ("/api/v1/admin/x", AdminOnly()),
+                             ("/api/v1/pairs", Market())])
+    return falcon.testing.TestClient(app)
+
+
+def _get(client: falcon.testing.TestClient, path: str, key: str | None = None) -> falcon.testing.Result:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.simulate_get(path, headers=headers)
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Basic dXNlcjpwYXNz", "Bearer te_nobody"])
+def test_a_missing_malformed_or_unknown_key_answers_401_unauthenticated(
+        client: falcon.testing.TestClient, header: str | None) -> None:
+    result = client.simulate_get("/api/v1/me", headers={"Authorization": header} if header else {})
+    assert result.status_code == 401
+    assert result.json["error"]["code"] == "UNAUTHENTICATED"
+    assert result.headers["www-authenticate"] == "Bearer"
+    assert result.json["request_id"]
+
+
+def test_a_trader_key_reaches_trader_routes_as_its_user(client: falcon.testing.TestClient) -> None:
+    result = _get(client, "/api/v1/me", "te_trader")
+    assert (result.status_code, result.json) == (200, {"user_id": 1001})
+
+
+def test_a_trader_on_an_admin_route_answers_403_and_an_admin_passes(
+        client: falcon.testing.TestClient) -> None:
+    refused = _get(client, "/api/v1/admin/x", "te_trader")
+    assert refused.status_code == 403
+    assert refused.json["error"]["code"] == "FORBIDDEN"
+    assert _get(client, "/api/v1/admin/x", "te_admin").json == {"user_id": 1}
+    assert _get(client, "/api/v1/me", "te_admin").status_code == 200  # admins trade too
+
+
+def test_public_and_operational_routes_need_no_key(client: falcon.testing.TestClient) -> None:
+    assert _get(client, "/api/v1/pairs").status_code == 200
+    assert _get(client, "/health").status_code == 200
+
+
+def test_unknown_routes_still_answer_404_without_a_key(client: falcon.testing.TestClient) -> None:
+    assert _get(client, "/api/v1/nothing-here").status_code == 404
+
+
+def test_a_key_is_looked_up_once_per_cache_period(lookups: Lookups) -> None:
+    now = [0.0]
+    auth = AuthMiddleware(lookups, cache_ttl=30.0, miss_ttl=2.0, clock=lambda: now[0])
+    assert auth._lookup("te_trader") == KEYS["te_trader"]
+    assert auth._lookup("te_trader") == KEYS["te_trader"]
+    assert auth._lookup("te_nobody") is None
+    assert auth._lookup("te_nobody") is None
+    assert lookups.calls == ["te_trader", "te_nobody"]
+    now[0] = 3.0  # past the miss period, within the hit period
+    auth._lookup("te_trader")
+    auth._lookup("te_nobody")
+    assert lookups.calls == ["te_trader", "te_nobody", "te_nobody"]
+    now[0] = 31.0
+    auth._lookup("te_trader")
+    assert lookups.calls[-1] == "te_trader"
