@@ -8,13 +8,14 @@ same self-trade prevention as the real match, so the real match fills exactly wh
   taker there);
 - under NONE own orders count as liquidity.
 A quote budget buys whole lots only; the walk stops at the first maker it cannot buy completely, since deeper
-prices are never cheaper. Complexity: O(orders walked).
+prices are never cheaper. Complexity: O(orders walked); beyond the best level, plus O(log L) and the parked
+(empty) levels passed (see book: at most the live levels + PARKED_SLACK).
 """
 
 from __future__ import annotations
 
 from .book import OrderBook
-from .order import BUY, EXPIRE_MAKER, STP_NONE, SelfTradePrevention, Side
+from .order import BUY, EXPIRE_MAKER, SELL, STP_NONE, SelfTradePrevention, Side
 
 
 def walk_liquidity(
@@ -29,16 +30,17 @@ def walk_liquidity(
 ) -> tuple[int, int]:
     """Return (lots, quote atoms) an incoming order would fill now; give quantity or quote_budget."""
     is_buy = side is BUY
-    levels = book.asks if is_buy else book.bids
-    prices = iter(levels) if is_buy else reversed(levels)
     lots = spent = 0
-    for price in prices:
+    for level in book.live_levels(SELL if is_buy else BUY):
+        price = level.price
         if limit is not None and (price > limit if is_buy else price < limit):
             break
         unit_cost = price * quote_atoms_per_tick_lot
-        for maker in levels[price]:
+        maker = level.head
+        while maker is not None:
             if maker.user_id == user_id and stp is not STP_NONE:
                 if stp is EXPIRE_MAKER:
+                    maker = maker.next
                     continue
                 return lots, spent
             available = maker.quantity - maker.filled
@@ -51,4 +53,5 @@ def walk_liquidity(
             spent += take * unit_cost
             if lots == quantity or (quantity is None and take < available):
                 return lots, spent
+            maker = maker.next
     return lots, spent

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from msgspec.structs import astuple
+
 from .book import Level
 from .commands import AmendOrder, CancelAll, CancelOrder, Command, PlaceOrder
 from .errors import (
@@ -86,7 +88,10 @@ from .order import (
     STOP_MARKET,
     STP_NONE,
     Order,
+    OrderType,
     Reason,
+    SelfTradePrevention,
+    Side,
     TimeInForce,
 )
 from .pair_state import PairState, by_sequence
@@ -96,6 +101,15 @@ _FOK_UNFILLED: Final = Reason.FILL_OR_KILL_UNFILLED
 _IOC: Final = Reason.IMMEDIATE_OR_CANCEL
 _STP: Final = Reason.SELF_TRADE_PREVENTION
 _NO_FUNDS: Final = Reason.INSUFFICIENT_BALANCE
+
+_PlaceFields = tuple[
+    str, str, Side, OrderType, object, object, object, object, TimeInForce | None, bool, SelfTradePrevention,
+    str | None, int,
+]
+"""PlaceOrder's fields in their declared order: order_id, user_id, side, order_type, quantity, price,
+stop_price, quote_quantity, time_in_force, post_only, self_trade_prevention, client_order_id, timestamp.
+The four numbers are `object` so that a compiled build checks their types where the pure one does (in the
+hot-path test, else in validate_place) instead of raising TypeError on reading a float or a str."""
 
 
 class MatchingEngine(PairState):
@@ -122,38 +136,41 @@ class MatchingEngine(PairState):
 
     def place(self, command: PlaceOrder) -> list[EngineEvent]:
         """Accept (or reject) a new order, lock its funds, match it, rest or expire it, run stops."""
-        order_id = command.order_id
-        user_id = command.user_id
+        # One C call copies the 13 fields out: from compiled code each `command.field` is a generic
+        # attribute lookup. The order is PlaceOrder's field order (pinned by a test).
+        fields: _PlaceFields = astuple(command)
+        (order_id, user_id, side, order_type, quantity, price, stop_price, quote_quantity, tif, post_only,
+         stp, client_order_id, ts) = fields
         book = self.book
-        tif = command.time_in_force
-        price = command.price
-        quantity = command.quantity
-        post_only = command.post_only
         if (  # hot path: a well-formed GTC/IOC LIMIT order (anything else gets the full validation)
-            command.order_type is LIMIT
+            order_type is LIMIT
             and (tif is None or tif is GTC or (tif is IOC and not post_only))
             and type(price) is int
             and type(quantity) is int
             and price > 0
             and self.min_lots <= quantity <= self.max_lots
-            and command.stop_price is None
-            and command.quote_quantity is None
+            and stop_price is None
+            and quote_quantity is None
             and order_id
             and user_id
             and price * quantity * self.notional_unit >= self.min_notional
             and order_id not in book.orders
             and order_id not in self.stops.orders
             and order_id not in self._finished
+            and order_id not in self._finished_older
         ):
             return self._place_limit(
-                command, GTC if tif is None else tif, order_id, user_id, price, quantity, post_only
+                command, order_id, user_id, side, price, quantity, GTC if tif is None else tif, post_only,
+                stp, client_order_id, ts,
             )
         tif = validate_place(self.spec, command)
-        if order_id in book.orders or order_id in self.stops.orders or order_id in self._finished:
+        if self._id_used(order_id):
             raise DuplicateOrderId(f"order id {order_id} is already used on this pair", field="order_id")
-        if command.order_type is LIMIT and tif is not FOK:
-            assert price is not None and quantity is not None
-            return self._place_limit(command, tif, order_id, user_id, price, quantity, post_only)
+        if order_type is LIMIT and tif is not FOK:
+            assert type(price) is int and type(quantity) is int
+            return self._place_limit(
+                command, order_id, user_id, side, price, quantity, tif, post_only, stp, client_order_id, ts
+            )
         return self._place_other(command, tif)
 
     def _place_other(self, command: PlaceOrder, tif: TimeInForce) -> list[EngineEvent]:
@@ -193,13 +210,12 @@ class MatchingEngine(PairState):
             self._run_stops(events, ts)
         return events
 
-    def _place_limit(  # the fields already read by place() come in as arguments: each read costs
-        self, command: PlaceOrder, tif: TimeInForce, order_id: str, user_id: str, price: int, quantity: int,
-        post_only: bool,
+    def _place_limit(  # the command's fields come in as arguments, already read by place()
+        self, command: PlaceOrder, order_id: str, user_id: str, side: Side, price: int, quantity: int,
+        tif: TimeInForce, post_only: bool, stp: SelfTradePrevention, client_order_id: str | None, ts: int,
     ) -> list[EngineEvent]:
         """Place a validated GTC or IOC LIMIT order (the hot path: no book walk needed before locking)."""
         book = self.book
-        side = command.side
         if side is BUY:
             crossing = book.best_ask is not None and price >= book.best_ask
             asset = self.quote_asset
@@ -214,14 +230,11 @@ class MatchingEngine(PairState):
             raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
         sequence = self.sequence + 1
         self.sequence = sequence + 1
-        stp = command.self_trade_prevention
-        client_order_id = command.client_order_id
         order = Order(
             order_id, user_id, side, LIMIT, price, None, quantity, None, tif, post_only, stp, client_order_id,
             OPEN, sequence,
         )
         order.locked = lock
-        ts = command.timestamp
         events: list[EngineEvent] = [
             OrderAccepted(
                 sequence, ts, order_id, user_id, client_order_id, side, LIMIT, OPEN, price, None, quantity,
@@ -345,7 +358,7 @@ class MatchingEngine(PairState):
             self.book.remove(order)
         else:
             assert order.price is not None
-            self.book.side(order.side)[order.price].total -= order.quantity - quantity
+            self.book.level(order.side, order.price).total -= order.quantity - quantity
         order.price = price
         order.quantity = quantity
         self.sequence += 1
@@ -371,7 +384,7 @@ class MatchingEngine(PairState):
         order = self.book.orders.get(order_id) or self.stops.orders.get(order_id)
         if order is not None and order.user_id == user_id:
             return order
-        if order is None and self._finished.get(order_id) == user_id:
+        if order is None and self._finished_owner(order_id) == user_id:
             raise when_final(f"order {order_id} is already final")
         raise OrderNotFound(f"no live order {order_id}", field=None)
 
@@ -405,14 +418,13 @@ class MatchingEngine(PairState):
         """Trade the taker against the opposite side; return (quote atoms to release, stopped by STP)."""
         book = self.book
         is_buy = taker.side is BUY
-        levels = book.asks if is_buy else book.bids
+        levels = book.ask_levels if is_buy else book.bid_levels
         limit = taker.price
         per_tick_lot = self.notional_unit
         taker_user = taker.user_id
         stp = taker.stp
         remaining = taker.quantity - taker.filled
         improvement = 0
-        finished = self._finished
         while remaining:
             best = book.best_ask if is_buy else book.best_bid
             if best is None or (limit is not None and (best > limit if is_buy else best < limit)):
@@ -438,9 +450,9 @@ class MatchingEngine(PairState):
                 if maker.status is FILLED:
                     following = maker.next
                     book.remove(maker)
-                    finished[maker.order_id] = maker.user_id
+                    self._finished[maker.order_id] = maker.user_id  # checked for forgetting once, below
                     maker = following
-        if len(finished) > 2 * self.finished_capacity:
+        if len(self._finished) + len(self._finished_older) > 2 * self.finished_capacity:
             self._forget_oldest_finished()
         return improvement, False
 

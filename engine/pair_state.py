@@ -16,6 +16,7 @@ Complexity: open_orders and counts are O(N) scans; depth(n) is O(n); the rest O(
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 from .book import OrderBook
 from .errors import DuplicateOrderId, InvariantViolation, ValidationError
@@ -31,6 +32,7 @@ class PairState:
 
     __slots__ = (
         "_finished",
+        "_finished_older",
         "base_asset",
         "base_unit",
         "book",
@@ -78,18 +80,36 @@ class PairState:
         self.taker_fee_num, self.taker_fee_den = spec.taker_fee_fraction
         self.finished_capacity = finished_capacity
         self._finished: dict[str, str] = {}
+        self._finished_older: dict[str, str] = {}
 
     def _remember_finished(self, order_id: str, user_id: str) -> None:
         finished = self._finished
         finished[order_id] = user_id
-        if len(finished) > 2 * self.finished_capacity:
+        if len(finished) + len(self._finished_older) > 2 * self.finished_capacity:
             self._forget_oldest_finished()
 
+    def _finished_owner(self, order_id: str) -> str | None:
+        """Return the user of a remembered final order, or None."""
+        owner = self._finished.get(order_id)
+        return self._finished_older.get(order_id) if owner is None else owner
+
+    def _id_used(self, order_id: str) -> bool:
+        """Tell whether an order id is live or a remembered final order on this pair."""
+        return (order_id in self.book.orders or order_id in self.stops.orders or order_id in self._finished
+                or order_id in self._finished_older)
+
     def _forget_oldest_finished(self) -> None:
-        """Keep only the newest `finished_capacity` final ids (amortised O(1) per final order)."""
-        keep = self.finished_capacity
-        newest = list(self._finished.items())[-keep:] if keep else []
-        self._finished = dict(newest)
+        """Keep only the newest `finished_capacity` final ids (amortised O(1) per final order).
+
+        Two generations instead of one dict: `_finished_older` holds at most `finished_capacity` ids, so
+        when the total passes 2 × capacity the newest `capacity` are all in `_finished`; it loses its
+        oldest surplus (usually one id) and becomes the older generation. No dict is copied.
+        """
+        finished = self._finished
+        for order_id in list(islice(finished, max(0, len(finished) - self.finished_capacity))):
+            del finished[order_id]
+        self._finished_older = finished
+        self._finished = {}
 
     # -- read API ----------------------------------------------------------------------------------
 

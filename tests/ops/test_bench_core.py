@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
 from tradeengine.ops.bench import core
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_core_prints_its_figures_as_json_on_the_last_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,3 +28,27 @@ def test_bench_core_prints_its_figures_as_json_on_the_last_line(capsys: pytest.C
 def test_bench_core_refuses_a_non_positive_command_count() -> None:
     with pytest.raises(SystemExit):
         core.main(["--commands", "0"])
+
+
+def test_the_installed_build_compiles_the_same_modules_as_the_accelerated_bench() -> None:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (listed,) = (
+        ast.literal_eval(node.value) for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "COMPILED_MODULES"
+    )
+    assert tuple(listed) == core.ACCELERATED_MODULES
+
+
+def test_an_editable_install_of_the_project_stays_pure_python(tmp_path: Path) -> None:
+    # a compiled module next to engine/*.py would be imported instead of the edited source
+    hook = f"from setuptools import build_meta; build_meta.build_editable({str(tmp_path)!r})"
+    build = subprocess.run(
+        [sys.executable, "-c", hook],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if name.endswith(".so")]
+    assert not list((ROOT / "engine").glob("*.so"))
