@@ -74,6 +74,10 @@ def compiled_engine() -> list[Any]:
             target_dir=str(STAGING / "c"),
             group_name="tradeengine.engine.native",
         )
+    except BaseException as exc:  # mypyc refused the code (e.g. type errors): ship pure Python
+        print(f"warning: mypyc could not compile the engine, installing pure Python: {exc!r}",
+              file=sys.stderr)
+        return []
     finally:
         os.chdir(here)
 
