@@ -28,6 +28,8 @@ from tradeengine.engine import (
     CancelAll,
     CancelOrder,
     Command,
+    OrderNotAmendable,
+    OrderNotCancellable,
     OrderNotFound,
     OrderType,
     PairSpec,
@@ -139,8 +141,8 @@ class Exchange:
     def cancel(self, user_id: int, order_id: str) -> CommandOutcome:
         """Cancel one of the user's live orders."""
         route, oid = self._owned_order(user_id, order_id)
-        return self._wait(self._send(route, CancelOrder(order_id=oid, user_id=str(user_id),
-                                                        timestamp=self._clock_us())))
+        command = CancelOrder(order_id=oid, user_id=str(user_id), timestamp=self._clock_us())
+        return self._wait_on_order(self._send(route, command), oid, OrderNotCancellable)
 
     def amend(self, user_id: int, order_id: str, *, quantity: Decimal | None = None,
               price: Decimal | None = None) -> CommandOutcome:
@@ -155,7 +157,7 @@ class Exchange:
             price=None if price is None else spec.price_to_ticks(price),
             timestamp=self._clock_us(),
         )
-        return self._wait(self._send(route, command))
+        return self._wait_on_order(self._send(route, command), oid, OrderNotAmendable)
 
     def cancel_all(self, user_id: int, symbol: str | None = None) -> list[CommandOutcome]:
         """Cancel every live order of the user on `symbol`, or on every pair."""
@@ -233,6 +235,19 @@ class Exchange:
         if isinstance(result, TradeEngineError):
             raise result
         return result
+
+    def _wait_on_order(self, future: Future[Any], order_id: str,
+                       when_final: type[OrderNotCancellable] | type[OrderNotAmendable]) -> CommandOutcome:
+        """Wait for a command on one committed order of the user (found in the database).
+
+        A pair rebuilds only live orders, and remembers the ids of orders that ended since: an order the
+        database holds that the pair does not know ended before the pair's current incarnation started.
+        It is final (409), not unknown (404).
+        """
+        try:
+            return self._wait(future)
+        except OrderNotFound as exc:
+            raise when_final(f"order {order_id} is already final") from exc
 
     def _settle(self, future: Future[Any]) -> CommandOutcome | TradeEngineError:
         try:

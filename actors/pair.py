@@ -16,10 +16,11 @@ Failure handling (see ARCHITECTURE.md, Supervisor):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from tradeengine.engine import (
@@ -152,6 +153,22 @@ class PairActor(SupervisedActor):
         log.info("pair %s #%d rebuilt: %d live orders, sequence %d", self.spec.symbol,
                  self.link.incarnation, len(snapshots), sequence)
 
+    def _actor_loop_teardown(self) -> None:
+        # pykka drops told messages still queued when an actor ends (only asks are answered). An
+        # Execute queued behind a crash (or a group stop) was never handled and moved nothing: fail
+        # it now, so its caller gets UNAVAILABLE at once instead of waiting out its timeout (504).
+        others = []
+        inbox = self.actor_inbox
+        while not inbox.empty():  # this thread is the inbox's only reader: get() cannot block
+            envelope = inbox.get()
+            if isinstance(envelope.message, Execute):
+                _refuse(envelope.message.reply, self.spec.symbol)
+            else:
+                others.append(envelope)
+        for envelope in others:
+            inbox.put(envelope)
+        super()._actor_loop_teardown()
+
     def on_receive(self, message: Any) -> Any:
         """Dispatch one message."""
         if isinstance(message, Execute):
@@ -209,3 +226,8 @@ class PairActor(SupervisedActor):
         best_bid = (bids[0][0], bids[0][1]) if bids else None
         best_ask = (asks[0][0], asks[0][1]) if asks else None
         return Top(self.engine.sequence, best_bid, best_ask, self.engine.last_price)
+
+
+def _refuse(reply: Future[Any], symbol: str) -> None:
+    with contextlib.suppress(InvalidStateError):  # cancelled by its caller
+        reply.set_exception(EngineUnavailable(f"{symbol} stopped before handling the command; retry"))

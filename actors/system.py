@@ -28,11 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from typing import Any
 
 from tradeengine.engine import PairSpec
-from tradeengine.engine.errors import EngineUnavailable, UnknownSymbol, ValidationError
+from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.storage.database import check_database
 from tradeengine.storage.errors import StorageUnavailable
 from tradeengine.storage.orders import OrderLocation, find_client_order, largest_order_id, locate_order
@@ -73,15 +74,21 @@ class PairRoute:
 
     spec: PairSpec
     status: str
-    handle: ChildHandle
+    handle: ChildHandle | None  # None while the pair's first incarnation starts (add_pair)
 
     def tell(self, message: Any, wait: float = 0.0) -> None:
         """Send to the pair's current incarnation; wait up to `wait` s while it restarts."""
-        self.handle.tell(message, wait)
+        self._handle().tell(message, wait)
 
     def ask(self, message: Any, timeout: float) -> Any:
         """Send to the pair's current incarnation and wait for the answer."""
-        return self.handle.ask(message, timeout)
+        return self._handle().ask(message, timeout)
+
+    def _handle(self) -> ChildHandle:
+        handle = self.handle
+        if handle is None:
+            raise EngineUnavailable(f"{self.spec.symbol} is starting", field="symbol")
+        return handle
 
 
 class DatabaseOrders:
@@ -212,7 +219,7 @@ class ActorSystem:
             return PairActor.start(link, spec=route.spec, trading=route.status in TRADING_STATUSES,
                                    pool=self.pool, writer=self._writer, ledger=self._slot)
 
-        placeholder = PairRoute(spec, status, handle=None)  # type: ignore[arg-type]
+        placeholder = PairRoute(spec, status, handle=None)
         self._routes[symbol] = placeholder
         try:
             placeholder.handle = self.supervisor.add(ChildSpec(
@@ -298,8 +305,13 @@ class ActorSystem:
     def _transfer(self, message: Deposit | Withdraw) -> AssetBalance:
         if message.amount <= 0:
             raise ValidationError("amount must be greater than 0", field="amount")
+        deadline = time.monotonic() + self._request_timeout
         self._supervisor().handle("wallet").tell(message, wait=self._request_timeout)
-        return message.reply.result(timeout=self._request_timeout)
+        try:
+            return message.reply.result(timeout=max(deadline - time.monotonic(), 0.0))
+        except FutureTimeout:
+            raise EngineTimeout(f"the wallet did not answer within {self._request_timeout} s; outcome "
+                                "unknown (look at the balance)") from None
 
     def _route(self, symbol: str) -> PairRoute:
         route = self._routes.get(symbol)

@@ -92,6 +92,8 @@ def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if args.suite == "core":
         from .bench.core import main as bench_main
+    elif args.suite == "engine":
+        from .bench.engine import main as bench_main
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown bench suite {args.suite}")
     status: int = bench_main(list(args.bench_args))
@@ -132,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON object")
     add("version", _cmd_version, "Print the version.")
     bench = add("bench", _cmd_bench,
-                "Run a benchmark and print its figures (`bench core --help` for its options).")
-    bench.add_argument("suite", choices=["core"], help="core: the matching engine in one thread")
+                "Run a benchmark and print its figures (`bench core --help`, `bench engine --help`).")
+    bench.add_argument("suite", choices=["core", "engine"],
+                       help="core: the matching engine in one thread; engine: the whole engine in process, "
+                            "committing to PostgreSQL")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the suite")
     return parser
 

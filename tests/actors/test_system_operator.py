@@ -1,0 +1,200 @@
+"""Operator controls of a running ActorSystem: add a pair live, restart a pair, halt and resume, change
+fees, list the actors. Real PostgreSQL (the machine's server), real actors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+
+import psycopg_pool
+import pytest
+
+from tests.actors.system_harness import (
+    ATOMS,
+    assert_consistent,
+    database_pool,
+    fund,
+    limit,
+    memory_book,
+    order_id_of,
+    prepare_database,
+    running_system,
+    wait_until,
+)
+from tradeengine.actors.supervision import ChildState
+from tradeengine.actors.system import ActorSystem
+from tradeengine.engine import OrderCancelled, Side, TradeExecuted
+from tradeengine.engine.errors import PairNotTrading
+from tradeengine.storage.pairs import NewPair, PairRepository
+
+AVAX = NewPair(
+    symbol="AVAX-USDT", base_asset="AVAX", quote_asset="USDT", tick_size=Decimal("0.01"),
+    lot_size=Decimal("0.01"), min_quantity=Decimal("0.01"), max_quantity=Decimal("90000"),
+    min_notional=Decimal("5"), maker_fee=Decimal("0.001"), taker_fee=Decimal("0.002"),
+)
+
+
+@pytest.fixture
+def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
+    prepare_database(machine_pg_url)
+    with database_pool(machine_pg_url) as pool:
+        yield pool
+
+
+@pytest.fixture
+def system(pool: psycopg_pool.ConnectionPool) -> Iterator[ActorSystem]:
+    with running_system(pool) as system:
+        fund(system)
+        yield system
+
+
+def trades_of(outcome: object) -> list[TradeExecuted]:
+    return [e for e in outcome.events if isinstance(e, TradeExecuted)]  # type: ignore[attr-defined]
+
+
+def test_a_pair_added_at_runtime_trades_at_once_and_is_still_there_after_a_restart_of_the_system(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    record = system.add_pair(AVAX)
+    assert record.status == "ACTIVE"
+    system.deposit(1002, "AVAX", 1_000 * ATOMS)
+    exchange = system.exchange
+    exchange.place(1002, limit("AVAX-USDT", Side.SELL, "2", "30"))
+    exchange.place(1002, limit("AVAX-USDT", Side.SELL, "1", "31"))
+    taker = exchange.place(1001, limit("AVAX-USDT", Side.BUY, "1.5", "30.5"))
+    (trade,) = trades_of(taker)
+    assert (trade.price, trade.quantity) == (3000, 150)
+    book = memory_book(exchange, "AVAX-USDT")
+    assert any(s.name == "pair:AVAX-USDT" and s.state is ChildState.RUNNING for s in system.actors())
+    assert_consistent(exchange, pool)
+    system.stop()
+
+    with running_system(pool) as again:
+        assert "pair:AVAX-USDT" in {s.name for s in again.actors()}
+        assert memory_book(again.exchange, "AVAX-USDT") == book
+        second = again.exchange.place(1001, limit("AVAX-USDT", Side.BUY, "0.5", "30"))
+        assert sum(t.quantity for t in trades_of(second)) == 50
+        assert_consistent(again.exchange, pool)
+
+
+def test_a_restarted_pair_keeps_its_book_and_its_sequence_continues(system: ActorSystem) -> None:
+    exchange = system.exchange
+    for n in range(3):
+        exchange.place(1001, limit("ETH-USDT", Side.BUY, "0.1", f"{2_990 - n}"))
+        exchange.place(1002, limit("ETH-USDT", Side.SELL, "0.1", f"{3_010 + n}"))
+    before = exchange.depth("ETH-USDT", 50)
+    status = system.pair_actor("ETH-USDT")
+
+    after_restart = system.restart_pair("ETH-USDT")
+
+    assert after_restart.state is ChildState.RUNNING
+    assert after_restart.incarnation == status.incarnation + 1
+    assert after_restart.restarts == status.restarts + 1
+    assert exchange.depth("ETH-USDT", 50) == before
+    outcome = exchange.place(1001, limit("ETH-USDT", Side.BUY, "0.1", "2980"))
+    assert outcome.events[0].sequence == before.sequence + 1
+
+
+def test_a_halted_pair_refuses_new_orders_accepts_cancels_and_trades_again_once_active(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    exchange = system.exchange
+    resting = order_id_of(exchange.place(1001, limit("SOL-USDT", Side.BUY, "1", "100")))
+
+    assert system.update_pair("SOL-USDT", status="HALTED").status == "HALTED"
+    with pytest.raises(PairNotTrading):
+        exchange.place(1002, limit("SOL-USDT", Side.SELL, "1", "100"))
+    cancelled = exchange.cancel(1001, str(resting))
+    assert any(isinstance(e, OrderCancelled) for e in cancelled.events)
+    other_pair = exchange.place(1002, limit("ETH-USDT", Side.SELL, "0.1", "3000"))  # others trade on
+    assert other_pair.events
+
+    assert system.update_pair("SOL-USDT", status="ACTIVE").status == "ACTIVE"
+    exchange.place(1001, limit("SOL-USDT", Side.BUY, "1", "100"))
+    assert trades_of(exchange.place(1002, limit("SOL-USDT", Side.SELL, "1", "100")))
+    record = PairRepository(pool).get("SOL-USDT")
+    assert record is not None and record.status == "ACTIVE"
+    assert_consistent(exchange, pool)
+
+
+def test_a_fee_change_takes_effect_on_the_next_trade_and_keeps_the_resting_orders(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    exchange = system.exchange
+    exchange.place(1002, limit("BTC-USDT", Side.SELL, "0.01", "50000"))  # rests before the change
+    system.update_pair("BTC-USDT", maker_fee=Decimal("0.002"), taker_fee=Decimal("0.003"))
+
+    (trade,) = trades_of(exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.01", "50000")))
+    # The taker (buyer) pays 0.3 % of the 0.01 BTC it receives; the maker (seller) 0.2 % of 500 USDT.
+    assert trade.buyer_fee == 3_000  # 0.00003 BTC in atoms
+    assert trade.seller_fee == 1 * ATOMS  # 1 USDT
+    assert exchange.spec("BTC-USDT").taker_fee == Decimal("0.003")
+    assert_consistent(exchange, pool)
+
+
+def test_the_actor_list_shows_state_incarnation_restarts_mailbox_and_last_failure(
+    system: ActorSystem,
+) -> None:
+    rows = {row.name: row for row in system.actors()}
+    assert {"writer", "wallet", "pair:BTC-USDT", "pair:USDC-USDT"} <= rows.keys()
+    assert len([name for name in rows if name.startswith("pair:")]) == 10
+    for row in rows.values():
+        assert row.state is ChildState.RUNNING
+        assert (row.incarnation, row.restarts, row.mailbox, row.last_failure) == (1, 0, 0, None)
+        assert row.as_dict().keys() >= {"state", "incarnation", "restarts", "mailbox", "last_failure"}
+
+    system.restart_pair("BNB-USDT")
+
+    row = system.pair_actor("BNB-USDT")
+    assert (row.state, row.incarnation, row.restarts, row.last_failure) == (ChildState.RUNNING, 2, 1, None)
+    assert system.open_orders("BNB-USDT") == 0
+
+
+def test_restarting_a_pair_under_load_loses_no_command_and_leaves_no_gap_in_its_sequence(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    exchange = system.exchange
+    sequences: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def call(caller: int) -> None:
+        n = 0
+        while not stop.is_set():
+            side, user = (Side.BUY, 1001 + caller % 2) if n % 2 else (Side.SELL, 1003 + caller % 2)
+            try:
+                outcome = exchange.place(user, limit("ETH-USDT", side, "0.01", f"{3_000 + n % 5 - 2}"))
+            except BaseException as exc:
+                errors.append(exc)
+            else:
+                with lock:
+                    sequences.extend(event.sequence for event in outcome.events)
+            n += 1
+
+    callers = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(6)]
+    for thread in callers:
+        thread.start()
+    try:
+        for _ in range(3):
+            wait_until_more(sequences, 30)
+            system.restart_pair("ETH-USDT")
+        wait_until_more(sequences, 30)
+    finally:
+        stop.set()
+        for thread in callers:
+            thread.join(10)
+
+    assert not errors, errors  # callers waited for each restart instead of failing
+    assert system.pair_actor("ETH-USDT").incarnation == 4
+    last = exchange.depth("ETH-USDT", 1).sequence
+    assert sorted(sequences) == list(range(1, last + 1)), "every sequence number is one acked event"
+    assert_consistent(exchange, pool)
+
+
+def wait_until_more(items: list[int], timeout: float, more: int = 60) -> None:
+    """Wait until `items` has grown by `more`."""
+    target = len(items) + more
+    wait_until(lambda: len(items) >= target, timeout, f"{more} more events")
