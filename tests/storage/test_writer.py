@@ -217,3 +217,29 @@ def test_a_transfer_only_batch_touches_no_pair(conn: psycopg.Connection[Any]) ->
     write(conn, [Transfer("DEPOSIT", ALICE, "ETH", 3 * 10**8, ID_EPOCH_US + 1)])
     assert one(conn, "SELECT available FROM balances WHERE user_id = %s", ALICE) == D(3)
     assert one(conn, "SELECT max(last_sequence) FROM pairs") == 0
+
+
+@pytest.mark.parametrize("statement_timeout", [None, 5.0])
+def test_several_older_orders_are_updated_in_one_batch_with_or_without_a_statement_timeout(
+    conn: psycopg.Connection[Any], statement_timeout: float | None,
+) -> None:
+    # The writer's own call passes a statement timeout: its SET must not count as an updated order.
+    s = Scenario()
+    s.deposit(ALICE, "USDT", "100000")
+    orders = [s.place(ALICE, Side.BUY, "0.1", price)[0] for price in ("40000", "40001", "40002")]
+    write_batch(conn, build_rows(s.facts), statement_timeout=statement_timeout)
+    done = len(s.facts)
+    for order_id in orders:
+        s.cancel(order_id, ALICE)
+    write_batch(conn, build_rows(s.facts[done:]), statement_timeout=statement_timeout)
+    assert all_rows(conn, "SELECT status::text, count(*) FROM orders GROUP BY 1") == [("CANCELLED", 3)]
+    more = [s.place(ALICE, Side.BUY, "0.1", price)[0] for price in ("39000", "39001")]
+    write_batch(conn, build_rows(s.facts[-2:]), statement_timeout=statement_timeout)
+    for order_id in more:
+        s.cancel(order_id, ALICE)
+    missing = build_rows(s.facts[-2:])
+    ghost = missing.order_updates[0]
+    missing.order_updates[0] = ghost._replace(id=ghost.id + 1)  # an order the database does not hold
+    with pytest.raises(StorageError, match="1 of 2 order updates found no order row"):
+        write_batch(conn, missing, statement_timeout=statement_timeout)
+    assert one(conn, "SELECT count(*) FROM orders WHERE status = 'CANCELLED'") == 3
