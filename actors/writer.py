@@ -96,11 +96,13 @@ class PersistenceActor(SupervisedActor):
         *,
         max_batch: int = 2000,
         commit_timeout: float = 10.0,
+        connection_timeout: float = 2.0,
         on_batch: Callable[[BatchReport], None] | None = None,
     ) -> None:
         """`pool` is an open pool (borrowed) or a factory called in on_start (owned: closed on the way out).
 
-        `commit_timeout` bounds each statement of a batch (and the wait for a connection); `on_batch`
+        `commit_timeout` bounds each statement of a batch, `connection_timeout` the wait for a pool
+        connection (a database that is gone fails the batch that soon); `on_batch`
         gets a `BatchReport` after every flush, from the writer's thread (keep it quick).
         """
         super().__init__(link)
@@ -111,6 +113,7 @@ class PersistenceActor(SupervisedActor):
         self._owns_pool = False
         self._max_batch = max_batch
         self._commit_timeout = commit_timeout
+        self._connection_timeout = connection_timeout
         self._on_batch = on_batch
         self._pending: collections.deque[Commit | Barrier] = collections.deque()
         self._flush_scheduled = False
@@ -234,8 +237,10 @@ class PersistenceActor(SupervisedActor):
         if rows.row_count == 0:
             return 0
         assert self._pool is not None, "on_start sets the pool"
+        # Waiting for a connection is bounded apart from the commit: with the database gone, the
+        # callers must hear UNAVAILABLE well within their request timeout, not "outcome unknown".
         with storage_errors("committing a batch of facts"), self._pool.connection(
-            timeout=self._commit_timeout
+            timeout=min(self._connection_timeout, self._commit_timeout)
         ) as conn:
             write_batch(conn, rows, statement_timeout=self._commit_timeout)
         return rows.row_count

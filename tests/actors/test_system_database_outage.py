@@ -140,10 +140,6 @@ def test_a_database_outage_mid_stream_answers_unavailable_quickly_and_recovers_w
         pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug, reported to the lead: the writer waits up to its commit timeout (10 s) for a pool "
-    "connection while the database is unreachable, so the first command after an outage that began "
-    "while the engine was idle times out (504, outcome unknown) instead of answering UNAVAILABLE"))
 def test_the_first_command_after_the_database_vanished_from_an_idle_engine_answers_unavailable(
     machine_pg_url: str, proxy: TcpProxy,
 ) -> None:
