@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 
-import psycopg_pool
 import pytest
 
 from tests.actors.system_harness import (
-    database_pool,
-    fund,
     limit,
     order_id_of,
-    prepare_database,
-    running_system,
 )
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import Side
@@ -31,20 +25,6 @@ from tradeengine.engine.errors import (
     UnknownSymbol,
 )
 from tradeengine.storage.pairs import NewPair
-
-
-@pytest.fixture
-def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
-    prepare_database(machine_pg_url)
-    with database_pool(machine_pg_url) as pool:
-        yield pool
-
-
-@pytest.fixture
-def system(pool: psycopg_pool.ConnectionPool) -> Iterator[ActorSystem]:
-    with running_system(pool) as system:
-        fund(system)
-        yield system
 
 
 def test_an_order_filled_before_its_pair_restarted_is_not_cancellable_rather_than_unknown(

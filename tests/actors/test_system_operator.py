@@ -5,7 +5,6 @@ fees, list the actors. Real PostgreSQL (the machine's server), real actors.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from decimal import Decimal
 
 import psycopg_pool
@@ -14,12 +13,9 @@ import pytest
 from tests.actors.system_harness import (
     ATOMS,
     assert_consistent,
-    database_pool,
-    fund,
     limit,
     memory_book,
     order_id_of,
-    prepare_database,
     running_system,
     wait_until,
 )
@@ -34,20 +30,6 @@ AVAX = NewPair(
     lot_size=Decimal("0.01"), min_quantity=Decimal("0.01"), max_quantity=Decimal("90000"),
     min_notional=Decimal("5"), maker_fee=Decimal("0.001"), taker_fee=Decimal("0.002"),
 )
-
-
-@pytest.fixture
-def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
-    prepare_database(machine_pg_url)
-    with database_pool(machine_pg_url) as pool:
-        yield pool
-
-
-@pytest.fixture
-def system(pool: psycopg_pool.ConnectionPool) -> Iterator[ActorSystem]:
-    with running_system(pool) as system:
-        fund(system)
-        yield system
 
 
 def trades_of(outcome: object) -> list[TradeExecuted]:

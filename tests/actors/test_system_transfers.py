@@ -7,7 +7,6 @@ monkeypatched `Ledger.deposit` that sleeps).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg_pool
@@ -17,19 +16,10 @@ from tests.actors.system_harness import (
     ATOMS,
     assert_money_conserved,
     database_balances,
-    database_pool,
-    prepare_database,
     running_system,
 )
 from tradeengine.actors.ledger import Ledger
 from tradeengine.engine.errors import EngineTimeout, InsufficientBalance, ValidationError
-
-
-@pytest.fixture
-def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
-    prepare_database(machine_pg_url)
-    with database_pool(machine_pg_url) as pool:
-        yield pool
 
 
 def test_deposits_and_withdrawals_are_committed_when_they_return_and_refusals_change_nothing(
