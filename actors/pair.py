@@ -153,21 +153,12 @@ class PairActor(SupervisedActor):
         log.info("pair %s #%d rebuilt: %d live orders, sequence %d", self.spec.symbol,
                  self.link.incarnation, len(snapshots), sequence)
 
-    def _actor_loop_teardown(self) -> None:
-        # pykka drops told messages still queued when an actor ends (only asks are answered). An
-        # Execute queued behind a crash (or a group stop) was never handled and moved nothing: fail
-        # it now, so its caller gets UNAVAILABLE at once instead of waiting out its timeout (504).
-        others = []
-        inbox = self.actor_inbox
-        while not inbox.empty():  # this thread is the inbox's only reader: get() cannot block
-            envelope = inbox.get()
-            if isinstance(envelope.message, Execute):
-                _refuse(envelope.message.reply, self.spec.symbol)
-            else:
-                others.append(envelope)
-        for envelope in others:
-            inbox.put(envelope)
-        super()._actor_loop_teardown()
+    def refuse_queued(self, message: Any) -> bool:
+        """Fail a queued command: it was never handled and moved nothing, so UNAVAILABLE is exact."""
+        if isinstance(message, Execute):
+            _refuse(message.reply, self.spec.symbol)
+            return True
+        return False
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch one message."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pykka
 
@@ -121,6 +121,27 @@ class SupervisedActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         """Report the normal end; a stop the supervisor asked for is recognised and not acted on."""
         self.link.report_exit()
+
+    def _actor_loop_teardown(self) -> None:
+        # pykka answers queued asks when an actor ends but silently drops queued tells. A told message
+        # that carries its own reply future would leave its caller waiting out a timeout: refuse it.
+        self.refuse_inbox()
+        super()._actor_loop_teardown()
+
+    def refuse_inbox(self) -> None:
+        """Offer every queued message to `refuse_queued`; put back the ones it does not take."""
+        kept = []
+        inbox = self.actor_inbox
+        while not inbox.empty():  # this actor's thread is the inbox's only reader: get() cannot block
+            envelope = inbox.get()
+            if not self.refuse_queued(envelope.message):
+                kept.append(envelope)
+        for envelope in kept:
+            inbox.put(envelope)
+
+    def refuse_queued(self, message: Any) -> bool:
+        """Fail a queued message that will never be handled (e.g. its reply future); True if taken."""
+        return False
 
     def report_broken(self, reason: BaseException | str, *, scope: Scope = "child") -> None:
         """End this incarnation after the current message and ask the supervisor to replace it.

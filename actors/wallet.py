@@ -251,6 +251,15 @@ class WalletActor(SupervisedActor):
         self._vacate()
         super().on_failure(exception_type, exception_value, traceback)
 
+    def refuse_queued(self, message: Any) -> bool:
+        """Fail a queued deposit or withdrawal: never handled, so nothing moved."""
+        if isinstance(message, Deposit | Withdraw):
+            with contextlib.suppress(InvalidStateError):  # cancelled by its caller
+                message.reply.set_exception(
+                    EngineUnavailable("the wallet stopped before the transfer; retry"))
+            return True
+        return False
+
     def on_receive(self, message: Any) -> Any:
         """Dispatch one message."""
         if isinstance(message, Deposit):

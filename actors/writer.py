@@ -148,16 +148,10 @@ class PersistenceActor(SupervisedActor):
             self._broken = error
             self._fail_all(list(self._pending), error)
             self._pending.clear()
-            self._refuse_inbox()
+            self.refuse_inbox()
             self._release_pool()
         finally:
             super().on_failure(exception_type, exception_value, traceback)
-
-    def _actor_loop_teardown(self) -> None:
-        # pykka drops told messages still queued when an actor ends (only asks are answered): refuse
-        # the Commits and Barriers that raced in after the last handler, so their callers never hang.
-        self._refuse_inbox()
-        super()._actor_loop_teardown()
 
     # -- messages -----------------------------------------------------------------------------------
 
@@ -256,7 +250,7 @@ class PersistenceActor(SupervisedActor):
         self._pending.clear()
         self.report_broken(exc, scope="group")
         # After report_broken (new tells now raise ActorDeadError at the sender): refuse what is queued.
-        self._refuse_inbox()
+        self.refuse_inbox()
         self._release_pool()
 
     def _stopping(self, error: StorageUnavailable) -> None:
@@ -271,23 +265,15 @@ class PersistenceActor(SupervisedActor):
         self._broken = self._broken or error
         self._fail_all(list(self._pending), self._broken)
         self._pending.clear()
-        self._refuse_inbox()
+        self.refuse_inbox()
         self._release_pool()
 
-    def _refuse_inbox(self) -> None:
-        """Fail the Commits and Barriers queued in the inbox; leave asks for pykka to answer."""
-        error = self._broken or StorageUnavailable(f"writer {self.link} stopped")
-        others = []
-        inbox = self.actor_inbox
-        while not inbox.empty():  # this thread is the inbox's only reader: get() cannot block
-            envelope = inbox.get()
-            message = envelope.message
-            if isinstance(message, Commit | Barrier):
-                _fail(message.reply, error)
-            elif not isinstance(message, Flush):
-                others.append(envelope)
-        for envelope in others:
-            self.actor_inbox.put(envelope)
+    def refuse_queued(self, message: Any) -> bool:
+        """Fail a queued Commit or Barrier (the writer is ending), drop a Flush; leave the rest."""
+        if isinstance(message, Commit | Barrier):
+            _fail(message.reply, self._broken or StorageUnavailable(f"writer {self.link} stopped"))
+            return True
+        return isinstance(message, Flush)
 
     def _fail_all(self, items: list[Commit | Barrier], error: StorageUnavailable) -> None:
         for item in items:
