@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg_pool
 import pytest
 
 from tests.actors.system_harness import (
@@ -97,66 +98,68 @@ class Stream:
             n += 1
 
 
-def test_a_database_outage_mid_stream_answers_unavailable_quickly_and_recovers_without_a_restart(
-    machine_pg_url: str, proxy: TcpProxy,
-) -> None:
+Proxied = tuple[ActorSystem, psycopg_pool.ConnectionPool]
+
+
+@pytest.fixture
+def proxied(machine_pg_url: str, proxy: TcpProxy) -> Iterator[Proxied]:
+    """A running system whose database connections all go through the proxy the test can cut."""
     prepare_database(machine_pg_url)
     pool = create_pool(through(machine_pg_url, proxy), min_size=2, max_size=8, timeout=2.0,
                        connect_timeout=2.0)
     system = ActorSystem(pool, request_timeout=REQUEST_TIMEOUT)
     system.start()
     try:
-        fund(system)
-        writer_before = next(s for s in system.actors() if s.name == "writer")
-        with Stream(system) as stream:
-            wait_until(lambda: len(stream.acked) >= 30, 20, "orders acknowledged before the outage")
-            proxy.cut()
-            cut_at = time.monotonic()
-            wait_until(lambda: sum(1 for started, _, _ in stream.errors if started > cut_at) >= 6, 20,
-                       "commands refused during the outage")
-            acked_during = len(stream.acked)
-            proxy.restore()
-            restored_at = time.monotonic()
-            # No process restart: the supervisor rebuilds the group once the database answers.
-            wait_until(lambda: len(stream.acked) > acked_during + 10, 30, "orders acknowledged again")
-            recovered_in = time.monotonic() - restored_at
-        assert not stream.unexpected, stream.unexpected
-        assert stream.longest <= ANSWER_LIMIT, f"a caller waited {stream.longest:.1f} s"
-        outage_errors = [error for started, _, error in stream.errors if started > cut_at]
-        assert all(error.code == "UNAVAILABLE" for error in outage_errors), \
-            {type(error).__name__ for error in outage_errors}
-
-        writer_after = next(s for s in system.actors() if s.name == "writer")
-        assert writer_after.incarnation > writer_before.incarnation, "the database group was rebuilt"
-        assert all(s.state.value == "running" for s in system.actors())
-
-        # Nothing acknowledged that is not committed; memory equals the database everywhere.
-        with pool.connection() as conn:
-            assert stored_order_ids(conn, stream.acked) == set(stream.acked)
-        assert_consistent(system.exchange, pool)
-        assert recovered_in < 30
+        yield system, pool
     finally:
         system.stop()
         pool.close()
+
+
+def test_a_database_outage_mid_stream_answers_unavailable_quickly_and_recovers_without_a_restart(
+    proxied: Proxied, proxy: TcpProxy,
+) -> None:
+    system, pool = proxied
+    fund(system)
+    writer_before = next(s for s in system.actors() if s.name == "writer")
+    with Stream(system) as stream:
+        wait_until(lambda: len(stream.acked) >= 30, 20, "orders acknowledged before the outage")
+        proxy.cut()
+        cut_at = time.monotonic()
+        wait_until(lambda: sum(1 for started, _, _ in stream.errors if started > cut_at) >= 6, 20,
+                   "commands refused during the outage")
+        acked_during = len(stream.acked)
+        proxy.restore()
+        restored_at = time.monotonic()
+        # No process restart: the supervisor rebuilds the group once the database answers.
+        wait_until(lambda: len(stream.acked) > acked_during + 10, 30, "orders acknowledged again")
+        recovered_in = time.monotonic() - restored_at
+    assert not stream.unexpected, stream.unexpected
+    assert stream.longest <= ANSWER_LIMIT, f"a caller waited {stream.longest:.1f} s"
+    outage_errors = [error for started, _, error in stream.errors if started > cut_at]
+    assert all(error.code == "UNAVAILABLE" for error in outage_errors), \
+        {type(error).__name__ for error in outage_errors}
+
+    writer_after = next(s for s in system.actors() if s.name == "writer")
+    assert writer_after.incarnation > writer_before.incarnation, "the database group was rebuilt"
+    assert all(s.state.value == "running" for s in system.actors())
+
+    # Nothing acknowledged that is not committed; memory equals the database everywhere.
+    with pool.connection() as conn:
+        assert stored_order_ids(conn, stream.acked) == set(stream.acked)
+    assert_consistent(system.exchange, pool)
+    assert recovered_in < 30
 
 
 def test_the_first_command_after_the_database_vanished_from_an_idle_engine_answers_unavailable(
-    machine_pg_url: str, proxy: TcpProxy,
+    proxied: Proxied, proxy: TcpProxy,
 ) -> None:
-    prepare_database(machine_pg_url)
-    pool = create_pool(through(machine_pg_url, proxy), min_size=2, max_size=8, timeout=2.0,
-                       connect_timeout=2.0)
-    system = ActorSystem(pool, request_timeout=REQUEST_TIMEOUT)
-    system.start()
-    try:
-        fund(system)
+    system, _ = proxied
+    fund(system)
+    system.exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.001", "50000"))
+    proxy.cut()  # while nothing is in flight
+    started = time.monotonic()
+    with pytest.raises(TradeEngineError) as refused:
         system.exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.001", "50000"))
-        proxy.cut()  # while nothing is in flight
-        started = time.monotonic()
-        with pytest.raises(TradeEngineError) as refused:
-            system.exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.001", "50000"))
-        assert time.monotonic() - started <= ANSWER_LIMIT
-        assert refused.value.code == "UNAVAILABLE", repr(refused.value)
-    finally:
-        system.stop()
-        pool.close()
+    assert time.monotonic() - started <= ANSWER_LIMIT
+    assert refused.value.code == "UNAVAILABLE", repr(refused.value)
