@@ -54,6 +54,13 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _rate(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if value < 0:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be 0 (off) or a number of requests per second")
+    return value
+
+
 def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw.strip())
@@ -161,6 +168,21 @@ class Settings:
     bootstrap_admin_key: str | None = _field(
         _api_key, None, "creates an admin with this API key (te_…) at start when no admin exists"
     )
+    rate_limit: int = _field(
+        _rate, 500,
+        "requests/s each user may sustain (each order of a batch counts); 0 = off. Far above a busy "
+        "trading client (~300 orders/s), yet one runaway client cannot take the whole engine",
+    )
+    rate_burst: int = _field(
+        _positive_int, 1000,
+        "requests a user may send at once before RATE_LIMIT applies (2 s of it: reconnects, full batches)",
+    )
+    public_rate_limit: int = _field(
+        _rate, 100,
+        "requests/s per client address on the public market-data routes (no key); 0 = off. Lower, as "
+        "anyone may call them; a market-data screen polls a few per second",
+    )
+    public_rate_burst: int = _field(_positive_int, 200, "requests a client address may send at once")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

@@ -59,6 +59,11 @@ def test_every_documented_variable_is_read() -> None:
         ("DATA_DIR", " ", "folder path"),
         ("BOOTSTRAP_ADMIN_KEY", "secret", "te_ followed by"),
         ("BOOTSTRAP_ADMIN_KEY", "te_short", "te_ followed by"),
+        ("RATE_LIMIT", "-1", "must be 0 (off)"),
+        ("RATE_LIMIT", "fast", "must be a whole number"),
+        ("RATE_BURST", "0", "at least 1"),
+        ("PUBLIC_RATE_LIMIT", "-5", "must be 0 (off)"),
+        ("PUBLIC_RATE_BURST", "0", "at least 1"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
@@ -70,6 +75,23 @@ def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
     assert message.startswith(f"TRADE_ENGINE_{name}")
     assert complaint in message
     assert "\n" not in message
+
+
+def test_rate_limits_default_to_generous_per_user_and_lower_per_address_limits() -> None:
+    settings = Settings.from_env({})
+    assert (settings.rate_limit, settings.rate_burst) == (500, 1000)
+    assert (settings.public_rate_limit, settings.public_rate_burst) == (100, 200)
+
+
+def test_rate_limits_are_read_and_zero_turns_one_off() -> None:
+    settings = Settings.from_env({
+        "TRADE_ENGINE_RATE_LIMIT": "0",
+        "TRADE_ENGINE_RATE_BURST": "50",
+        "TRADE_ENGINE_PUBLIC_RATE_LIMIT": " 20 ",
+        "TRADE_ENGINE_PUBLIC_RATE_BURST": "40",
+    })
+    assert (settings.rate_limit, settings.rate_burst) == (0, 50)
+    assert (settings.public_rate_limit, settings.public_rate_burst) == (20, 40)
 
 
 def test_an_unknown_variable_is_refused_so_a_typo_never_falls_back_to_a_default() -> None:
