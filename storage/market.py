@@ -1,0 +1,229 @@
+"""Public market data of one pair, computed from the committed trades: recent trades, candles, 24 h ticker.
+
+Every function raises `UnknownSymbol(field="symbol")` when no pair has the symbol (checked only when
+there is nothing to return, so a busy pair pays nothing for it); a delisted pair still has its data.
+Timestamps are UTC (`datetime.UTC`); amounts are Decimals as stored (8 decimal places; render them
+with `engine.format_decimal`). Trades come back as the writer's `storage.rows.TradeRow`.
+
+Index: trades_by_symbol_time_sequence (symbol, executed_at DESC, sequence DESC), migration 0006. Every
+query reads one executed_at range of one pair from it, with constant bounds, so PostgreSQL prunes the
+daily partitions outside the range. Candles and the ticker aggregate every trade of their range (there
+are no pre-aggregated tables): their cost grows with the number of trades in the range asked for.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from tradeengine.engine.errors import ValidationError
+from tradeengine.storage.database import storage_errors
+from tradeengine.storage.history import (
+    TRADE_SELECT,
+    TRADE_WINDOWS,
+    check_limit,
+    raise_if_unknown_symbol,
+    trade_row,
+    utc,
+    window_conditions,
+    windows,
+)
+from tradeengine.storage.ids import datetime_of_us
+from tradeengine.storage.rows import TradeRow
+
+__all__ = [
+    "DEFAULT_CANDLE_LIMIT",
+    "DEFAULT_RECENT_TRADES",
+    "INTERVALS",
+    "MAX_CANDLE_LIMIT",
+    "MAX_RECENT_TRADES",
+    "Candle",
+    "Ticker24h",
+    "candles",
+    "recent_trades",
+    "ticker_24h",
+]
+
+DEFAULT_RECENT_TRADES = 100
+MAX_RECENT_TRADES = 1000
+DEFAULT_CANDLE_LIMIT = 500
+MAX_CANDLE_LIMIT = 1000
+
+INTERVALS: dict[str, timedelta] = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "4h": timedelta(hours=4),
+    "1d": timedelta(days=1),
+}
+"""The candle intervals; buckets are aligned to the Unix epoch (so 1d candles open at UTC midnight)."""
+
+_DAY = timedelta(days=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class Candle(NamedTuple):
+    """One interval of trading: open/close are the first/last trade by (executed_at, sequence)."""
+
+    open_time: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    trades: int
+
+
+class Ticker24h(NamedTuple):
+    """Trading over (now - 24 h, now]: prices None and volumes 0 when there was no trade."""
+
+    open_24h: Decimal | None
+    high_24h: Decimal | None
+    low_24h: Decimal | None
+    volume_24h: Decimal
+    quote_volume_24h: Decimal
+    trades_24h: int
+
+
+_RECENT_TRADES = sql.SQL(
+    "SELECT {columns} FROM trades AS t WHERE t.symbol = %(symbol)s AND {window} "
+    "ORDER BY t.executed_at DESC, t.sequence DESC LIMIT %(limit)s"
+)
+
+
+def recent_trades(pool: ConnectionPool, symbol: str, limit: int = DEFAULT_RECENT_TRADES) -> list[TradeRow]:
+    """Return the pair's last `limit` trades (1..1000, default 100), newest first.
+
+    Newest first is executed_at DESC, then sequence DESC (one command's trades share its timestamp).
+    Read in time windows widening backwards from now (a day, a week, a month, a year, the rest; see
+    `storage.history`), stopping once `limit` trades are found: a busy pair reads one or two partitions.
+    """
+    limit = check_limit(limit, MAX_RECENT_TRADES)
+    rows: list[TradeRow] = []
+    with storage_errors(f"reading the recent trades of {symbol}"), pool.connection() as conn:
+        for lower, upper in windows(datetime.now(UTC), None, TRADE_WINDOWS):
+            params: dict[str, Any] = {"symbol": symbol, "limit": limit - len(rows)}
+            window = window_conditions("t", "executed_at", lower, upper, params) or [sql.SQL("true")]
+            query = _RECENT_TRADES.format(columns=TRADE_SELECT, window=sql.SQL(" AND ").join(window))
+            rows += map(trade_row, conn.execute(query, params).fetchall())
+            if len(rows) >= limit:
+                break
+        if not rows:
+            raise_if_unknown_symbol(conn, symbol)
+    return rows
+
+
+# open and close: the price of the least / greatest (executed_at, sequence), as the third element of a
+# numeric array compared element by element. One pass, constant memory per bucket, no sort.
+_FIRST_PRICE = "(min(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
+_LAST_PRICE = "(max(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
+
+_CANDLES = f"""
+SELECT date_bin(%(stride)s, executed_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS open_time,
+       {_FIRST_PRICE}, max(price), min(price), {_LAST_PRICE},
+       sum(quantity), sum(quote_quantity), count(*)
+FROM trades
+WHERE symbol = %(symbol)s AND executed_at >= %(lower)s AND executed_at < %(upper)s
+GROUP BY 1
+ORDER BY 1
+"""
+
+_TICKER = f"""
+SELECT {_FIRST_PRICE}, max(price), min(price), coalesce(sum(quantity), 0), coalesce(sum(quote_quantity), 0),
+       count(*)
+FROM trades
+WHERE symbol = %(symbol)s AND executed_at > %(lower)s AND executed_at <= %(upper)s
+"""
+
+
+def candles(
+    pool: ConnectionPool,
+    symbol: str,
+    interval: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int | None = None,
+    *,
+    now: datetime | None = None,
+) -> list[Candle]:
+    """Return the pair's candles of `interval` (1m 5m 15m 1h 4h 1d), ascending by open_time.
+
+    A candle covers [open_time, open_time + interval); open times are multiples of the interval since
+    the Unix epoch (1d candles open at UTC midnight, 4h ones at 00, 04, 08 ... UTC). Only intervals
+    with at least one trade are returned (no empty candles), so fewer than `limit` may come back.
+    The candles returned are those whose open_time lies in a window of at most `limit` intervals:
+
+    - `limit`: 1..1000, default 500 (None);
+    - `start` given: the window begins at the first open time at or after `start` and spans `limit`
+      intervals, cut at `end` when given (open_time <= end). Page forwards with
+      start = previous start + limit × interval;
+    - `start` None: the window is the `limit` intervals ending with the one that contains `end`
+      (default: `now`, itself defaulting to the current time; the last candle is then still open).
+
+    start and end must be timezone-aware; start after end raises ValidationError(field="start"); a bad
+    interval ValidationError(field="interval"), a bad limit ValidationError(field="limit").
+    Cost: one range scan of the pair's trades in the window (index trades_by_symbol_time_sequence).
+    """
+    stride = INTERVALS.get(interval) if isinstance(interval, str) else None
+    if stride is None:
+        raise ValidationError(
+            f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}", field="interval")
+    count = check_limit(DEFAULT_CANDLE_LIMIT if limit is None else limit, MAX_CANDLE_LIMIT)
+    start_us = None if start is None else _us(start, "start")
+    end_us = None if end is None else _us(end, "end")
+    if start_us is not None and end_us is not None and start_us > end_us:
+        raise ValidationError("start must not be after end", field="start")
+    step = stride // _MICROSECOND
+    if start_us is not None:
+        first = -(-start_us // step) * step  # the first open time >= start
+        last = first + (count - 1) * step
+        if end_us is not None:
+            last = min(last, end_us // step * step)
+    else:
+        anchor = end_us if end_us is not None else _us(now or datetime.now(UTC), "now")
+        last = anchor // step * step
+        first = last - (count - 1) * step
+    if first > last:  # start and end inside one interval, after its open time
+        return []
+    try:
+        lower, upper = datetime_of_us(first), datetime_of_us(last + step)
+    except OverflowError as exc:
+        field = "start" if start is not None else "end"
+        raise ValidationError("start or end is out of range", field=field) from exc
+    params = {"stride": stride, "symbol": symbol, "lower": lower, "upper": upper}
+    with storage_errors(f"computing the candles of {symbol}"), pool.connection() as conn:
+        rows = conn.execute(_CANDLES, params).fetchall()
+        if not rows:
+            raise_if_unknown_symbol(conn, symbol)
+    return [Candle(utc(row[0]), *row[1:]) for row in rows]
+
+
+def ticker_24h(pool: ConnectionPool, symbol: str, now: datetime) -> Ticker24h:
+    """Return the pair's trading over the 24 hours before `now`: trades with executed_at in (now - 24 h, now].
+
+    open_24h is the price of the first of those trades by (executed_at, sequence); high/low their
+    extremes; volumes are base and quote sums. No trade: open/high/low None, volumes 0, trades 0.
+    `now` must be timezone-aware (ValidationError(field="now") otherwise).
+    """
+    _us(now, "now")
+    params = {"symbol": symbol, "lower": now - _DAY, "upper": now}
+    with storage_errors(f"computing the 24 h ticker of {symbol}"), pool.connection() as conn:
+        row = conn.execute(_TICKER, params).fetchone()
+        assert row is not None  # an aggregate without GROUP BY always has one row
+        if row[5] == 0:
+            raise_if_unknown_symbol(conn, symbol)
+    return Ticker24h(*row)
+
+
+def _us(moment: object, field: str) -> int:
+    """Microseconds since the Unix epoch of an aware datetime, else ValidationError(field=field)."""
+    if not isinstance(moment, datetime) or moment.utcoffset() is None:
+        raise ValidationError(f"{field} must be a timezone-aware datetime, got {moment!r}", field=field)
+    return (moment - _EPOCH) // _MICROSECOND
