@@ -24,10 +24,12 @@ import falcon.media
 import orjson
 from prometheus_client import CollectorRegistry
 
+from .api import Endpoint, OpenApiResource, openapi_document, operations_endpoints
 from .auth import AuthMiddleware, Principal
 from .errors import ErrorMapping, register_error_handlers
 from .middleware import REQUEST_ID_HEADER, AccessLogMiddleware, HttpMetrics, RequestIdMiddleware
 from .operations import HealthResource, MetricsResource, ReadyResource
+from .ratelimit import RateLimitMiddleware
 from .readiness import Check, Readiness
 
 #: ``(uri_template, resource)`` or ``(uri_template, resource, suffix)`` (falcon's responder suffix).
@@ -70,15 +72,20 @@ def create_app(
     clock: Callable[[], float] = time.perf_counter,
     ready_timeout: float = 1.5,
     routes: Iterable[Route] = (),
+    endpoints: Iterable[Endpoint] = (),
     error_mappings: Iterable[ErrorMapping] = (),
     authenticate: Callable[[str], Principal | None] | None = None,
+    rate_limit: RateLimitMiddleware | None = None,
 ) -> falcon.App[falcon.Request, falcon.Response]:
     """Build the WSGI app: operational routes, ``routes``, middleware and the one error shape.
 
     ``readiness_checks`` are named callables that raise when their part is unusable (see
     :mod:`tradeengine.http.readiness`); ``registry`` receives the HTTP metrics and is what ``/metrics``
     exposes; ``clock`` times requests; ``request_ids`` makes ids for requests that bring none;
-    ``authenticate`` maps an API key to its user (see :mod:`tradeengine.http.auth`).
+    ``authenticate`` maps an API key to its user (see :mod:`tradeengine.http.auth`); ``rate_limit``
+    (after authentication) refuses clients over their budget (:mod:`tradeengine.http.ratelimit`);
+    ``endpoints`` are the API's routes (:mod:`tradeengine.http.routes`), served and documented in
+    ``/openapi.json``.
     """
     log = logger if logger is not None else logging.getLogger("tradeengine.http")
     metrics = HttpMetrics(registry)
@@ -90,6 +97,8 @@ def create_app(
         middleware.append(_cors(cors_origins))
     if authenticate is not None:
         middleware.append(AuthMiddleware(authenticate))
+    if rate_limit is not None:
+        middleware.append(rate_limit)  # after auth: it counts per req.context.principal
     app = falcon.App(middleware=middleware)
     handlers = _json_handlers()
     app.req_options.media_handlers.update(handlers)
@@ -99,6 +108,12 @@ def create_app(
     app.add_route("/health", HealthResource(version))
     app.add_route("/ready", ReadyResource(Readiness(readiness_checks, ready_timeout)))
     app.add_route("/metrics", MetricsResource(registry))
+    endpoints = list(endpoints)
+    for endpoint in endpoints:
+        if endpoint.resource is not None:
+            app.add_route(endpoint.path, endpoint.resource)
+    document = openapi_document([*operations_endpoints(), *endpoints], title="trade-engine", version=version)
+    app.add_route("/openapi.json", OpenApiResource(document))
     for route in routes:
         template, resource, *suffix = route
         app.add_route(template, resource, **({"suffix": suffix[0]} if suffix else {}))

@@ -33,6 +33,7 @@ from tradeengine.storage import errors as storage_errors
 from tradeengine.storage.users import UserExists
 
 from .middleware import request_id_of
+from .models import ErrorDetail
 
 # Codes for falcon errors that carry none of their own, by status.
 CODES_BY_STATUS = {
@@ -183,23 +184,47 @@ class _MappedErrorHandler:
     def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception,
                  params: dict[str, Any]) -> None:
         mapping = self._mapping
-        own_code = getattr(ex, "code", None)
-        code = mapping.code or (own_code if isinstance(own_code, str) and own_code else None)
-        code = code or CODES_BY_STATUS.get(mapping.status, "ERROR")
-        client_error = mapping.status < 500  # a field or details only ever point at the client's input
-        field = getattr(ex, "field", None) if client_error else None
-        details = getattr(ex, "details", None) if client_error else None
-        message = mapping.message or str(ex) or code
+        code, message, field, details = describe(mapping, ex)
         traceback = ex if mapping.log_level >= logging.ERROR else None
         self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
                          mapping.status, code, ex, exc_info=traceback,
                          extra={"request_id": request_id_of(req), "error_code": code})
         if mapping.retry_after is not None:
             resp.set_header("Retry-After", str(mapping.retry_after))
-        body = error_body(code, message, request_id_of(req),
-                          field if isinstance(field, str) else None,
-                          details if isinstance(details, Mapping) else None)
-        _render(req, resp, mapping.status, body)
+        _render(req, resp, mapping.status, error_body(code, message, request_id_of(req), field, details))
+
+
+def describe(mapping: ErrorMapping, ex: Exception) -> tuple[str, str, str | None, Mapping[str, Any] | None]:
+    """The code, message, field and details an exception answers with under ``mapping``."""
+    own_code = getattr(ex, "code", None)
+    code = mapping.code or (own_code if isinstance(own_code, str) and own_code else None)
+    code = code or CODES_BY_STATUS.get(mapping.status, "ERROR")
+    client_error = mapping.status < 500  # a field or details only ever point at the client's input
+    field = getattr(ex, "field", None) if client_error else None
+    details = getattr(ex, "details", None) if client_error else None
+    message = mapping.message or str(ex) or code
+    return (code, message, field if isinstance(field, str) else None,
+            details if isinstance(details, Mapping) else None)
+
+
+def error_detail(ex: Exception) -> ErrorDetail:
+    """The inner part of the one error shape for ``ex``, as a batch item carries it.
+
+    Project errors are described by their mapping (the most specific class in the MRO), falcon errors
+    by their status and code, anything else as an internal error.
+    """
+    if isinstance(ex, falcon.HTTPError):
+        status = ex.status_code
+        code = ex.code if isinstance(ex.code, str) and ex.code else CODES_BY_STATUS.get(status, "HTTP_ERROR")
+        return ErrorDetail(code=code, message=ex.description or ex.title or str(status))
+    mappings = {m.error: m for m in default_error_mappings()}
+    for cls in type(ex).__mro__:
+        mapping = mappings.get(cls)
+        if mapping is not None:
+            code, message, field, details = describe(mapping, ex)
+            return ErrorDetail(code=code, message=message, field=field,
+                               details=None if details is None else dict(details))
+    return ErrorDetail(code="INTERNAL_ERROR", message=INTERNAL_ERROR_MESSAGE)
 
 
 class _UnexpectedErrorHandler:

@@ -84,6 +84,57 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _engine_url(settings: Settings) -> str:
+    """The running engine's base URL, from the HTTP settings (a wildcard bind is reached on loopback)."""
+    host = settings.http_host
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
+
+
+def _cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
+    """``deposit`` / ``withdraw``: through the running engine's admin API, so its wallet moves the money."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    key = args.key or settings.bootstrap_admin_key
+    if not key:
+        print("trade-engine: no admin key: pass --key or set TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY",
+              file=sys.stderr)
+        return 2
+    base = (args.url or _engine_url(settings)).rstrip("/")
+    kind = "deposits" if args.command == "deposit" else "withdrawals"
+    request = urllib.request.Request(
+        f"{base}/api/v1/admin/users/{urllib.parse.quote(args.user_id, safe='')}/{kind}", method="POST",
+        data=json.dumps({"asset": args.asset, "amount": args.amount}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            balance = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.load(exc)["error"]
+            why = f"{exc.code} {error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            why = f"{exc.code} {exc.reason}"
+        refused = "the admin key was refused" if exc.code in (401, 403) else f"{args.command} refused"
+        print(f"trade-engine: {refused} by {base} ({why})", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        print(f"trade-engine: no engine answers at {base} ({reason}); is `trade-engine serve` running?",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(balance))
+    else:
+        done = "deposited" if args.command == "deposit" else "withdrew"
+        print(f"{done} {args.amount} {args.asset} (user {balance['user_id']}): {balance['asset']} available "
+              f"{balance['available']}, locked {balance['locked']}")
+    return 0
+
+
 def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
     print(f"trade-engine {engine_version()}")
     return 0
@@ -94,6 +145,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
         from .bench.core import main as bench_main
     elif args.suite == "engine":
         from .bench.engine import main as bench_main
+    elif args.suite == "http":
+        from .bench.http import main as bench_main
     else:  # pragma: no cover - argparse restricts the choices
         raise SystemExit(f"unknown bench suite {args.suite}")
     status: int = bench_main(list(args.bench_args))
@@ -132,12 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'")
     create.add_argument("--role", choices=["trader", "admin"], default="trader")
     create.add_argument("--json", action="store_true", help="print one JSON object")
+    for name, text in (("deposit", "Credit a user's available balance"),
+                       ("withdraw", "Debit a user's available balance")):
+        transfer = add(name, _cmd_transfer, f"{text} through the running engine's admin API (its wallet "
+                       "moves the money) and print the new balance.")
+        transfer.add_argument("user_id", help="the user's id")
+        transfer.add_argument("asset", help="an asset some pair trades, e.g. USDT")
+        transfer.add_argument("amount", help="a decimal with at most 8 places, e.g. 1000.5")
+        transfer.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
+        transfer.add_argument("--key", help="an admin's API key [default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY]")
+        transfer.add_argument("--json", action="store_true", help="print the balance as one JSON object")
     add("version", _cmd_version, "Print the version.")
     bench = add("bench", _cmd_bench,
-                "Run a benchmark and print its figures (`bench core --help`, `bench engine --help`).")
-    bench.add_argument("suite", choices=["core", "engine"],
+                "Run a benchmark and print its figures (`bench core --help`, `bench engine --help`, "
+                "`bench http --help`).")
+    bench.add_argument("suite", choices=["core", "engine", "http"],
                        help="core: the matching engine in one thread; engine: the whole engine in process, "
-                            "committing to PostgreSQL")
+                            "committing to PostgreSQL; http: load on a server over HTTP (its own by default)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the suite")
     return parser
 

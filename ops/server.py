@@ -31,7 +31,9 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from tradeengine.actors.system import ActorSystem
 from tradeengine.http.app import create_app
+from tradeengine.http.ratelimit import build_rate_limit
 from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check
+from tradeengine.http.routes import api_endpoints
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
 from tradeengine.storage.users import UserRepository
 
@@ -196,6 +198,11 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             logger=logging.getLogger("tradeengine.http"),
             ready_timeout=READY_CHECK_TIMEOUT,
             authenticate=UserRepository(pool).authenticate,
+            rate_limit=build_rate_limit(rate=settings.rate_limit, burst=settings.rate_burst,
+                                        public_rate=settings.public_rate_limit,
+                                        public_burst=settings.public_rate_burst,
+                                        redis_url=settings.redis_url),
+            endpoints=api_endpoints(system=system, pool=pool),
         )
     except BaseException:
         WorkerParts(pool, system, None).close()

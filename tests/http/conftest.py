@@ -12,9 +12,12 @@ import falcon.testing
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tests.actors.system_harness import database_pool
+from tests.http.api_harness import ApiHarness, api_harness
 from tradeengine.http.app import create_app
 from tradeengine.http.errors import ErrorMapping
 from tradeengine.http.readiness import Check
+from tradeengine.storage import apply_migrations
 
 
 class Boom(RuntimeError):
@@ -73,3 +76,14 @@ def make_client() -> Iterator[AppFactory]:
 @pytest.fixture
 def client(make_client: AppFactory) -> falcon.testing.TestClient:
     return make_client()
+
+
+@pytest.fixture
+def api(machine_pg_url: str) -> Iterator[ApiHarness]:
+    """The API on a running actor system and a fresh migrated database on the machine's server.
+
+    (The storage tests cover both servers; here one is enough and halves the time.)
+    """
+    apply_migrations(machine_pg_url)
+    with database_pool(machine_pg_url) as pool, api_harness(pool) as harness:
+        yield harness

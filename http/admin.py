@@ -1,0 +1,327 @@
+"""The operator's routes (API.md "Admin"): users, deposits and withdrawals, pairs, actors. Admin role only.
+
+Money moves through the running engine's wallet (:meth:`ActorSystem.deposit` / ``withdraw``), never
+straight into the database: the answer comes after the transfer is committed. Pairs are added, halted,
+resumed, re-priced (fees) and restarted through the :class:`ActorSystem`, which keeps the ``pairs``
+table and the pair actors in step.
+
+Decisions where API.md is silent:
+
+- a transfer's user must exist (404 ``NOT_FOUND`` otherwise, the fee account included as a user) and
+  its asset must be one a pair trades, as base or quote (400 ``VALIDATION_ERROR`` on ``asset``
+  otherwise), so a typo cannot strand funds in an asset nothing can spend; amounts have at most 8
+  decimal places (the balance precision);
+- a new pair's sizes, limits and fees have at most 8 decimal places (the table's precision: more would
+  be rounded silently), ``max_quantity`` is required, ``min_quantity`` defaults to ``lot_size`` and
+  ``min_notional`` to 0; a pair can be added HALTED;
+- ``PATCH`` takes a new status and/or new fees; a fee change restarts the pair's actor (its book is
+  rebuilt from the database) and is answered once the new incarnation runs;
+- restart and ``GET /admin/pairs`` show each pair with its actor; ``open_orders`` is asked of a running
+  actor and null when it does not answer (restarting, stopped or failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from tradeengine.actors.ledger import AssetBalance
+from tradeengine.actors.supervision import ChildState, ChildStatus
+from tradeengine.actors.system import ActorSystem
+from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
+from tradeengine.engine.units import ATOM, ATOM_PLACES, format_atoms, to_atoms
+from tradeengine.storage import pairs as stored_pairs
+from tradeengine.storage.pairs import PairRecord, PairRepository
+from tradeengine.storage.users import UserRepository
+
+from . import render
+from .api import Operation, Resource, read_body, respond
+from .auth import ADMIN
+from .market import known_format, pair
+from .models import (
+    Actor,
+    ActorFailure,
+    Actors,
+    ActorState,
+    AdminPair,
+    AdminPairs,
+    CreatedUser,
+    NewPair,
+    NewUser,
+    Pair,
+    PairChange,
+    Transfer,
+    User,
+    UserBalance,
+)
+
+SUPERVISOR = "supervisor"
+PAIR_VALUE_LIMIT = Decimal(10) ** 15
+
+
+def _not_found(what: str) -> falcon.HTTPNotFound:
+    return falcon.HTTPNotFound(title="Not found", code="NOT_FOUND", description=f"{what} not found")
+
+
+def pair_value(text: str, field: str) -> Decimal:
+    """A size, limit or fee of a new pair: at most 8 decimal places (the table's precision: more would
+    be rounded silently), below 10^15 (so the engine's unit conversions stay exact)."""
+    _, _, fraction = text.partition(".")
+    if len(fraction.rstrip("0")) > ATOM_PLACES:
+        raise ValidationError(f"{field} {text} has more than {ATOM_PLACES} decimal places", field=field)
+    value = Decimal(text)
+    if value >= PAIR_VALUE_LIMIT:
+        raise ValidationError(f"{field} {text} is too large (at most {PAIR_VALUE_LIMIT - ATOM})", field=field)
+    return value
+
+
+def _failure(status: ChildStatus) -> ActorFailure | None:
+    failure = status.last_failure
+    if failure is None:
+        return None
+    return ActorFailure(type=failure.type, message=failure.message,
+                        at=render.timestamp(datetime.fromtimestamp(failure.at, UTC)),
+                        incarnation=failure.incarnation)
+
+
+class _Pairs:
+    """The pairs and their actors, as the admin routes show them."""
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self.system = system
+        self.repository = PairRepository(pool)
+
+    def record(self, symbol: str) -> PairRecord:
+        record = self.repository.get(known_format(symbol))
+        if record is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        return record
+
+    def with_actor(self, record: PairRecord, status: ChildStatus | None = None) -> AdminPair:
+        """The pair with its actor's state; ``open_orders`` only from a running actor that answers."""
+        status = status if status is not None else self.system.pair_actor(record.symbol)
+        open_orders: int | None = None
+        if status.state is ChildState.RUNNING:
+            try:
+                open_orders = self.system.open_orders(record.symbol)
+            except (EngineUnavailable, EngineTimeout):
+                open_orders = None
+        return AdminPair(symbol=record.symbol, status=record.status,  # type: ignore[arg-type]
+                         actor=ActorState(state=status.state.value,
+                                          incarnation=status.incarnation, restarts=status.restarts,
+                                          mailbox=status.mailbox, last_failure=_failure(status),
+                                          open_orders=open_orders))
+
+
+# -- users and money ----------------------------------------------------------------------------------
+
+
+class UsersResource(Resource):
+    """``/api/v1/admin/users``: create a user and its first API key."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "POST": Operation("Create a user and its API key (shown only in this answer)", CreatedUser, 201,
+                          body=NewUser, errors=(409,),
+                          description="A name taken already answers 409 USER_EXISTS."),
+    }
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._users = UserRepository(pool)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a user."""
+        new = read_body(req, NewUser)
+        user, key = self._users.create(new.name, new.role)
+        respond(resp, CreatedUser(
+            user=User(id=str(user.id), name=user.name, role=user.role,  # type: ignore[arg-type]
+                      created_at=render.timestamp(user.created_at)),
+            api_key=key), 201)
+
+
+class _TransferResource(Resource):
+    """A deposit or a withdrawal through the running wallet."""
+
+    auth = ADMIN
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self._system = system
+        self._users = UserRepository(pool)
+        self._pairs = PairRepository(pool)
+
+    def _move(self, move: Callable[[int, str, int], AssetBalance], req: falcon.Request,
+              resp: falcon.Response, user_id: str) -> None:
+        transfer = read_body(req, Transfer)
+        uid = int(user_id) if user_id.isascii() and user_id.isdigit() and len(user_id) <= 18 else None
+        if uid is None or self._users.get(uid) is None:
+            raise _not_found(f"user {user_id}")
+        atoms = to_atoms(Decimal(transfer.amount), field="amount")
+        traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
+        if transfer.asset not in traded:
+            raise ValidationError(f"no pair trades {transfer.asset}", field="asset")
+        balance = move(uid, transfer.asset, atoms)
+        respond(resp, UserBalance(user_id=str(uid), asset=balance.asset,
+                                  available=format_atoms(balance.available),
+                                  locked=format_atoms(balance.locked)), 201)
+
+
+class DepositsResource(_TransferResource):
+    """``/api/v1/admin/users/{user_id}/deposits``: credit a user's available balance."""
+
+    operations: ClassVar = {
+        "POST": Operation("Deposit to a user: credit their available balance", UserBalance, 201,
+                          body=Transfer, engine=True,
+                          description="Answered once committed, with the user's new balance of the asset. "
+                                      "The asset must be one a pair trades; at most 8 decimal places."),
+    }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        """Deposit."""
+        self._move(self._system.deposit, req, resp, user_id)
+
+
+class WithdrawalsResource(_TransferResource):
+    """``/api/v1/admin/users/{user_id}/withdrawals``: debit a user's available balance."""
+
+    operations: ClassVar = {
+        "POST": Operation("Withdraw from a user: debit their available balance", UserBalance, 201,
+                          body=Transfer, errors=(422,), engine=True,
+                          description="Answered once committed, with the user's new balance of the asset; "
+                                      "more than is available (locked funds excluded) answers 422 "
+                                      "INSUFFICIENT_BALANCE and moves nothing."),
+    }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        """Withdraw."""
+        self._move(self._system.withdraw, req, resp, user_id)
+
+
+# -- pairs and actors ---------------------------------------------------------------------------------
+
+
+class AdminPairsResource(Resource):
+    """``/api/v1/admin/pairs``: every pair with its actor; add a pair."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "GET": Operation("List the pairs with their actors' state", AdminPairs, engine=True),
+        "POST": Operation(
+            "Add a pair: it trades at once, no restart", Pair, 201, body=NewPair, errors=(409, 422),
+            engine=True,
+            description="A symbol in use answers 409 PAIR_EXISTS; inconsistent rules (symbol not "
+                        "BASE-QUOTE, limits off the lot size, tick × lot finer than 1e-8, a fee of 1 or "
+                        "more) 422 INVALID_PAIR_SPEC."),
+    }
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self._pairs = _Pairs(system, pool)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List pairs with actors."""
+        respond(resp, AdminPairs(pairs=[self._pairs.with_actor(record)
+                                        for record in self._pairs.repository.list()]))
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Add a pair."""
+        new = read_body(req, NewPair)
+        lot_size = pair_value(new.lot_size, "lot_size")
+        min_quantity = lot_size if new.min_quantity is None else pair_value(new.min_quantity, "min_quantity")
+        min_notional = Decimal(0) if new.min_notional is None else pair_value(new.min_notional,
+                                                                                  "min_notional")
+        record = self._pairs.system.add_pair(stored_pairs.NewPair(
+            symbol=new.symbol, base_asset=new.base_asset, quote_asset=new.quote_asset,
+            tick_size=pair_value(new.tick_size, "tick_size"), lot_size=lot_size,
+            min_quantity=min_quantity, max_quantity=pair_value(new.max_quantity, "max_quantity"),
+            min_notional=min_notional,
+            maker_fee=pair_value(new.maker_fee, "maker_fee"),
+            taker_fee=pair_value(new.taker_fee, "taker_fee"), status=new.status,
+        ))
+        respond(resp, pair(record), 201)
+
+
+class AdminPairResource(Resource):
+    """``/api/v1/admin/pairs/{symbol}``: halt, resume or delist a pair, or change its fees."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "PATCH": Operation(
+            "Change a pair's status and/or fees", Pair, body=PairChange, errors=(422,), engine=True,
+            description="HALTED or DELISTED: new orders answer 409 PAIR_NOT_TRADING, cancels still work; "
+                        "ACTIVE resumes trading. A fee change restarts the pair's actor (the book is "
+                        "rebuilt) and is answered once it runs again."),
+    }
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self._pairs = _Pairs(system, pool)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """Change a pair."""
+        change = read_body(req, PairChange)
+        if change.status is None and change.maker_fee is None and change.taker_fee is None:
+            raise ValidationError("give status, maker_fee or taker_fee")
+        maker_fee = None if change.maker_fee is None else pair_value(change.maker_fee, "maker_fee")
+        taker_fee = None if change.taker_fee is None else pair_value(change.taker_fee, "taker_fee")
+        system = self._pairs.system
+        if maker_fee is not None or taker_fee is not None:
+            current = system.exchange.spec(symbol)  # the engine checks the rates before anything is stored
+            replace(current, maker_fee=current.maker_fee if maker_fee is None else maker_fee,
+                    taker_fee=current.taker_fee if taker_fee is None else taker_fee)
+        record = system.update_pair(symbol, status=change.status, maker_fee=maker_fee, taker_fee=taker_fee)
+        respond(resp, pair(record))
+
+
+class PairRestartResource(Resource):
+    """``/api/v1/admin/pairs/{symbol}/restart``: replace the pair's actor with a new incarnation."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "POST": Operation(
+            "Restart a pair's actor; answered once the new incarnation has rebuilt its book", AdminPair,
+            engine=True,
+            description="Also brings a failed actor back. Orders sent meanwhile wait for the new "
+                        "incarnation (within the request timeout)."),
+    }
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self._pairs = _Pairs(system, pool)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """Restart a pair."""
+        record = self._pairs.record(symbol)
+        status = self._pairs.system.restart_pair(symbol)
+        respond(resp, self._pairs.with_actor(record, status))
+
+
+class ActorsResource(Resource):
+    """``/api/v1/admin/actors``: the supervision tree."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "GET": Operation(
+            "The supervision tree: every supervised actor with its state and restarts", Actors, errors=(503,),
+            description="The supervisor's children in start order: the writer and the wallet, then one "
+                        "actor per pair (`pair:SYMBOL`); `group` names the one-for-all group rebuilt "
+                        "together after a failed commit."),
+    }
+
+    def __init__(self, system: ActorSystem) -> None:
+        self._system = system
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List the actors."""
+        actors = [_actor(status) for status in self._system.actors()]
+        respond(resp, Actors(supervisor=SUPERVISOR, actors=actors))
+
+
+def _actor(status: ChildStatus) -> Actor:
+    fields: dict[str, Any] = {"name": status.name, "group": status.group, "policy": status.policy.value,
+                              "state": status.state.value, "incarnation": status.incarnation,
+                              "restarts": status.restarts, "mailbox": status.mailbox,
+                              "last_failure": _failure(status)}
+    return Actor(**fields)

@@ -1,0 +1,306 @@
+"""Routes described once: decoding of requests, encoding of responses, and the OpenAPI document.
+
+A resource class states its role requirement (``auth``, see :mod:`tradeengine.http.auth`) and one
+:class:`Operation` per HTTP method it answers. The same ``Operation`` drives three things:
+
+- the responder decodes its body with :func:`read_body` and its query string with :func:`read_query`
+  into the declared msgspec types (:mod:`tradeengine.http.models`), so a wrong type, a missing or an
+  unknown field answers 400 ``VALIDATION_ERROR`` naming the field, and bad JSON 400 ``MALFORMED_JSON``;
+- the responder answers with :func:`respond`, which encodes the declared response type;
+- :func:`openapi_document` turns every :class:`Endpoint` into OpenAPI 3.1 (JSON Schema 2020-12 from
+  msgspec), with the error statuses each operation can answer, so ``/openapi.json`` is never written
+  by hand and cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import operator
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import falcon
+import msgspec
+
+from tradeengine.engine.errors import ValidationError
+
+from .auth import ADMIN, PUBLIC, TRADER
+from .models import ErrorResponse, Health, Readiness, Request, Response, encode
+
+T = TypeVar("T", bound=Request)
+
+ERROR_DESCRIPTIONS = {
+    400: "malformed JSON, wrong types, unknown or missing fields (VALIDATION_ERROR, MALFORMED_JSON)",
+    401: "missing or unknown API key (UNAUTHENTICATED)",
+    403: "the route is for admins (FORBIDDEN)",
+    404: "unknown id or symbol (NOT_FOUND, UNKNOWN_SYMBOL)",
+    409: "conflict with the current state",
+    422: "a trading rule is violated; nothing was stored or reserved",
+    429: "rate limited (RATE_LIMITED); retry after Retry-After seconds",
+    500: "unexpected error (INTERNAL_ERROR); quote the request id",
+    503: "the database, the wallet or the pair's actor is unavailable (UNAVAILABLE); retry after Retry-After",
+    504: "the engine did not answer in time; the outcome is unknown (ENGINE_TIMEOUT)",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Operation:
+    """One method of one route: what it takes, what it answers, and which errors it may answer.
+
+    ``errors`` lists the statuses specific to the operation; the builder adds those every route of its
+    kind can answer (400 when it takes input, 401/403 by role, 429 and 500 under ``/api``, 503/504 when
+    ``engine`` says it waits for the actors or the database).
+    """
+
+    summary: str
+    response: type[Response] | None = None
+    status: int = 200
+    body: type[Request] | None = None
+    query: type[Request] | None = None
+    errors: tuple[int, ...] = ()
+    engine: bool = False
+    description: str = ""
+    content_type: str = falcon.MEDIA_JSON
+
+
+class Resource:
+    """Base of the API's resources: a role requirement and the operations by HTTP method."""
+
+    auth: ClassVar[str] = TRADER
+    operations: ClassVar[Mapping[str, Operation]] = {}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A URI template and the resource answering it (``None``: routed elsewhere, documented here)."""
+
+    path: str
+    resource: Resource | None
+    tag: str
+    auth: str = PUBLIC
+    operations: Mapping[str, Operation] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, path: str, resource: Resource, tag: str) -> Endpoint:
+        """An endpoint served by ``resource``, documented from its class attributes."""
+        return cls(path, resource, tag, resource.auth, resource.operations)
+
+
+# -- requests -----------------------------------------------------------------------------------------
+
+_AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_FIELD_NAMED = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
+
+
+def validation_error(error: msgspec.ValidationError, prefix: str = "") -> ValidationError:
+    """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault."""
+    message = str(error)
+    path = ""
+    at = _AT_PATH.search(message)
+    if at is not None:
+        path = at.group("path")
+        message = message[: at.start()]
+    named = _FIELD_NAMED.search(message)
+    if named is not None:
+        path = f"{path}.{named.group('name')}" if path else named.group("name")
+    field = f"{prefix}{path}" if path else (prefix.rstrip(".") or None)
+    return ValidationError(f"{message} (field {field})" if field else message, field=field)
+
+
+def read_body(req: falcon.Request, kind: type[T]) -> T:
+    """Decode the request body into ``kind`` (400 when it is not JSON or not of that shape)."""
+    return decode_json(req.bounded_stream.read(), kind)
+
+
+def decode_json(raw: bytes | msgspec.Raw, kind: type[T], *, prefix: str = "") -> T:
+    """Decode JSON bytes into ``kind``; ``prefix`` names where the document sits in a larger one."""
+    if not raw:
+        raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
+                                    description="the request body is empty; a JSON document is required")
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc, prefix) from None
+    except msgspec.DecodeError as exc:
+        raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
+                                    description=f"the request body is not valid JSON: {exc}") from None
+
+
+def read_query(req: falcon.Request, kind: type[T]) -> T:
+    """Convert the query string into ``kind`` (numbers and booleans from their text).
+
+    An absent parameter takes its default; the text ``null`` is no value of any parameter of the API
+    (lenient conversion would read it as "absent"), so it is refused like any other bad value.
+    """
+    for name, value in req.params.items():
+        if value == "null":
+            raise ValidationError(f"{name}=null is not a valid value; leave the parameter out instead",
+                                  field=name)
+    try:
+        return msgspec.convert(req.params, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def respond(resp: falcon.Response, body: Response, status: int = 200) -> None:
+    """Answer with ``body`` encoded as JSON."""
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = encode(body)
+
+
+# -- OpenAPI ------------------------------------------------------------------------------------------
+
+_REF = "#/components/schemas/{name}"
+_PATH_PARAMETER = re.compile(r"{([^}]+)}")
+
+
+def operations_endpoints() -> list[Endpoint]:
+    """Documentation of the operational routes that ``create_app`` serves itself."""
+    return [
+        Endpoint("/health", None, "operations", PUBLIC, {
+            "GET": Operation("Liveness: the process is alive", Health)}),
+        Endpoint("/ready", None, "operations", PUBLIC, {
+            "GET": Operation("Readiness: every configured dependency answers (503 when one does not)",
+                             Readiness, errors=(503,))}),
+        Endpoint("/metrics", None, "operations", PUBLIC, {
+            "GET": Operation("Prometheus metrics", content_type="text/plain")}),
+        Endpoint("/openapi.json", None, "operations", PUBLIC, {
+            "GET": Operation("This document", content_type="application/json")}),
+    ]
+
+
+def openapi_document(endpoints: Iterable[Endpoint], *, title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``endpoints``."""
+    endpoints = list(endpoints)
+    types: list[Any] = [ErrorResponse]
+    for endpoint in endpoints:
+        for operation in endpoint.operations.values():
+            types.extend(t for t in (operation.response, operation.body) if t is not None)
+    _, components = msgspec.json.schema_components(list(dict.fromkeys(types)), ref_template=_REF)
+    paths: dict[str, Any] = {}
+    for endpoint in endpoints:
+        item = paths.setdefault(endpoint.path, {})
+        for method, operation in endpoint.operations.items():
+            item[method.lower()] = _operation(endpoint, method, operation)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version,
+                 "description": "The trade-engine HTTP API. Decimals are JSON strings; timestamps are "
+                                "RFC 3339 UTC with microseconds; every error has one shape."},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "Authorization: Bearer <api key>"}},
+            "headers": {
+                "X-Request-ID": {"description": "the request id (echoed when the client sent one)",
+                                 "schema": {"type": "string"}},
+                "Retry-After": {"description": "seconds to wait before retrying",
+                                "schema": {"type": "integer", "minimum": 0}},
+            },
+        },
+    }
+
+
+def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[str, Any]:
+    api = endpoint.path.startswith("/api/")
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in _PATH_PARAMETER.findall(endpoint.path)
+    ]
+    if operation.query is not None:
+        parameters.extend(_query_parameters(operation.query))
+    statuses = set(operation.errors)
+    if operation.body is not None or operation.query is not None:
+        statuses.add(400)
+    if endpoint.auth in (TRADER, ADMIN):
+        statuses.add(401)
+    if endpoint.auth == ADMIN:
+        statuses.add(403)
+    if parameters and any(p["in"] == "path" for p in parameters):
+        statuses.add(404)
+    if api:
+        statuses.update((429, 500))
+    if operation.engine:
+        statuses.update((503, 504))
+    responses: dict[str, Any] = {str(operation.status): _success(operation)}
+    for status in sorted(statuses):
+        responses[str(status)] = _error_response(status)
+    document: dict[str, Any] = {
+        "operationId": _operation_id(method, endpoint.path),
+        "summary": operation.summary,
+        "tags": [endpoint.tag],
+        "responses": responses,
+    }
+    if operation.description:
+        document["description"] = operation.description
+    if parameters:
+        document["parameters"] = parameters
+    if operation.body is not None:
+        document["requestBody"] = {"required": True, "content": {
+            falcon.MEDIA_JSON: {"schema": {"$ref": _REF.format(name=operation.body.__name__)}}}}
+    document["security"] = [{"apiKey": []}] if endpoint.auth in (TRADER, ADMIN) else []
+    return document
+
+
+def _success(operation: Operation) -> dict[str, Any]:
+    headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    if operation.response is None:
+        schema: dict[str, Any] = {"type": "string"} if operation.content_type.startswith("text/") else {}
+        return {"description": operation.summary, "headers": headers,
+                "content": {operation.content_type: {"schema": schema}}}
+    return {"description": operation.summary, "headers": headers, "content": {falcon.MEDIA_JSON: {
+        "schema": {"$ref": _REF.format(name=operation.response.__name__)}}}}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    if status in (429, 503):
+        headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+    return {"description": ERROR_DESCRIPTIONS.get(status, "error"), "headers": headers,
+            "content": {falcon.MEDIA_JSON: {"schema": {"$ref": _REF.format(name="ErrorResponse")}}}}
+
+
+def _query_parameters(kind: type[Request]) -> list[dict[str, Any]]:
+    parameters = []
+    for field in msgspec.structs.fields(kind):
+        value_type = _without_none(field.type)
+        schema = msgspec.json.schema(value_type)
+        required = field.required
+        if not required and field.default is not None and field.default is not msgspec.NODEFAULT:
+            schema["default"] = field.default
+        parameters.append({"name": field.encode_name, "in": "query", "required": required,
+                           "schema": schema})
+    return parameters
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X | None`` → ``X`` (a query parameter is absent, never null)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(annotation) if m is not type(None)]
+        return functools.reduce(operator.or_, members)
+    return annotation
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}").replace("-", "_") for w in path.split("/") if w and w not in ("api", "v1")]
+    return "_".join([method.lower(), *words])
+
+
+class OpenApiResource:
+    """``GET /openapi.json``: the document, built once."""
+
+    auth = PUBLIC
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = msgspec.json.encode(document)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Serve the OpenAPI document."""
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body

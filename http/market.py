@@ -1,0 +1,235 @@
+"""The public market-data routes (API.md "Market data"): pairs, order book, ticker, trades, candles.
+
+No key is needed (``auth = PUBLIC``). Pairs are read from the ``pairs`` table; the book and the best
+prices come from the pair's actor (what it holds now, at its sequence); trades, candles and the 24 h
+figures are computed from the committed trades (:mod:`tradeengine.storage.market`). A halted or
+delisted pair's data is still served. An unknown symbol answers 404 ``UNKNOWN_SYMBOL`` on every route.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import ClassVar
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from tradeengine.actors.exchange import Exchange
+from tradeengine.engine import PairSpec
+from tradeengine.engine.errors import UnknownSymbol, ValidationError
+from tradeengine.storage import market
+from tradeengine.storage.pairs import PairRecord, PairRepository
+
+from . import render
+from .api import Operation, Resource, read_query, respond
+from .auth import PUBLIC
+from .models import (
+    BookLevel,
+    Candle,
+    CandleQuery,
+    Candles,
+    DepthQuery,
+    OrderBook,
+    Pair,
+    Pairs,
+    PublicTrade,
+    PublicTradeQuery,
+    PublicTrades,
+    Ticker,
+)
+
+
+def pair(record: PairRecord) -> Pair:
+    """A row of ``pairs`` as the API shows it."""
+    return Pair(
+        symbol=record.symbol, base_asset=record.base_asset, quote_asset=record.quote_asset,
+        tick_size=render.text(record.tick_size), lot_size=render.text(record.lot_size),
+        min_quantity=render.text(record.min_quantity), max_quantity=render.text(record.max_quantity),
+        min_notional=render.text(record.min_notional), maker_fee=render.text(record.maker_fee),
+        taker_fee=render.text(record.taker_fee), status=record.status,  # type: ignore[arg-type]
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_SYMBOL = re.compile(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")
+
+
+def known_format(symbol: str) -> str:
+    """``symbol`` when it has the shape every stored symbol has; else UNKNOWN_SYMBOL without a query (a
+    path segment may hold anything, a NUL byte included, which the database would refuse)."""
+    if not _SYMBOL.fullmatch(symbol):
+        raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+    return symbol
+
+
+class PairsResource(Resource):
+    """``/api/v1/pairs``: every pair with its rules and status."""
+
+    auth = PUBLIC
+    operations: ClassVar = {"GET": Operation("List the trading pairs with their rules and status", Pairs)}
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pairs = PairRepository(pool)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List every pair."""
+        respond(resp, Pairs(pairs=[pair(record) for record in self._pairs.list()]))
+
+
+class PairResource(Resource):
+    """``/api/v1/pairs/{symbol}``: one pair."""
+
+    auth = PUBLIC
+    operations: ClassVar = {"GET": Operation("Read one trading pair", Pair)}
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pairs = PairRepository(pool)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """Read one pair."""
+        record = self._pairs.get(known_format(symbol))
+        if record is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        respond(resp, pair(record))
+
+
+class OrderBookResource(Resource):
+    """``/api/v1/orderbook/{symbol}``: aggregated depth from the pair's actor."""
+
+    auth = PUBLIC
+    operations: ClassVar = {
+        "GET": Operation("Aggregated order book, best levels first", OrderBook, query=DepthQuery, engine=True,
+                         description="Levels as the pair's actor holds them at `sequence`; `orders` is the "
+                                     "number of orders resting at the level."),
+    }
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """Read the book."""
+        query = read_query(req, DepthQuery)
+        spec = self._exchange.spec(symbol)
+        depth = self._exchange.depth(symbol, query.depth)
+        respond(resp, OrderBook(
+            symbol=symbol, sequence=depth.sequence, bids=_levels(spec, depth.bids),
+            asks=_levels(spec, depth.asks), timestamp=render.timestamp(_now())))
+
+
+def _levels(spec: PairSpec, levels: list[tuple[int, int, int]]) -> list[BookLevel]:
+    return [BookLevel(price=spec.format_price(ticks), quantity=spec.format_quantity(lots), orders=count)
+            for ticks, lots, count in levels]
+
+
+class TickerResource(Resource):
+    """``/api/v1/markets/{symbol}/ticker``: best prices now and the last 24 hours."""
+
+    auth = PUBLIC
+    operations: ClassVar = {
+        "GET": Operation("Best bid and ask, last price and the last 24 hours of trading", Ticker, engine=True,
+                         description="Best prices and the last price from the pair's actor; the 24 h "
+                                     "figures over the trades executed in (timestamp - 24 h, timestamp]. "
+                                     "Null where there is no data."),
+    }
+
+    def __init__(self, exchange: Exchange, pool: ConnectionPool) -> None:
+        self._exchange = exchange
+        self._pool = pool
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """Read the ticker."""
+        spec = self._exchange.spec(symbol)
+        top = self._exchange.top(symbol)
+        now = _now()
+        day = market.ticker_24h(self._pool, symbol, now)
+        bid = top.best_bid
+        ask = top.best_ask
+        respond(resp, Ticker(
+            symbol=symbol,
+            last_price=None if top.last_price is None else spec.format_price(top.last_price),
+            best_bid=None if bid is None else spec.format_price(bid[0]),
+            best_bid_quantity=None if bid is None else spec.format_quantity(bid[1]),
+            best_ask=None if ask is None else spec.format_price(ask[0]),
+            best_ask_quantity=None if ask is None else spec.format_quantity(ask[1]),
+            open_24h=render.optional_text(day.open_24h), high_24h=render.optional_text(day.high_24h),
+            low_24h=render.optional_text(day.low_24h), volume_24h=render.text(day.volume_24h),
+            quote_volume_24h=render.text(day.quote_volume_24h), trades_24h=day.trades_24h,
+            timestamp=render.timestamp(now),
+        ))
+
+
+class MarketTradesResource(Resource):
+    """``/api/v1/markets/{symbol}/trades``: the pair's recent trades, newest first."""
+
+    auth = PUBLIC
+    operations: ClassVar = {
+        "GET": Operation("Recent trades of a pair, newest first", PublicTrades, query=PublicTradeQuery),
+    }
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """List recent trades."""
+        query = read_query(req, PublicTradeQuery)
+        rows = market.recent_trades(self._pool, known_format(symbol), query.limit)
+        respond(resp, PublicTrades(trades=[
+            PublicTrade(id=row.id, price=render.text(row.price), quantity=render.text(row.quantity),
+                        taker_side=row.taker_side, executed_at=render.timestamp(row.executed_at))  # type: ignore[arg-type]
+            for row in rows]))
+
+
+class CandlesResource(Resource):
+    """``/api/v1/markets/{symbol}/candles``: OHLCV of the intervals that had trades."""
+
+    auth = PUBLIC
+    operations: ClassVar = {
+        "GET": Operation(
+            "Candles of a pair, ascending by open_time", Candles, query=CandleQuery,
+            description="Open times are multiples of the interval since the Unix epoch (UTC). `start` and "
+                        "`end` are RFC 3339 with an offset (2026-11-24T10:00:00Z) or unix seconds. With "
+                        "`start`: the `limit` intervals (default 500, at most 1000) from the first open "
+                        "time at or after it, up to `end`. Without: the `limit` intervals ending with "
+                        "the one holding `end` (default: now). Intervals without trades are left out."),
+    }
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+        """List candles."""
+        query = read_query(req, CandleQuery)
+        start = None if query.start is None else parse_time(query.start, "start")
+        end = None if query.end is None else parse_time(query.end, "end")
+        rows = market.candles(self._pool, known_format(symbol), query.interval, start, end, query.limit)
+        respond(resp, Candles(candles=[
+            Candle(open_time=render.timestamp(row.open_time), open=render.text(row.open),
+                   high=render.text(row.high), low=render.text(row.low), close=render.text(row.close),
+                   volume=render.text(row.volume), quote_volume=render.text(row.quote_volume),
+                   trades=row.trades)
+            for row in rows]))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNIX_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,6})?")
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})")
+
+
+def parse_time(text: str, field: str) -> datetime:
+    """An aware UTC datetime from RFC 3339 (with its offset) or unix seconds; else VALIDATION_ERROR."""
+    value = text.strip().upper()
+    try:
+        if _UNIX_SECONDS.fullmatch(value):
+            return _EPOCH + timedelta(microseconds=int(Decimal(value).scaleb(6)))
+        if _RFC3339.fullmatch(value):
+            return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError(f"{field} {text!r} is not a valid time", field=field) from None
+    raise ValidationError(f"{field} must be RFC 3339 with an offset (2026-11-24T10:00:00Z) or unix seconds, "
+                          f"got {text!r}", field=field)

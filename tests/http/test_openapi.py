@@ -1,0 +1,73 @@
+"""/openapi.json: generated from the types that validate requests, valid OpenAPI 3.1, and complete."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import openapi_spec_validator
+
+from tests.http.api_harness import ApiHarness
+from tradeengine.http.api import Endpoint, operations_endpoints
+from tradeengine.http.auth import ADMIN, PUBLIC
+from tradeengine.http.routes import api_endpoints
+
+RESPONDER = re.compile(r"^on_(get|post|put|patch|delete)$")
+
+
+def endpoints(api: ApiHarness) -> list[Endpoint]:
+    return api_endpoints(system=api.system, pool=api.pool)
+
+
+def document(api: ApiHarness) -> dict[str, Any]:
+    response = api.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json
+    return body
+
+
+def test_the_document_is_valid_openapi_3_1(api: ApiHarness) -> None:
+    spec = document(api)
+    assert spec["openapi"] == "3.1.0"
+    openapi_spec_validator.validate(spec)
+
+
+def test_every_responder_of_every_route_is_documented_and_nothing_else(api: ApiHarness) -> None:
+    spec = document(api)
+    served = {(e.path, m.group(1)) for e in endpoints(api)
+              for name in dir(e.resource) if (m := RESPONDER.match(name))}
+    documented_api = {(path, method) for path, item in spec["paths"].items() for method in item
+                      if path.startswith("/api/")}
+    assert served == documented_api
+    for endpoint in operations_endpoints():
+        assert endpoint.path in spec["paths"]
+
+
+def test_every_api_route_documents_its_errors_in_the_one_error_shape(api: ApiHarness) -> None:
+    spec = document(api)
+    for endpoint in endpoints(api):
+        for method in endpoint.operations:
+            operation = spec["paths"][endpoint.path][method.lower()]
+            statuses = set(operation["responses"])
+            assert {"429", "500"} <= statuses, (endpoint.path, method)
+            if endpoint.auth != PUBLIC:
+                assert "401" in statuses and operation["security"] == [{"apiKey": []}]
+            if endpoint.auth == ADMIN:
+                assert "403" in statuses
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_the_order_schema_lists_every_field_of_the_contract(api: ApiHarness) -> None:
+    schemas = document(api)["components"]["schemas"]
+    assert set(schemas["Order"]["properties"]) == {
+        "id", "client_order_id", "symbol", "side", "type", "status", "price", "stop_price", "quantity",
+        "quote_quantity", "filled_quantity", "remaining_quantity", "average_price", "time_in_force",
+        "post_only", "self_trade_prevention", "reject_reason", "created_at", "updated_at", "sequence"}
+    new_order = schemas["NewOrder"]
+    assert new_order["additionalProperties"] is False
+    assert set(new_order["required"]) == {"symbol", "side", "type"}
+    assert new_order["properties"]["price"]["anyOf"][0]["type"] == "string"

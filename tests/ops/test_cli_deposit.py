@@ -1,0 +1,133 @@
+"""``trade-engine deposit`` / ``withdraw`` against a real ``trade-engine serve``: the money moves through the
+running engine's wallet (its admin API), so it can be traded at once; failures end with one clear line.
+
+The README's first steps, end to end: serve → users create → deposit → place an order that fills.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Engine, Engines, engine_env, free_port, run_cli
+
+ADMIN_KEY = "te_" + "d" * 40
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[Engines]:
+    started = Engines(tmp_path)
+    try:
+        yield started
+    finally:
+        started.cleanup()
+
+
+def cli(engine: Engine, *args: str, cwd: Path, **settings: str) -> tuple[int, str, str]:
+    """Run ``trade-engine ARGS`` with the engine's port and bootstrap key, unless `settings` override them."""
+    env = engine_env(cwd / "data", engine.port, **{"bootstrap_admin_key": ADMIN_KEY, **settings})
+    env = {k: v for k, v in env.items() if v != ""}  # an empty override removes the setting
+    result = run_cli(*args, env=env, cwd=cwd)
+    return result.returncode, result.stdout, result.stderr
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def order(engine: Engine, key: str, **fields: Any) -> dict[str, Any]:
+    response = requests.post(f"{engine.base}/api/v1/orders", headers={"Authorization": f"Bearer {key}"},
+                             json={"symbol": "BTC-USDT", "type": "LIMIT", **fields}, timeout=10)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def balances(engine: Engine, key: str) -> dict[str, tuple[str, str]]:
+    response = requests.get(f"{engine.base}/api/v1/balances", headers={"Authorization": f"Bearer {key}"},
+                            timeout=10)
+    assert response.status_code == 200, response.text
+    return {b["asset"]: (b["available"], b["locked"]) for b in response.json()["balances"]}
+
+
+def test_deposit_goes_through_the_running_engine_and_the_funds_trade_at_once(
+        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=ADMIN_KEY)
+    engine.wait_ready()
+    status, out, err = cli(engine, "users", "create", "alice", "--json", cwd=tmp_path,
+                           database_url=machine_pg_url)
+    assert status == 0, err
+    alice = json.loads(out)
+    alice_id, alice_key = alice["user"]["id"], alice["api_key"]
+
+    # settings give the URL (HTTP host and port) and the key (the bootstrap admin's)
+    status, out, err = cli(engine, "deposit", alice_id, "USDT", "100000", cwd=tmp_path)
+    assert status == 0, err
+    assert one_line(out) == f"deposited 100000 USDT (user {alice_id}): USDT available 100000, locked 0"
+    status, out, err = cli(engine, "deposit", alice_id, "BTC", "2", "--json", cwd=tmp_path)
+    assert status == 0, err
+    assert json.loads(out) == {"user_id": alice_id, "asset": "BTC", "available": "2", "locked": "0"}
+    assert balances(engine, alice_key) == {"BTC": ("2", "0"), "USDT": ("100000", "0")}
+
+    # --url and --key instead of the settings
+    made = requests.post(f"{engine.base}/api/v1/admin/users", json={"name": "bob"}, timeout=10,
+                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert made.status_code == 201, made.text
+    bob_id, bob_key = made.json()["user"]["id"], made.json()["api_key"]
+    status, out, err = cli(engine, "deposit", bob_id, "USDT", "30000", "--url", engine.base + "/",
+                           "--key", ADMIN_KEY, cwd=tmp_path, http_port=str(free_port()),
+                           bootstrap_admin_key="")
+    assert status == 0, err
+    assert one_line(out).endswith("USDT available 30000, locked 0")
+
+    order(engine, alice_key, side="SELL", quantity="0.5", price="50000")
+    filled = order(engine, bob_key, side="BUY", quantity="0.5", price="50000")
+    assert filled["order"]["status"] == "FILLED"
+    # alice receives 25000 USDT less the 0.0008 maker fee (20); bob 0.5 BTC less the 0.001 taker fee
+    assert balances(engine, alice_key) == {"BTC": ("1.5", "0"), "USDT": ("124980", "0")}
+    assert balances(engine, bob_key) == {"BTC": ("0.4995", "0"), "USDT": ("5000", "0")}
+
+    status, out, err = cli(engine, "withdraw", alice_id, "USDT", "1000.5", cwd=tmp_path)
+    assert status == 0, err
+    assert one_line(out) == f"withdrew 1000.5 USDT (user {alice_id}): USDT available 123979.5, locked 0"
+    status, out, err = cli(engine, "withdraw", alice_id, "USDT", "123979.50000001", cwd=tmp_path)
+    assert status == 1 and out == ""
+    assert one_line(err).startswith("trade-engine: withdraw refused by ")
+    assert "422 INSUFFICIENT_BALANCE" in err
+    assert balances(engine, alice_key)["USDT"] == ("123979.5", "0")
+
+    status, out, err = cli(engine, "deposit", "999999", "USDT", "1", cwd=tmp_path)
+    assert status == 1 and "404 NOT_FOUND" in one_line(err)
+    status, out, err = cli(engine, "deposit", alice_id, "USDT", "1.000000001", cwd=tmp_path)
+    assert status == 1 and "400 VALIDATION_ERROR" in one_line(err)
+
+    for key, refusal in (("te_" + "x" * 40, "401 UNAUTHENTICATED"), (alice_key, "403 FORBIDDEN")):
+        status, out, err = cli(engine, "deposit", alice_id, "USDT", "5", "--key", key, cwd=tmp_path)
+        assert status == 1 and out == ""
+        line = one_line(err)
+        assert line.startswith("trade-engine: the admin key was refused by ") and refusal in line
+    assert balances(engine, alice_key)["USDT"] == ("123979.5", "0")
+
+
+def test_deposit_says_so_in_one_line_when_no_engine_answers_or_no_key_is_given(tmp_path: Path) -> None:
+    port = free_port()
+    env = engine_env(tmp_path / "data", port, bootstrap_admin_key=ADMIN_KEY)
+    result = run_cli("deposit", "1000", "USDT", "5", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    line = one_line(result.stderr)
+    assert line.startswith(f"trade-engine: no engine answers at http://127.0.0.1:{port} (")
+    assert "trade-engine serve" in line
+
+    no_key = {k: v for k, v in env.items() if k != "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY"}
+    result = run_cli("withdraw", "1000", "USDT", "5", env=no_key, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result.stderr) == ("trade-engine: no admin key: pass --key or set "
+                                       "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
+    assert not (tmp_path / "data").exists()  # the command starts no database
