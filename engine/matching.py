@@ -26,17 +26,19 @@ Rules decided here (documented for the API layer):
 - Cancelling a final order answers ORDER_NOT_CANCELLABLE while its id is remembered (see pair_state).
 - Market orders skip the minimum-notional check (their price is unknown until they trade).
 
-The hot paths (a well-formed GTC/IOC LIMIT, the trade loop) are written flat on purpose: every call and
-attribute lookup there is paid on each command. Complexity per command: O(log L) for a new price level,
-O(1) per resting order touched, O(orders walked) for FOK and MARKET BUY locks, O(N) for cancel_all (a scan
-of the pair's live orders).
+The hot paths (a well-formed GTC/IOC LIMIT or MARKET-by-quantity order, the trade loop) are written flat on
+purpose: every call and attribute lookup there is paid on each command. Some choices there are for the
+mypyc build (see setup.py) and are commented where they are made: Final aliases of Python classes, the
+`Timestamp` type, reading a command's fields with one `astuple` call. Complexity per command: O(log L)
+for a new price level, O(1) per resting order touched, O(orders walked) for FOK and MARKET BUY locks, O(N)
+for cancel_all (a scan of the pair's live orders).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, cast
 
-from msgspec.structs import astuple
+from msgspec import structs
 
 from .book import Level
 from .commands import AmendOrder, CancelAll, CancelOrder, Command, PlaceOrder
@@ -50,18 +52,13 @@ from .errors import (
     PostOnlyWouldTake,
     ValidationError,
 )
-from .events import (
-    EngineEvent,
-    FundsLocked,
-    FundsReleased,
-    OrderAccepted,
-    OrderAmended,
-    OrderCancelled,
-    OrderExpired,
-    OrderRejected,
-    StopTriggered,
-    TradeExecuted,
-)
+from .events import EngineEvent, OrderAmended, OrderRejected, StopTriggered
+from .events import FundsLocked as _FundsLocked
+from .events import FundsReleased as _FundsReleased
+from .events import OrderAccepted as _OrderAccepted
+from .events import OrderCancelled as _OrderCancelled
+from .events import OrderExpired as _OrderExpired
+from .events import TradeExecuted as _TradeExecuted
 from .lifecycle import (
     CANCELLED,
     EXPIRED,
@@ -97,6 +94,31 @@ from .order import (
 from .pair_state import PairState, by_sequence
 from .validation import validate_amend, validate_place
 
+Timestamp = Any
+"""A command's timestamp inside the engine: never interpreted, only copied onto the command's events. Typed
+Any so that a mypyc build hands the command's own int object on to every event: typed `int`, it would be
+unboxed on the way in and boxed again (a new int object) for each event, 2.5 % of a compiled command's
+instructions. Interpreted, the type makes no difference."""
+
+# The Python classes and function the hot paths use, bound to Final names. Compiled with mypyc a Final name
+# is a C static, while any other module-level name is read from the module's dict at each use (one dict
+# lookup per event: 7 % of a compiled command's instructions, measured); interpreted, both cost the same.
+_PLACE_ORDER: Final = PlaceOrder
+_CANCEL_ORDER: Final = CancelOrder
+_NOT_CANCELLABLE: Final = OrderNotCancellable
+astuple: Final = structs.astuple
+OrderAccepted: Final = _OrderAccepted
+FundsLocked: Final = _FundsLocked
+FundsReleased: Final = _FundsReleased
+TradeExecuted: Final = _TradeExecuted
+OrderCancelled: Final = _OrderCancelled
+OrderExpired: Final = _OrderExpired
+
+_FILLABLE: Final = frozenset(
+    status for status, targets in TRANSITIONS.items() if PARTIALLY_FILLED in targets and FILLED in targets
+)
+"""The statuses a trade may move on from (to PARTIALLY_FILLED or FILLED), read off the lifecycle table:
+one set lookup per side of a trade instead of a table lookup and a set lookup."""
 _FOK_UNFILLED: Final = Reason.FILL_OR_KILL_UNFILLED
 _IOC: Final = Reason.IMMEDIATE_OR_CANCEL
 _STP: Final = Reason.SELF_TRADE_PREVENTION
@@ -104,12 +126,17 @@ _NO_FUNDS: Final = Reason.INSUFFICIENT_BALANCE
 
 _PlaceFields = tuple[
     str, str, Side, OrderType, object, object, object, object, TimeInForce | None, bool, SelfTradePrevention,
-    str | None, int,
+    str | None, Timestamp,
 ]
 """PlaceOrder's fields in their declared order: order_id, user_id, side, order_type, quantity, price,
 stop_price, quote_quantity, time_in_force, post_only, self_trade_prevention, client_order_id, timestamp.
 The four numbers are `object` so that a compiled build checks their types where the pure one does (in the
 hot-path test, else in validate_place) instead of raising TypeError on reading a float or a str."""
+_ValidFields = tuple[
+    str, str, Side, OrderType, int | None, int | None, int | None, int | None, TimeInForce | None, bool,
+    SelfTradePrevention, str | None, Timestamp,
+]
+"""PlaceOrder's fields once validated (the hot-path test or validate_place): the numbers are ints or None."""
 
 
 class MatchingEngine(PairState):
@@ -124,9 +151,9 @@ class MatchingEngine(PairState):
 
     def execute(self, command: Command) -> list[EngineEvent]:
         """Apply any command and return its events."""
-        if type(command) is PlaceOrder:
+        if type(command) is _PLACE_ORDER:
             return self.place(command)
-        if type(command) is CancelOrder:
+        if type(command) is _CANCEL_ORDER:
             return self.cancel(command)
         if type(command) is AmendOrder:
             return self.amend(command)
@@ -142,27 +169,31 @@ class MatchingEngine(PairState):
         (order_id, user_id, side, order_type, quantity, price, stop_price, quote_quantity, tif, post_only,
          stp, client_order_id, ts) = fields
         book = self.book
-        if (  # hot path: a well-formed GTC/IOC LIMIT order (anything else gets the full validation)
-            order_type is LIMIT
-            and (tif is None or tif is GTC or (tif is IOC and not post_only))
-            and type(price) is int
-            and type(quantity) is int
-            and price > 0
+        if (  # hot paths: a well-formed GTC/IOC LIMIT order or MARKET order by quantity with an unused id
+            type(quantity) is int  # (anything else gets the full validation)
             and self.min_lots <= quantity <= self.max_lots
             and stop_price is None
             and quote_quantity is None
             and order_id
             and user_id
-            and price * quantity * self.notional_unit >= self.min_notional
             and order_id not in book.orders
             and order_id not in self.stops.orders
             and order_id not in self._finished
             and order_id not in self._finished_older
         ):
-            return self._place_limit(
-                command, order_id, user_id, side, price, quantity, GTC if tif is None else tif, post_only,
-                stp, client_order_id, ts,
-            )
+            if (
+                order_type is LIMIT
+                and (tif is None or tif is GTC or (tif is IOC and not post_only))
+                and type(price) is int
+                and price > 0
+                and price * quantity * self.notional_unit >= self.min_notional
+            ):
+                return self._place_limit(
+                    command, order_id, user_id, side, price, quantity, GTC if tif is None else tif, post_only,
+                    stp, client_order_id, ts,
+                )
+            if order_type is MARKET and price is None and (tif is None or tif is IOC) and not post_only:
+                return self._place_other(cast(_ValidFields, fields), IOC)
         tif = validate_place(self.spec, command)
         if self._id_used(order_id):
             raise DuplicateOrderId(f"order id {order_id} is already used on this pair", field="order_id")
@@ -171,32 +202,31 @@ class MatchingEngine(PairState):
             return self._place_limit(
                 command, order_id, user_id, side, price, quantity, tif, post_only, stp, client_order_id, ts
             )
-        return self._place_other(command, tif)
+        return self._place_other(cast(_ValidFields, fields), tif)
 
-    def _place_other(self, command: PlaceOrder, tif: TimeInForce) -> list[EngineEvent]:
-        """Place a validated FOK LIMIT, MARKET or stop order."""
-        order_id = command.order_id
-        order_type = command.order_type
-        side = command.side
+    def _place_other(self, fields: _ValidFields, tif: TimeInForce) -> list[EngineEvent]:
+        """Place a validated FOK LIMIT, MARKET or stop order, given its command's fields."""
+        (order_id, user_id, side, order_type, quantity, price, stop_price, quote_quantity, _, post_only, stp,
+         client_order_id, ts) = fields
         is_buy = side is BUY
         events: list[EngineEvent] = []
-        ts = command.timestamp
         last_price = self.last_price
-        quantity, lock, expiry = self._plan_entry(command, tif)
+        lots, lock, expiry = self._plan_entry(
+            order_type, side, user_id, stp, quantity, price, quote_quantity, tif
+        )
         asset = self.quote_asset if is_buy else self.base_asset
-        if lock and not self.funds.try_lock(command.user_id, asset, lock):
+        if lock and not self.funds.try_lock(user_id, asset, lock):
             raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
         is_stop = order_type is STOP_LIMIT or order_type is STOP_MARKET
+        status = PENDING_TRIGGER if is_stop else OPEN
         self.sequence += 1
         order = Order(
-            order_id, command.user_id, side, order_type, command.price, command.stop_price, quantity,
-            command.quote_quantity, tif, command.post_only, command.self_trade_prevention,
-            command.client_order_id, PENDING_TRIGGER if is_stop else OPEN, self.sequence,
+            order_id, user_id, side, order_type, price, stop_price, lots, quote_quantity, tif, post_only, stp,
+            client_order_id, status, self.sequence,
         )
         events.append(OrderAccepted(
-            self.sequence, ts, order_id, order.user_id, order.client_order_id, side, order_type, order.status,
-            order.price, order.stop_price, command.quantity, command.quote_quantity, tif, order.post_only,
-            order.stp,
+            self.sequence, ts, order_id, user_id, client_order_id, side, order_type, status, price,
+            stop_price, quantity, quote_quantity, tif, post_only, stp,
         ))
         if lock:
             self._lock(order, lock, events, ts)
@@ -212,7 +242,8 @@ class MatchingEngine(PairState):
 
     def _place_limit(  # the command's fields come in as arguments, already read by place()
         self, command: PlaceOrder, order_id: str, user_id: str, side: Side, price: int, quantity: int,
-        tif: TimeInForce, post_only: bool, stp: SelfTradePrevention, client_order_id: str | None, ts: int,
+        tif: TimeInForce, post_only: bool, stp: SelfTradePrevention, client_order_id: str | None,
+        ts: Timestamp,
     ) -> list[EngineEvent]:
         """Place a validated GTC or IOC LIMIT order (the hot path: no book walk needed before locking)."""
         book = self.book
@@ -236,9 +267,9 @@ class MatchingEngine(PairState):
         )
         order.locked = lock
         events: list[EngineEvent] = [
-            OrderAccepted(
-                sequence, ts, order_id, user_id, client_order_id, side, LIMIT, OPEN, price, None, quantity,
-                None, tif, post_only, stp,
+            OrderAccepted(  # order.price, not price: compiled, it is the int object the order already holds
+                sequence, ts, order_id, user_id, client_order_id, side, LIMIT, OPEN, order.price, None,
+                quantity, None, tif, post_only, stp,
             ),
             FundsLocked(sequence + 1, ts, order_id, user_id, asset, lock),
         ]
@@ -253,32 +284,30 @@ class MatchingEngine(PairState):
             self._expire(order, _IOC, events, ts)
         return events
 
-    def _plan_entry(self, command: PlaceOrder, tif: TimeInForce) -> tuple[int, int, Reason | None]:
+    def _plan_entry(
+        self, order_type: OrderType, side: Side, user_id: str, stp: SelfTradePrevention, quantity: int | None,
+        price: int | None, quote_quantity: int | None, tif: TimeInForce,
+    ) -> tuple[int, int, Reason | None]:
         """Return (quantity in lots, atoms to lock, expiry reason if it must expire untouched)."""
         spec = self.spec
-        order_type = command.order_type
-        is_buy = command.side is BUY
+        is_buy = side is BUY
         if order_type is MARKET and is_buy:
             lots, spend = walk_liquidity(
-                self.book, spec.quote_atoms_per_tick_lot, BUY, command.user_id,
-                command.self_trade_prevention, None, command.quantity, command.quote_quantity,
+                self.book, spec.quote_atoms_per_tick_lot, BUY, user_id, stp, None, quantity, quote_quantity,
             )
-            by_base = command.quantity
-            return (lots if by_base is None else by_base), spend, (_IOC if lots == 0 else None)
-        quantity = command.quantity
+            return (lots if quantity is None else quantity), spend, (_IOC if lots == 0 else None)
         assert quantity is not None
         if tif is FOK and order_type is LIMIT:
             lots, _ = walk_liquidity(
-                self.book, spec.quote_atoms_per_tick_lot, command.side, command.user_id,
-                command.self_trade_prevention, command.price, quantity,
+                self.book, spec.quote_atoms_per_tick_lot, side, user_id, stp, price, quantity
             )
             if lots < quantity:
                 return quantity, 0, _FOK_UNFILLED
         if not is_buy:
             return quantity, quantity * spec.base_atoms_per_lot, None
-        if command.price is None:  # STOP_MARKET BUY: nothing until triggered
+        if price is None:  # STOP_MARKET BUY: nothing until triggered
             return quantity, 0, None
-        return quantity, command.price * quantity * spec.quote_atoms_per_tick_lot, None
+        return quantity, price * quantity * spec.quote_atoms_per_tick_lot, None
 
     def _crosses(self, is_buy: bool, price: int | None) -> bool:
         if price is None:
@@ -301,7 +330,7 @@ class MatchingEngine(PairState):
 
     def cancel(self, command: CancelOrder) -> list[EngineEvent]:
         """Cancel one live order of its owner and release its funds."""
-        order = self._live_order(command.order_id, command.user_id, OrderNotCancellable)
+        order = self._live_order(command.order_id, command.user_id, _NOT_CANCELLABLE)
         events: list[EngineEvent] = []
         self._cancel(order, events, command.timestamp)
         return events
@@ -318,7 +347,7 @@ class MatchingEngine(PairState):
             self._cancel(order, events, command.timestamp)
         return events
 
-    def _cancel(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+    def _cancel(self, order: Order, events: list[EngineEvent], ts: Timestamp) -> None:
         if order.status is PENDING_TRIGGER:
             self.stops.remove(order)
         else:
@@ -357,8 +386,8 @@ class MatchingEngine(PairState):
         if requeue:
             self.book.remove(order)
         else:
-            assert order.price is not None
-            self.book.level(order.side, order.price).total -= order.quantity - quantity
+            assert order.level is not None
+            order.level.total -= order.quantity - quantity
         order.price = price
         order.quantity = quantity
         self.sequence += 1
@@ -390,7 +419,7 @@ class MatchingEngine(PairState):
 
     # -- matching ----------------------------------------------------------------------------------
 
-    def _take(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+    def _take(self, order: Order, events: list[EngineEvent], ts: Timestamp) -> None:
         """Match an incoming order, then rest its remainder (GTC limit) or expire it."""
         if order.time_in_force is FOK:
             lots, _ = walk_liquidity(
@@ -414,7 +443,7 @@ class MatchingEngine(PairState):
             return
         self._expire(order, _STP if stopped_by_stp else _IOC, events, ts)
 
-    def _match(self, taker: Order, events: list[EngineEvent], ts: int) -> tuple[int, bool]:
+    def _match(self, taker: Order, events: list[EngineEvent], ts: Timestamp) -> tuple[int, bool]:
         """Trade the taker against the opposite side; return (quote atoms to release, stopped by STP)."""
         book = self.book
         is_buy = taker.side is BUY
@@ -452,12 +481,13 @@ class MatchingEngine(PairState):
                     book.remove(maker)
                     self._finished[maker.order_id] = maker.user_id  # checked for forgetting once, below
                     maker = following
-        if len(self._finished) + len(self._finished_older) > 2 * self.finished_capacity:
+        if len(self._finished) > self._finished_limit:
             self._forget_oldest_finished()
         return improvement, False
 
     def _trade(
-        self, taker: Order, maker: Order, level: Level, remaining: int, events: list[EngineEvent], ts: int
+        self, taker: Order, maker: Order, level: Level, remaining: int, events: list[EngineEvent],
+        ts: Timestamp,
     ) -> int:
         """Fill taker and maker at the maker's price, consume their locks, emit the trade; return the lots."""
         price = level.price
@@ -471,11 +501,11 @@ class MatchingEngine(PairState):
         maker.cumulative_quote += quote_amount
         level.total -= lots
         status = FILLED if lots == remaining else PARTIALLY_FILLED
-        if status not in TRANSITIONS[taker.status]:
+        if taker.status not in _FILLABLE:
             raise IllegalStatusTransition(f"{taker.status} → {status}")
         taker.status = status
         maker_status = FILLED if lots == maker_left else PARTIALLY_FILLED
-        if maker_status not in TRANSITIONS[maker.status]:
+        if maker.status not in _FILLABLE:
             raise IllegalStatusTransition(f"{maker.status} → {maker_status}")
         maker.status = maker_status
         buyer, seller = (taker, maker) if taker.side is BUY else (maker, taker)
@@ -497,7 +527,7 @@ class MatchingEngine(PairState):
         ))
         return lots
 
-    def _run_stops(self, events: list[EngineEvent], ts: int) -> None:
+    def _run_stops(self, events: list[EngineEvent], ts: Timestamp) -> None:
         """Trigger and process pending stops, oldest first, until none is triggered at the last price."""
         stops = self.stops
         while stops.orders:
@@ -518,7 +548,7 @@ class MatchingEngine(PairState):
                 continue
             self._take(order, events, ts)
 
-    def _lock_triggered_buy(self, order: Order, events: list[EngineEvent], ts: int) -> bool:
+    def _lock_triggered_buy(self, order: Order, events: list[EngineEvent], ts: Timestamp) -> bool:
         """Lock what a triggered STOP_MARKET BUY will spend; expire it if the gate refuses."""
         _, spend = walk_liquidity(
             self.book, self.spec.quote_atoms_per_tick_lot, BUY, order.user_id, order.stp, None,
@@ -534,7 +564,7 @@ class MatchingEngine(PairState):
 
     # -- facts -------------------------------------------------------------------------------------
 
-    def _expire(self, order: Order, reason: Reason, events: list[EngineEvent], ts: int) -> None:
+    def _expire(self, order: Order, reason: Reason, events: list[EngineEvent], ts: Timestamp) -> None:
         status = order.status
         if EXPIRED not in TRANSITIONS[status]:
             raise IllegalStatusTransition(f"{status} → {EXPIRED}")
@@ -547,7 +577,7 @@ class MatchingEngine(PairState):
         self._release_all(order, events, ts)
         self._remember_finished(order.order_id, order.user_id)
 
-    def _lock(self, order: Order, amount: int, events: list[EngineEvent], ts: int) -> None:
+    def _lock(self, order: Order, amount: int, events: list[EngineEvent], ts: Timestamp) -> None:
         order.locked += amount
         self.sequence += 1
         events.append(FundsLocked(
@@ -555,7 +585,7 @@ class MatchingEngine(PairState):
             self.quote_asset if order.side is BUY else self.base_asset, amount,
         ))
 
-    def _release(self, order: Order, amount: int, events: list[EngineEvent], ts: int) -> None:
+    def _release(self, order: Order, amount: int, events: list[EngineEvent], ts: Timestamp) -> None:
         if amount:
             order.locked -= amount
             self.sequence += 1
@@ -564,7 +594,7 @@ class MatchingEngine(PairState):
                 self.quote_asset if order.side is BUY else self.base_asset, amount,
             ))
 
-    def _release_all(self, order: Order, events: list[EngineEvent], ts: int) -> None:
+    def _release_all(self, order: Order, events: list[EngineEvent], ts: Timestamp) -> None:
         self._release(order, order.locked, events, ts)
 
 __all__ = ["MatchingEngine"]

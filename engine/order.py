@@ -9,18 +9,22 @@ is the sequence at which it last joined the back of its price level; within a le
 priority order. From the events: priority = OrderAccepted.sequence, then StopTriggered.sequence when a stop
 triggers, then OrderAmended.priority after an amend (unchanged unless `requeued`). Persist it to rebuild.
 
-Memory: an Order is one object with 20 slots (about 200 bytes with its header); a resting order also costs
-one entry in the book's id index and two links in its level's list (no per-level dict).
+Memory: an Order is one object with 21 slots (about 210 bytes with its header); a resting order also costs
+one entry in the book's id index; its links to its neighbours in the level's list and to the level itself
+live in its own slots (no per-level dict).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from .lifecycle import OrderStatus
+
+if TYPE_CHECKING:
+    from .book import Level
 
 
 class Side(StrEnum):
@@ -88,6 +92,7 @@ class Order:
         "client_order_id",
         "cumulative_quote",
         "filled",
+        "level",
         "locked",
         "next",
         "order_id",
@@ -144,6 +149,7 @@ class Order:
         self.locked = 0
         self.prev: Order | None = None
         self.next: Order | None = None
+        self.level: Level | None = None
 
     def __repr__(self) -> str:
         return (

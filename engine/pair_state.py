@@ -32,6 +32,7 @@ class PairState:
 
     __slots__ = (
         "_finished",
+        "_finished_limit",
         "_finished_older",
         "base_asset",
         "base_unit",
@@ -81,11 +82,14 @@ class PairState:
         self.finished_capacity = finished_capacity
         self._finished: dict[str, str] = {}
         self._finished_older: dict[str, str] = {}
+        # how many ids `_finished` may hold before the oldest are forgotten: 2 × capacity minus the ids in
+        # `_finished_older` (which changes only when they are forgotten)
+        self._finished_limit = 2 * finished_capacity
 
     def _remember_finished(self, order_id: str, user_id: str) -> None:
         finished = self._finished
         finished[order_id] = user_id
-        if len(finished) + len(self._finished_older) > 2 * self.finished_capacity:
+        if len(finished) > self._finished_limit:
             self._forget_oldest_finished()
 
     def _finished_owner(self, order_id: str) -> str | None:
@@ -110,6 +114,7 @@ class PairState:
             del finished[order_id]
         self._finished_older = finished
         self._finished = {}
+        self._finished_limit = 2 * self.finished_capacity - len(finished)
 
     # -- read API ----------------------------------------------------------------------------------
 
