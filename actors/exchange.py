@@ -10,6 +10,9 @@ look the order up by client_order_id). An actor that is restarting answers `Engi
 Client order ids are unique per user. The check is made here, before the order reaches a pair: the
 database holds every committed id, and ids of orders still in flight are held in memory until their
 commit resolves, so two concurrent requests with the same id cannot both pass.
+
+An optional `CommandObserver` (metrics and request tracing, composed by `ops`) hears every command sent
+to a pair and every placement answered, refusals made here included.
 """
 
 from __future__ import annotations
@@ -69,6 +72,22 @@ class OrderDirectory(Protocol):
         """Return the id of the user's order with this client order id, or None."""
 
 
+class CommandObserver(Protocol):
+    """Told about every command on its way through the actors, for metrics and request tracing.
+
+    Every method is called on the thread named, must be quick and must not raise.
+    """
+
+    def command_sent(self, command: Command, reply: Future[Any]) -> None:
+        """`command` is about to go to its pair; `reply` resolves once it is committed (caller's thread)."""
+
+    def command_handed(self, reply: Future[Any]) -> None:
+        """The pair matched the command of `reply` and handed its facts to the writer (pair's thread)."""
+
+    def order_placed(self, request: OrderRequest, result: CommandOutcome | TradeEngineError) -> None:
+        """The Exchange answers one order placement: its committed outcome or the error (caller's thread)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OrderRequest:
     """A new order in API units, already type-checked by the caller."""
@@ -99,8 +118,10 @@ class Exchange:
         timeout: float,
         wallet: PairRoute | Any,
         symbols: Callable[[], list[str]],
+        observer: CommandObserver | None = None,
     ) -> None:
         self._routes = routes
+        self._observer = observer
         self._wallet = wallet
         self._symbols = symbols
         self._next_order_id = next_order_id
@@ -136,7 +157,11 @@ class Exchange:
                     pending.append(self._send(route, command))
                 except TradeEngineError as exc:
                     pending.append(exc)
-            return [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+            results = [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+        if self._observer is not None:
+            for request, result in zip(requests, results, strict=True):
+                self._observer.order_placed(request, result)
+        return results
 
     def cancel(self, user_id: int, order_id: str) -> CommandOutcome:
         """Cancel one of the user's live orders."""
@@ -227,6 +252,8 @@ class Exchange:
     def _send(self, route: PairRoute, command: Command) -> Future[Any]:
         """Hand the command to the pair; a restarting pair is waited for, within the request timeout."""
         reply: Future[Any] = Future()
+        if self._observer is not None:
+            self._observer.command_sent(command, reply)
         route.tell(Execute(command, reply), wait=self._timeout)
         return reply
 

@@ -11,7 +11,10 @@ It lives in the gunicorn worker only: created and started when the worker builds
 A pair that crashes is restarted alone: its new incarnation waits for the writer to commit what the old
 one sent, then rebuilds its book from the database. A failed commit means memory and database may
 differ, so the writer reports the whole group broken and the supervisor rebuilds it once the database
-answers. The system also runs the partition maintenance (`actors.maintenance`).
+answers. The system also runs the partition maintenance (`actors.maintenance`) and, when given
+``market_data`` settings, the Redis market-data mirror (`actors.mirror`).
+Metrics hook in through ``on_event`` (supervisor events), ``on_batch`` (the writer's reports) and
+``observer`` (every command sent, handed to the writer and answered: `exchange.CommandObserver`).
 
 The specs and statuses of the pairs are kept here (the database is the source; this is the cache the
 Exchange converts units with): each pair incarnation is built from the current entry, so a fee change
@@ -41,16 +44,17 @@ from tradeengine.storage.pairs import NewPair, PairRecord, PairRepository
 from tradeengine.storage.partitions import run_partition_maintenance
 from tradeengine.storage.recovery import check_reserved_funds, load_pair_specs, load_pair_state
 
-from .exchange import Exchange
+from .exchange import CommandObserver, Exchange
 from .handles import ChildHandle
 from .ids import OrderIds
 from .ledger import AssetBalance
 from .maintenance import HOUR, PeriodicMaintenance
+from .mirror import MarketDataMirror, MirrorSettings
 from .pair import PairActor, SetTrading, StatusQuery
 from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
-from .writer import BatchReport, PersistenceActor
+from .writer import BatchReport, Commit, PersistenceActor
 
 _log = logging.getLogger(__name__)
 
@@ -118,14 +122,19 @@ class ActorSystem:
         clock_us: Callable[[], int] = _wall_clock_us,
         on_event: Callable[[SupervisorEvent], None] | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
+        observer: CommandObserver | None = None,
+        market_data: MirrorSettings | None = None,
     ) -> None:
         self.pool = pool
+        self._market_data = market_data
+        self.mirror: MarketDataMirror | None = None  # the Redis market-data mirror, when configured
         self._maintenance = PeriodicMaintenance(self._run_partition_maintenance,
                                                 interval=maintenance_interval)
         self._request_timeout = request_timeout
         self._clock_us = clock_us
         self._on_event = on_event
         self._on_batch = on_batch
+        self._observer = observer  # metrics and request tracing: hears every command (exchange.py)
         self._lock = threading.Lock()
         self._stopped = False
         self._running = False
@@ -156,6 +165,10 @@ class ActorSystem:
             self._maintenance.start()
             try:
                 self._start_actors()
+                if self._market_data is not None:
+                    self.mirror = MarketDataMirror(self._market_data, pool=self.pool, writer=self._writer,
+                                                   pairs=self._mirrored_pairs)
+                    self.mirror.start()
             except BaseException:
                 self._stop_parts(timeout=10.0)
                 raise
@@ -173,6 +186,9 @@ class ActorSystem:
             _log.info("actor system stopped")
 
     def _stop_parts(self, timeout: float) -> None:
+        mirror, self.mirror = self.mirror, None
+        if mirror is not None:
+            mirror.stop(timeout)
         supervisor, self.supervisor = self.supervisor, None
         self._exchange = None
         if supervisor is not None:
@@ -200,6 +216,7 @@ class ActorSystem:
             strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
         ))
         self._writer = writer
+        self._pair_writer = writer if self._observer is None else _HandingWriter(writer, self._observer)
         for spec, status in load_pair_specs(self.pool):
             self._add_pair_actor(spec, status)
         self._report_reserved_funds()
@@ -208,6 +225,7 @@ class ActorSystem:
             routes=self._routes.get, next_order_id=ids.next, clock_us=self._clock_us,
             orders=DatabaseOrders(self.pool), timeout=self._request_timeout,
             wallet=supervisor.handle("wallet"), symbols=lambda: sorted(self._routes),
+            observer=self._observer,
         )
 
     def _add_pair_actor(self, spec: PairSpec, status: str) -> PairRoute:
@@ -217,7 +235,7 @@ class ActorSystem:
         def build(link: Any) -> Any:
             route = self._routes[symbol]
             return PairActor.start(link, spec=route.spec, trading=route.status in TRADING_STATUSES,
-                                   pool=self.pool, writer=self._writer, ledger=self._slot)
+                                   pool=self.pool, writer=self._pair_writer, ledger=self._slot)
 
         placeholder = PairRoute(spec, status, handle=None)
         self._routes[symbol] = placeholder
@@ -229,6 +247,10 @@ class ActorSystem:
             self._routes.pop(symbol, None)
             raise
         return placeholder
+
+    def _mirrored_pairs(self) -> list[tuple[PairSpec, ChildHandle]]:
+        routes = list(self._routes.values())
+        return [(route.spec, route.handle) for route in routes if route.handle is not None]
 
     def _report_reserved_funds(self) -> None:
         """Compare locked balances with what open orders reserve; report any difference loudly."""
@@ -326,6 +348,26 @@ class ActorSystem:
 
     def _run_partition_maintenance(self) -> object:
         return run_partition_maintenance(self.pool)
+
+
+class _HandingWriter:
+    """The writer as the pairs see it: tells the observer the moment a pair hands a command's facts over
+    (the end of its time in the pair), then forwards every message to the writer."""
+
+    __slots__ = ("_observer", "_writer")
+
+    def __init__(self, writer: ChildHandle, observer: CommandObserver) -> None:
+        self._writer = writer
+        self._observer = observer
+
+    def tell(self, message: Any, wait: float = 0.0) -> None:
+        """Forward `message`; a Commit carrying a reply is reported as handed first."""
+        if isinstance(message, Commit) and message.reply is not None:
+            self._observer.command_handed(message.reply)
+        self._writer.tell(message, wait)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
 
 
 def _spec_of(pair: NewPair) -> PairSpec:

@@ -4,6 +4,12 @@ No key is needed (``auth = PUBLIC``). Pairs are read from the ``pairs`` table; t
 prices come from the pair's actor (what it holds now, at its sequence); trades, candles and the 24 h
 figures are computed from the committed trades (:mod:`tradeengine.storage.market`). A halted or
 delisted pair's data is still served. An unknown symbol answers 404 ``UNKNOWN_SYMBOL`` on every route.
+
+With Redis configured (a :class:`MarketDataReader`), the order book, the ticker and the recent trades
+are read from the mirror (:mod:`tradeengine.storage.marketdata`) when it holds them fresh (verified
+within 2 s) and deep enough, and from the actors and PostgreSQL as above otherwise: a miss, a stale
+value or a Redis error is never the client's error. Both paths render with the same functions, so the
+bodies have the same shape byte for byte. Candles are always computed in SQL.
 """
 
 from __future__ import annotations
@@ -17,16 +23,15 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.exchange import Exchange
-from tradeengine.engine import PairSpec
 from tradeengine.engine.errors import UnknownSymbol, ValidationError
-from tradeengine.storage import market
+from tradeengine.storage import market, marketdata
+from tradeengine.storage.marketdata import MarketDataReader
 from tradeengine.storage.pairs import PairRecord, PairRepository
 
 from . import render
 from .api import Operation, Resource, read_query, respond
 from .auth import PUBLIC
 from .models import (
-    BookLevel,
     Candle,
     CandleQuery,
     Candles,
@@ -34,7 +39,6 @@ from .models import (
     OrderBook,
     Pair,
     Pairs,
-    PublicTrade,
     PublicTradeQuery,
     PublicTrades,
     Ticker,
@@ -108,22 +112,26 @@ class OrderBookResource(Resource):
                                      "number of orders resting at the level."),
     }
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, market_data: MarketDataReader | None = None) -> None:
         self._exchange = exchange
+        self._market_data = market_data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """Read the book."""
         query = read_query(req, DepthQuery)
         spec = self._exchange.spec(symbol)
-        depth = self._exchange.depth(symbol, query.depth)
-        respond(resp, OrderBook(
-            symbol=symbol, sequence=depth.sequence, bids=_levels(spec, depth.bids),
-            asks=_levels(spec, depth.asks), timestamp=render.timestamp(_now())))
+        body = None if self._market_data is None else self._market_data.book(symbol, query.depth)
+        if body is None:
+            depth = self._exchange.depth(symbol, query.depth)
+            body = marketdata.book_body(spec, depth.sequence, depth.bids, depth.asks, _now())
+        _send(resp, body)
 
 
-def _levels(spec: PairSpec, levels: list[tuple[int, int, int]]) -> list[BookLevel]:
-    return [BookLevel(price=spec.format_price(ticks), quantity=spec.format_quantity(lots), orders=count)
-            for ticks, lots, count in levels]
+def _send(resp: falcon.Response, body: bytes) -> None:
+    """Answer 200 with a JSON body rendered by :mod:`tradeengine.storage.marketdata`."""
+    resp.status = 200
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = body
 
 
 class TickerResource(Resource):
@@ -137,30 +145,22 @@ class TickerResource(Resource):
                                      "Null where there is no data."),
     }
 
-    def __init__(self, exchange: Exchange, pool: ConnectionPool) -> None:
+    def __init__(self, exchange: Exchange, pool: ConnectionPool,
+                 market_data: MarketDataReader | None = None) -> None:
         self._exchange = exchange
         self._pool = pool
+        self._market_data = market_data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """Read the ticker."""
         spec = self._exchange.spec(symbol)
-        top = self._exchange.top(symbol)
-        now = _now()
-        day = market.ticker_24h(self._pool, symbol, now)
-        bid = top.best_bid
-        ask = top.best_ask
-        respond(resp, Ticker(
-            symbol=symbol,
-            last_price=None if top.last_price is None else spec.format_price(top.last_price),
-            best_bid=None if bid is None else spec.format_price(bid[0]),
-            best_bid_quantity=None if bid is None else spec.format_quantity(bid[1]),
-            best_ask=None if ask is None else spec.format_price(ask[0]),
-            best_ask_quantity=None if ask is None else spec.format_quantity(ask[1]),
-            open_24h=render.optional_text(day.open_24h), high_24h=render.optional_text(day.high_24h),
-            low_24h=render.optional_text(day.low_24h), volume_24h=render.text(day.volume_24h),
-            quote_volume_24h=render.text(day.quote_volume_24h), trades_24h=day.trades_24h,
-            timestamp=render.timestamp(now),
-        ))
+        body = None if self._market_data is None else self._market_data.ticker(symbol)
+        if body is None:
+            top = self._exchange.top(symbol)
+            now = _now()
+            day = market.ticker_24h(self._pool, symbol, now)
+            body = marketdata.ticker_body(spec, top.best_bid, top.best_ask, top.last_price, day, now)
+        _send(resp, body)
 
 
 class MarketTradesResource(Resource):
@@ -171,17 +171,18 @@ class MarketTradesResource(Resource):
         "GET": Operation("Recent trades of a pair, newest first", PublicTrades, query=PublicTradeQuery),
     }
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, market_data: MarketDataReader | None = None) -> None:
         self._pool = pool
+        self._market_data = market_data
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
         """List recent trades."""
         query = read_query(req, PublicTradeQuery)
-        rows = market.recent_trades(self._pool, known_format(symbol), query.limit)
-        respond(resp, PublicTrades(trades=[
-            PublicTrade(id=row.id, price=render.text(row.price), quantity=render.text(row.quantity),
-                        taker_side=row.taker_side, executed_at=render.timestamp(row.executed_at))  # type: ignore[arg-type]
-            for row in rows]))
+        known_format(symbol)
+        body = None if self._market_data is None else self._market_data.trades(symbol, query.limit)
+        if body is None:
+            body = marketdata.trades_body(market.recent_trades(self._pool, symbol, query.limit))
+        _send(resp, body)
 
 
 class CandlesResource(Resource):

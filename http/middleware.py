@@ -3,10 +3,16 @@
 Order in the app: :class:`RequestIdMiddleware` first (so error handlers and the access log see the id),
 then :class:`AccessLogMiddleware`, then CORS. falcon runs ``process_response`` in reverse order and also
 after an error handler has rendered an error, so 404/405/500 answers get the header and the log line too.
+
+While a request is answered its id is also the thread's :func:`current_request_id` (a context
+variable): the Exchange's observer picks it up when the request sends a command to the actors, and
+:class:`RequestIdLogFilter` stamps it on every log record made meanwhile, so one order can be followed
+from its HTTP request through the pair and the commit.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from collections.abc import Callable
@@ -24,6 +30,26 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 UNMATCHED_ROUTE = "<unmatched>"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("tradeengine_request_id",
+                                                                         default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request this thread is answering now (None outside a request)."""
+    return _REQUEST_ID.get()
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Give every record made while a request is answered that request's ``request_id`` (install it on
+    the handlers: a logger's filter would see only that logger's own records)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            request_id = _REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
 
 
 def request_id_of(req: falcon.Request) -> str | None:
@@ -46,12 +72,19 @@ class RequestIdMiddleware:
         sent = req.get_header(REQUEST_ID_HEADER)
         sane = sent is not None and _SANE_REQUEST_ID.fullmatch(sent) is not None
         req.context.request_id = sent if sane else self._new_request_id()
+        req.context.request_id_token = _REQUEST_ID.set(req.context.request_id)
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
         request_id = request_id_of(req)
         if request_id is not None:
             resp.set_header(REQUEST_ID_HEADER, request_id)
+        token = getattr(req.context, "request_id_token", None)
+        if token is not None:
+            try:
+                _REQUEST_ID.reset(token)
+            except ValueError:  # set in another context (not with a WSGI server): clear it instead
+                _REQUEST_ID.set(None)
 
 
 class HttpMetrics:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.system import ActorSystem
+from tradeengine.storage.marketdata import MarketDataReader
 
 from .account import BalancesResource, UserTradeResource, UserTradesResource
 from .admin import (
@@ -32,8 +33,10 @@ from .market import (
 from .orders import OrderBatchResource, OrderByClientIdResource, OrderResource, OrdersResource
 
 
-def api_endpoints(*, system: ActorSystem, pool: ConnectionPool) -> list[Endpoint]:
-    """The API's endpoints, built on the running engine's actor system and the database pool."""
+def api_endpoints(*, system: ActorSystem, pool: ConnectionPool,
+                  market_data: MarketDataReader | None = None) -> list[Endpoint]:
+    """The API's endpoints, built on the running engine's actor system and the database pool (and the
+    Redis market-data mirror's reader, when Redis is configured)."""
     exchange = system.exchange
     return [
         Endpoint.of("/api/v1/orders", OrdersResource(exchange, pool), "orders"),
@@ -45,9 +48,11 @@ def api_endpoints(*, system: ActorSystem, pool: ConnectionPool) -> list[Endpoint
         Endpoint.of("/api/v1/balances", BalancesResource(exchange), "account"),
         Endpoint.of("/api/v1/pairs", PairsResource(pool), "market data"),
         Endpoint.of("/api/v1/pairs/{symbol}", PairResource(pool), "market data"),
-        Endpoint.of("/api/v1/orderbook/{symbol}", OrderBookResource(exchange), "market data"),
-        Endpoint.of("/api/v1/markets/{symbol}/ticker", TickerResource(exchange, pool), "market data"),
-        Endpoint.of("/api/v1/markets/{symbol}/trades", MarketTradesResource(pool), "market data"),
+        Endpoint.of("/api/v1/orderbook/{symbol}", OrderBookResource(exchange, market_data), "market data"),
+        Endpoint.of("/api/v1/markets/{symbol}/ticker", TickerResource(exchange, pool, market_data),
+                    "market data"),
+        Endpoint.of("/api/v1/markets/{symbol}/trades", MarketTradesResource(pool, market_data),
+                    "market data"),
         Endpoint.of("/api/v1/markets/{symbol}/candles", CandlesResource(pool), "market data"),
         Endpoint.of("/api/v1/admin/users", UsersResource(pool), "admin"),
         Endpoint.of("/api/v1/admin/users/{user_id}/deposits", DepositsResource(system, pool), "admin"),

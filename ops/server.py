@@ -8,10 +8,10 @@ Master process (the one ``serve`` runs in):
   4. when gunicorn stops (SIGTERM, SIGINT/Ctrl-C, or a worker that failed to boot) stops the embedded
      PostgreSQL, so no postgres process is left, and releases the data folder.
 
-Worker process (forked by gunicorn): ``load()`` builds the pool, starts the :class:`ActorSystem` and
-creates the WSGI app; ``worker_exit`` stops the actor system and closes the pool. When the master is
-killed with ``kill -9`` the worker notices its parent is gone and exits by itself; the next ``serve``
-takes the orphaned PostgreSQL over.
+Worker process (forked by gunicorn): ``load()`` builds the pool, starts the :class:`ActorSystem` with
+its metrics hooked in (:mod:`tradeengine.ops.metrics`) and creates the WSGI app; ``worker_exit`` stops
+the actor system and closes the pool. When the master is killed with ``kill -9`` the worker notices its
+parent is gone and exits by itself; the next ``serve`` takes the orphaned PostgreSQL over.
 """
 
 from __future__ import annotations
@@ -29,18 +29,22 @@ from typing import Any, NoReturn
 from gunicorn.app.base import BaseApplication
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from tradeengine.actors.mirror import MirrorSettings
 from tradeengine.actors.system import ActorSystem
 from tradeengine.http.app import create_app
+from tradeengine.http.middleware import RequestIdLogFilter
 from tradeengine.http.ratelimit import build_rate_limit
 from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check
 from tradeengine.http.routes import api_endpoints
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+from tradeengine.storage.marketdata import MarketDataReader
 from tradeengine.storage.users import UserRepository
 
 from .cli import engine_version
 from .database import DataDirLock, StartupError, serving_database
 from .gunicorn_conf import gunicorn_options
 from .logconfig import configure_logging
+from .metrics import EngineMetrics
 from .settings import Settings
 
 _log = logging.getLogger(__name__)
@@ -152,6 +156,7 @@ class WorkerParts:
     pool: Any
     system: ActorSystem
     app: Any
+    metrics: EngineMetrics | None = None
 
     def close(self) -> None:
         """Stop the actor system, then close the pool."""
@@ -181,12 +186,20 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     size = settings.database_pool_size
     pool = create_pool(conninfo, min_size=min(2, size), max_size=size, name="tradeengine-worker",
                        prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
-    system = ActorSystem(pool, request_timeout=settings.request_timeout)
+    mirror = None
+    if settings.redis_url:
+        mirror = MirrorSettings(settings.redis_url, levels=settings.market_data_levels,
+                                interval=settings.market_data_interval)
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry, version=engine_version())
+    system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror,
+                         on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch, observer=metrics)
+    _stamp_request_ids()
     try:
         if settings.bootstrap_admin_key and UserRepository(pool).ensure_admin(settings.bootstrap_admin_key):
             _log.info("created the bootstrap admin (user 'admin') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
         system.start()
-        registry = CollectorRegistry()
+        metrics.watch(system, pool)
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
@@ -202,13 +215,21 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
                                         public_rate=settings.public_rate_limit,
                                         public_burst=settings.public_rate_burst,
                                         redis_url=settings.redis_url),
-            endpoints=api_endpoints(system=system, pool=pool),
+            endpoints=api_endpoints(system=system, pool=pool, market_data=(
+                MarketDataReader.from_url(settings.redis_url) if settings.redis_url else None)),
         )
     except BaseException:
         WorkerParts(pool, system, None).close()
         raise
     _log.info("worker ready: pool of up to %d connection(s), actor system running", size)
-    return WorkerParts(pool, system, app)
+    return WorkerParts(pool, system, app, metrics)
+
+
+def _stamp_request_ids() -> None:
+    """Every log record made while a request is answered carries its request id (see RequestIdLogFilter)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RequestIdLogFilter) for f in handler.filters):
+            handler.addFilter(RequestIdLogFilter())
 
 
 class EngineApplication(BaseApplication):  # type: ignore[misc]

@@ -71,6 +71,21 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
+def _book_levels(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if not 1 <= value <= 500:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of levels from 1 to 500")
+    return value
+
+
+def _mirror_interval(name: str, raw: str) -> float:
+    value = _positive_float(name, raw)
+    if value > 1.0:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at most 1 second (readers stop trusting "
+                            "the mirror after 2 s)")
+    return value
+
+
 def _bool(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -151,6 +166,15 @@ class Settings:
     )
     redis_url: str | None = _field(
         _url("redis", "rediss", "unix"), None, "Redis URL for the market-data mirror and rate limits"
+    )
+    market_data_levels: int = _field(
+        _book_levels, 50,
+        "order-book levels per side the Redis mirror keeps (1–500); a deeper request is read from the pair",
+    )
+    market_data_interval: float = _field(
+        _mirror_interval, 0.05,
+        "seconds between the Redis mirror's looks at the pairs (at most 1): a pair is written at most "
+        "once per interval",
     )
     broker_url: str = _field(
         _url("memory", "amqp", "amqps", "pyamqp"), "memory://", "kombu broker URL (amqp:// for RabbitMQ)"

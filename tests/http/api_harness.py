@@ -22,6 +22,7 @@ from tradeengine.actors.system import ActorSystem
 from tradeengine.engine.units import to_atoms
 from tradeengine.http.app import create_app
 from tradeengine.http.routes import api_endpoints
+from tradeengine.storage.marketdata import MarketDataReader
 from tradeengine.storage.users import UserRepository
 
 
@@ -42,14 +43,15 @@ class Trader:
 class ApiHarness:
     """The app on a running system; requests as one user or another."""
 
-    def __init__(self, system: ActorSystem, pool: psycopg_pool.ConnectionPool) -> None:
+    def __init__(self, system: ActorSystem, pool: psycopg_pool.ConnectionPool,
+                 market_data: MarketDataReader | None = None) -> None:
         self.system = system
         self.pool = pool
         self.users = UserRepository(pool)
         self._names = itertools.count(1)
         app = create_app(version="test", readiness_checks={}, registry=CollectorRegistry(),
                          authenticate=self.users.authenticate,
-                         endpoints=api_endpoints(system=system, pool=pool))
+                         endpoints=api_endpoints(system=system, pool=pool, market_data=market_data))
         self.client = falcon.testing.TestClient(app)
 
     def user(self, role: str = "trader", funds: dict[str, str] | None = None) -> Trader:
@@ -89,11 +91,12 @@ class ApiHarness:
 
 
 @contextmanager
-def api_harness(pool: psycopg_pool.ConnectionPool, **options: Any) -> Iterator[ApiHarness]:
-    """An ApiHarness on a started system (stopped afterwards)."""
+def api_harness(pool: psycopg_pool.ConnectionPool, reader: MarketDataReader | None = None,
+                **options: Any) -> Iterator[ApiHarness]:
+    """An ApiHarness on a started system (stopped afterwards); ``reader`` reads the Redis mirror."""
     system = ActorSystem(pool, **options)
     system.start()
     try:
-        yield ApiHarness(system, pool)
+        yield ApiHarness(system, pool, reader)
     finally:
         system.stop()
