@@ -2,18 +2,19 @@
 
 Invariants:
 - a migration file is named ``NNNN_snake_name.sql``; its version is ``NNNN``; versions are unique;
-- each file runs in its own transaction together with its ``schema_migrations`` row, so a migration is
-  either applied and recorded, or not at all;
-- a session-level advisory lock (``MIGRATION_LOCK_KEY``) serialises concurrent runners: the second one
-  waits, then finds nothing to do;
+- a run is ONE transaction holding a transaction-level advisory lock (``MIGRATION_LOCK_KEY``), which
+  serialises concurrent runners (the second one waits, then finds nothing to do); each file runs in a
+  savepoint together with its ``schema_migrations`` row, so a migration is either applied and recorded,
+  or not at all, and when one fails the ones before it are still committed;
 - before anything is applied, every recorded migration is checked: a recorded file whose sha256 changed
   raises ``MigrationChecksumMismatch``; a recorded migration this code does not ship raises
   ``UnknownMigrationApplied``. Nothing is applied in either case.
 
 Server notices raised by migrations (``RAISE NOTICE``) are logged at INFO level.
 
-Run migrations over a direct connection (or a session-mode pooler): the advisory lock is held by the
-session, which PgBouncer in transaction mode does not keep.
+Nothing outlives the transaction (no session-level lock or setting), so migrations also run through
+PgBouncer in transaction mode. As all pending files commit together, a value added to an enum
+(``ALTER TYPE ... ADD VALUE``) cannot be used by a later file of the same run: use it in a later release.
 """
 
 from __future__ import annotations
@@ -98,18 +99,22 @@ def apply_migrations(
         psycopg.connect(conninfo, autocommit=True, **connection_kwargs(prepare_threshold=None)) as conn,
     ):
         conn.add_notice_handler(_log_notice)
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(lock_timeout * 1000)}ms",))
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        failed: MigrationError | None = None
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute("SELECT set_config('lock_timeout', '0', true)")
             if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
                 conn.execute(_CREATE_TABLE)
             pending = _pending(conn, migrations)
             for migration in pending:
-                _apply_one(conn, migration)
-        finally:
-            if not conn.closed and not conn.broken:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+                try:
+                    _apply_one(conn, migration)
+                except MigrationError as exc:  # rolled back to its savepoint: commit the ones before it
+                    failed = exc
+                    break
+    if failed is not None:
+        raise failed
     return [m.name for m in pending]
 
 
