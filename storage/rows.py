@@ -12,9 +12,10 @@
   WITHDRAWAL. Zero amounts (a fee-free side) are left out;
 - `balance_deltas`: the ledger entries summed per (user, asset), zero sums left out, sorted (a stable
   lock order). Built from the ledger rows, so ledger and balances agree by construction;
-- `outbox`: in fact order, per order change an `order.<SYMBOL>.<STATUS>` event, per trade a
-  `trade.<SYMBOL>` event, and per command (or transfer) and (user, asset) whose balance moved a
-  `balance.<ASSET>` event with the deltas;
+- `outbox`: one `OutboxMessage` per pair of the group (and one for all its transfers), holding that
+  pair's events in fact order (so in sequence order): per order change an `order.<SYMBOL>.<STATUS>`
+  event, per trade a `trade.<SYMBOL>` event, and per command (or transfer) and (user, asset) whose
+  balance moved a `balance.<ASSET>` event with the deltas (`RowSet.outbox_events` lists them all);
 - `pairs`: per symbol the last sequence of the group and the last trade price (None: no trade).
 
 Invariants (tested): per asset, the balance deltas of engine facts sum to zero (money moves, it is never
@@ -38,6 +39,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any, NamedTuple
+
+import msgspec
 
 from tradeengine.engine import (
     EngineEvent,
@@ -157,15 +160,27 @@ class BalanceDelta(NamedTuple):
     locked: Decimal
 
 
-class OutboxRow(NamedTuple):
-    """An ``outbox_events`` row; ``payload`` is JSON-ready (decimals and timestamps as strings)."""
+class OutboxEvent(msgspec.Struct, frozen=True):
+    """One event of an outbox message; JSON-encoded as an object with these fields, in this order.
+
+    ``sequence`` is the pair sequence (None for a transfer); ``payload`` is JSON-ready (decimals and
+    timestamps as strings).
+    """
 
     event_id: uuid.UUID
-    symbol: str | None
-    sequence: int | None
     event_type: str
     routing_key: str
+    sequence: int | None
     payload: dict[str, Any]
+
+
+class OutboxMessage(NamedTuple):
+    """An ``outbox_messages`` row: the events of one pair (symbol None: of the transfers) in one group."""
+
+    symbol: str | None
+    first_sequence: int | None
+    last_sequence: int | None
+    events: list[OutboxEvent]
 
 
 class PairProgress(NamedTuple):
@@ -191,7 +206,7 @@ class RowSet:
     trades: list[TradeRow] = dataclasses.field(default_factory=list)
     ledger_entries: list[LedgerRow] = dataclasses.field(default_factory=list)
     balance_deltas: list[BalanceDelta] = dataclasses.field(default_factory=list)
-    outbox: list[OutboxRow] = dataclasses.field(default_factory=list)
+    outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     pairs: list[PairProgress] = dataclasses.field(default_factory=list)
     facts: int = 0
 
@@ -200,6 +215,11 @@ class RowSet:
         """The number of rows the commit writes."""
         return (len(self.orders) + len(self.order_updates) + len(self.client_order_ids) + len(self.trades)
                 + len(self.ledger_entries) + len(self.balance_deltas) + len(self.outbox) + len(self.pairs))
+
+    @property
+    def outbox_events(self) -> list[OutboxEvent]:
+        """Every outbox event of the group, message after message."""
+        return [event for message in self.outbox for event in message.events]
 
 
 def event_id(symbol: str, sequence: int, kind: str) -> uuid.UUID:
@@ -255,9 +275,11 @@ class _RowBuilder:
         self.orders: dict[str, _OrderState] = {}
         self.movements: list[_Movement] = []
         self.progress: dict[str, PairProgress] = {}
+        self.events: dict[str | None, list[OutboxEvent]] = {}  # per symbol (None: transfers), in order
         self._times: dict[int, datetime] = {}
         self._stamps: dict[int, str] = {}
         self.spec: PairSpec
+        self._events: list[OutboxEvent] = []  # the list of the fact being added (in `events`)
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -267,6 +289,7 @@ class _RowBuilder:
         if not facts.events:
             return
         self.spec = spec = facts.spec
+        self._events = self.events.setdefault(spec.symbol, [])
         first_movement = len(self.movements)
         last_price = None
         for event in facts.events:
@@ -288,6 +311,7 @@ class _RowBuilder:
         if transfer.amount <= 0:
             raise ValueError(f"a transfer moves a positive amount, got {transfer.amount}")
         sign = 1 if transfer.kind == "DEPOSIT" else -1
+        self._events = self.events.setdefault(None, [])
         first_movement = len(self.movements)
         self.movements.append((
             transfer.user_id, transfer.asset, transfer.kind, transfer.amount, sign * transfer.amount, 0,
@@ -307,6 +331,11 @@ class _RowBuilder:
                 rows.order_updates.append(_order_update(int(order_id), state.row))
         rows.ledger_entries = [_ledger_row(m, self._time(m[8])) for m in self.movements]
         rows.balance_deltas = _balance_deltas(self.movements)
+        rows.outbox = [
+            OutboxMessage(symbol, events[0].sequence, events[-1].sequence, events)
+            for symbol, events in self.events.items()
+            if events
+        ]
         rows.pairs = sorted(self.progress.values())
         return rows
 
@@ -421,9 +450,9 @@ class _RowBuilder:
                 "trade_id": trade_id, **self._fill_payload(filled, quote),
             })
         self._settle(event, trade_id, buyer, seller, buyer_order, seller_order)
-        self.rows.outbox.append(OutboxRow(
-            event_id(symbol, event.sequence, "trade"), symbol, event.sequence, "trade.executed",
-            f"trade.{symbol}", _trade_payload(row),
+        self._events.append(OutboxEvent(
+            event_id(symbol, event.sequence, "trade"), "trade.executed", f"trade.{symbol}", event.sequence,
+            _trade_payload(row),
         ))
 
     def _settle(self, event: TradeExecuted, trade_id: str, buyer: int, seller: int, buyer_order: int,
@@ -471,9 +500,9 @@ class _RowBuilder:
             "status": status, "sequence": event.sequence, "timestamp": self._stamp(event.timestamp),
             **details,
         }
-        self.rows.outbox.append(OutboxRow(
-            event_id(symbol, event.sequence, f"order:{order_id}"), symbol, event.sequence, kind,
-            f"order.{symbol}.{status}", payload,
+        self._events.append(OutboxEvent(
+            event_id(symbol, event.sequence, f"order:{order_id}"), kind, f"order.{symbol}.{status}",
+            event.sequence, payload,
         ))
 
     def _balance_events(self, first: int, symbol: str | None, sequence: int | None, kind_prefix: str,
@@ -481,9 +510,8 @@ class _RowBuilder:
         """Add one balance event per (user, asset) the movements since `first` changed."""
         for delta in _balance_deltas(self.movements[first:]):
             kind = f"{kind_prefix}:balance:{delta.user_id}:{delta.asset}"
-            self.rows.outbox.append(OutboxRow(
-                _uuid5(kind), symbol, sequence, "balance.changed",
-                f"balance.{delta.asset}", {
+            self._events.append(OutboxEvent(
+                _uuid5(kind), "balance.changed", f"balance.{delta.asset}", sequence, {
                     "user_id": str(delta.user_id), "asset": delta.asset,
                     "available_delta": _text(delta.available),
                     "locked_delta": _text(delta.locked), "symbol": symbol, "sequence": sequence,

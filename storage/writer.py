@@ -2,16 +2,21 @@
 
 `write_batch(conn, rows)` is all-or-nothing: every row of the group is committed, or (on any error)
 none is. Statements per batch, whatever its size:
-- COPY for the bulk inserts (orders, trades, ledger entries, outbox events), routed by PostgreSQL to
-  the time partitions (or their DEFAULT partitions: a row far in the past or future still inserts);
-- one pipelined `executemany` of `UPDATE orders ... WHERE id = $ AND created_at = $` for the orders
-  of earlier batches (the partition key in the WHERE prunes to the order's month); an update that finds
-  no row means memory and database disagree, and fails the batch;
+- COPY for the bulk inserts (orders, trades, ledger entries, outbox messages: one per pair, holding
+  its events as a JSON array), routed by PostgreSQL to the time partitions (or their DEFAULT
+  partitions: a row far in the past or future still inserts);
+- one `UPDATE orders ... FROM unnest(...)` for the orders of earlier batches, joined on the primary key
+  (id, created_at), bounded by the batch's earliest and latest created_at so that only the month
+  partitions it touches are opened; an update that finds no row means memory and database disagree,
+  and fails the batch;
 - one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING` for client order ids (uniqueness is
   checked before the engine accepts an order; a duplicate must never fail a batch);
-- one statement adding the aggregated balance deltas (update the existing rows, insert the missing
-  ones), relying on the CHECK constraints (available, locked ≥ 0) as the last line of defence, and one
-  update of each pair's last sequence and price.
+- one `UPDATE balances ... FROM unnest(...)` adding the aggregated balance deltas to the existing rows
+  and, only when some are missing (a user's first funds in an asset), one INSERT of those; the CHECK
+  constraints (available, locked ≥ 0) are the last line of defence; and one update of each pair's last
+  sequence and price.
+The order UPDATE is never a server-side prepared statement: its generic plan over the partitioned table
+cost ~2.5 ms against ~0.5 ms planned each time (measured on a batch of 7 updates).
 No server-side prepared statement is required, so it works with `prepare_threshold=None` (PgBouncer in
 transaction mode). psycopg errors leave as `StorageUnavailable` / `StorageError` (`storage_errors`).
 """
@@ -22,7 +27,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from tradeengine.storage.database import storage_errors
@@ -33,20 +37,27 @@ __all__ = ["write_batch"]
 
 _json = msgspec.json.Encoder()
 
-_OUTBOX_COLUMNS = ("event_id", "symbol", "sequence", "event_type", "routing_key", "payload")
+_OUTBOX_COLUMNS = ("symbol", "first_sequence", "last_sequence", "events")
 
-_UPDATE_ORDER = """
-UPDATE orders SET
-    status = %(status)s::order_status,
-    filled_quantity = coalesce(%(filled_quantity)s::numeric, filled_quantity),
-    filled_quote = coalesce(%(filled_quote)s::numeric, filled_quote),
-    price = coalesce(%(price)s::numeric, price),
-    quantity = coalesce(%(quantity)s::numeric, quantity),
-    priority = coalesce(%(priority)s::bigint, priority),
-    reject_reason = coalesce(%(reject_reason)s::text, reject_reason),
-    updated_sequence = %(updated_sequence)s,
-    updated_at = %(updated_at)s
-WHERE id = %(id)s AND created_at = %(created_at)s
+# One statement for every order of earlier batches the group changed: unnest's rows joined on the
+# primary key (id, created_at). The created_at bounds prune, when the executor starts, every month
+# partition the batch does not touch.
+_UPDATE_ORDERS = """
+UPDATE orders AS o SET
+    status = u.status,
+    filled_quantity = coalesce(u.filled_quantity, o.filled_quantity),
+    filled_quote = coalesce(u.filled_quote, o.filled_quote),
+    price = coalesce(u.price, o.price),
+    quantity = coalesce(u.quantity, o.quantity),
+    priority = coalesce(u.priority, o.priority),
+    reject_reason = coalesce(u.reject_reason, o.reject_reason),
+    updated_sequence = u.updated_sequence,
+    updated_at = u.updated_at
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::order_status[], %s::numeric[], %s::numeric[], %s::numeric[],
+            %s::numeric[], %s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[])
+    AS u(id, created_at, status, filled_quantity, filled_quote, price, quantity, priority, reject_reason,
+         updated_sequence, updated_at)
+WHERE o.id = u.id AND o.created_at = u.created_at AND o.created_at BETWEEN %s AND %s
 """
 
 _INSERT_CLIENT_ORDER_IDS = """
@@ -57,24 +68,23 @@ ON CONFLICT DO NOTHING
 
 # Not INSERT ... ON CONFLICT DO UPDATE: PostgreSQL checks CHECK constraints on the proposed INSERT row
 # before it finds the conflict, so a negative delta would fail even when the balance covers it. Existing
-# rows are updated (the CHECKs, available and locked >= 0, guard the result); missing ones are inserted
-# with the delta itself (so a negative one fails, as it must).
-_UPSERT_BALANCES = """
-WITH d (user_id, asset, available, locked) AS (
-    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[])
-), updated AS (
-    UPDATE balances AS b SET
-        available = b.available + d.available,
-        locked = b.locked + d.locked,
-        updated_at = now()
-    FROM d
-    WHERE b.user_id = d.user_id AND b.asset = d.asset
-    RETURNING b.user_id, b.asset
-)
+# rows are updated (the CHECKs, available and locked >= 0, guard the result); only when some are missing
+# (a user's first funds in an asset) are those inserted with the delta itself (so a negative one fails,
+# as it must).
+_UPDATE_BALANCES = """
+UPDATE balances AS b SET
+    available = b.available + d.available,
+    locked = b.locked + d.locked,
+    updated_at = now()
+FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[]) AS d(user_id, asset, available, locked)
+WHERE b.user_id = d.user_id AND b.asset = d.asset
+"""
+
+_INSERT_BALANCES = """
 INSERT INTO balances (user_id, asset, available, locked, updated_at)
 SELECT d.user_id, d.asset, d.available, d.locked, now()
-FROM d
-WHERE NOT EXISTS (SELECT 1 FROM updated AS u WHERE u.user_id = d.user_id AND u.asset = d.asset)
+FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[]) AS d(user_id, asset, available, locked)
+WHERE NOT EXISTS (SELECT 1 FROM balances AS b WHERE b.user_id = d.user_id AND b.asset = d.asset)
 """
 
 _UPDATE_PAIRS = """
@@ -104,24 +114,32 @@ def write_batch(
         if statement_timeout is not None:
             cur.execute("SELECT set_config('statement_timeout', %s, true)",
                         (f"{max(1, int(statement_timeout * 1000))}ms",))
-        _copy(cur, "orders", ORDER_COLUMNS, rows.orders)
+        _copy(cur, _COPY_ORDERS, rows.orders)
         _update_orders(cur, rows)
         _insert_client_order_ids(cur, rows)
-        _copy(cur, "trades", TRADE_COLUMNS, rows.trades)
-        _copy(cur, "ledger_entries", LEDGER_COLUMNS, rows.ledger_entries)
+        _copy(cur, _COPY_TRADES, rows.trades)
+        _copy(cur, _COPY_LEDGER, rows.ledger_entries)
         _upsert_balances(cur, rows)
-        _copy(cur, "outbox_events", _OUTBOX_COLUMNS, [
-            (*row[:5], _json.encode(row.payload).decode()) for row in rows.outbox
+        _copy(cur, _COPY_OUTBOX, [
+            (*message[:3], _json.encode(message.events).decode()) for message in rows.outbox
         ])
         _update_pairs(cur, rows)
 
 
-def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: list[Any]) -> None:
+def _copy_statement(table: str, columns: tuple[str, ...]) -> str:
+    # Plain text, rendered once: the names are fixed lower-case identifiers that need no quoting.
+    return f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+
+
+_COPY_ORDERS = _copy_statement("orders", ORDER_COLUMNS)
+_COPY_TRADES = _copy_statement("trades", TRADE_COLUMNS)
+_COPY_LEDGER = _copy_statement("ledger_entries", LEDGER_COLUMNS)
+_COPY_OUTBOX = _copy_statement("outbox_messages", _OUTBOX_COLUMNS)
+
+
+def _copy(cur: psycopg.Cursor[Any], statement: str, rows: list[Any]) -> None:
     if not rows:
         return
-    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
     with cur.copy(statement) as copy:
         for row in rows:
             copy.write_row(row)
@@ -131,7 +149,10 @@ def _update_orders(cur: psycopg.Cursor[Any], rows: RowSet) -> None:
     updates = rows.order_updates
     if not updates:
         return
-    cur.executemany(_UPDATE_ORDER, [update._asdict() for update in updates])
+    columns = _columns(updates, 11)
+    created = columns[1]
+    # Never a server-side prepared statement: a generic plan of this join costs several times more.
+    cur.execute(_UPDATE_ORDERS, [*columns, min(created), max(created)], prepare=False)
     if cur.rowcount != len(updates):
         raise StorageError(
             f"{len(updates) - cur.rowcount} of {len(updates)} order updates found no order row: "
@@ -145,8 +166,12 @@ def _insert_client_order_ids(cur: psycopg.Cursor[Any], rows: RowSet) -> None:
 
 
 def _upsert_balances(cur: psycopg.Cursor[Any], rows: RowSet) -> None:
-    if rows.balance_deltas:
-        cur.execute(_UPSERT_BALANCES, _columns(rows.balance_deltas, 4))
+    if not rows.balance_deltas:
+        return
+    columns = _columns(rows.balance_deltas, 4)
+    cur.execute(_UPDATE_BALANCES, columns)
+    if cur.rowcount < len(rows.balance_deltas):  # a user's first funds in an asset
+        cur.execute(_INSERT_BALANCES, columns)
 
 
 def _update_pairs(cur: psycopg.Cursor[Any], rows: RowSet) -> None:

@@ -18,16 +18,20 @@ caller waits for each reply before sending the next command, as an HTTP client w
 Reported: acknowledged commands per second (wall clock, first send to last reply), p50 / p99 latency of
 acknowledged commands in ms, rows per commit and commands per commit (from the writer's `on_batch`
 reports during the timed window), the mean commit time and the share of the wall time the writer spent
-committing, and refusals. With --json the last printed line is one JSON object with
-`orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
+committing, and refusals; and CPU time per acknowledged command during the timed window, in µs: of the
+engine process (every thread) and, when the server runs on this machine, of the PostgreSQL server (the
+postmaster and all its children: backends, WAL writer, checkpointer, ...). With --json the last printed
+line is one JSON object with `orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import tempfile
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -200,6 +205,53 @@ def fund_users(system: ActorSystem, users: list[int], specs: list[PairSpec]) -> 
         list(pool.map(lambda t: system.deposit(*t), transfers))
 
 
+class CpuMeter:
+    """CPU seconds spent by this process and by the local PostgreSQL server (None when not local)."""
+
+    def __init__(self, url: str) -> None:
+        self._server = _local_postmaster(url)
+
+    def read(self) -> tuple[float, float | None]:
+        """Return (engine process CPU s, server CPU s or None) so far."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime, _server_cpu(self._server)
+
+
+def _local_postmaster(url: str) -> psutil.Process | None:
+    """The postmaster of the server behind `url` when it runs on this machine (its backend's parent)."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            host = conn.info.host
+        if row is None or not (host.startswith("/") or host in ("localhost", "127.0.0.1", "::1")):
+            return None
+        parent = psutil.Process(int(row[0])).parent()
+        return parent if parent is not None and parent.name() in ("postgres", "postmaster") else None
+    except (psycopg.Error, psutil.Error):
+        return None
+
+
+def _server_cpu(postmaster: psutil.Process | None) -> float | None:
+    """CPU s of the postmaster, its live children and its reaped children (None when unknown)."""
+    if postmaster is None:
+        return None
+    for _ in range(5):  # a backend ending while the tree is listed: look again
+        try:
+            own = postmaster.cpu_times()
+            children = postmaster.children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:
+            return None
+        total = float(own.user + own.system + own.children_user + own.children_system)
+        for child in children:
+            with contextlib.suppress(psutil.Error):  # a backend that just ended is counted as reaped
+                times = child.cpu_times()
+                total += times.user + times.system
+        return total
+    return None
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The `fraction` quantile of `values` (nearest rank), 0.0 when empty."""
     if not values:
@@ -208,10 +260,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namespace) -> dict[str, Any]:
-    """The figures of one run."""
+def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namespace,
+              cpu: tuple[float, float | None] = (0.0, None)) -> dict[str, Any]:
+    """The figures of one run; `cpu` is the (engine, server) CPU seconds of the timed window."""
     ok = [report for report in batches.reports if report.ok and report.rows]
     acked = len(tally.latencies)
+    engine_cpu, server_cpu = cpu
     return {
         "orders_per_sec": round(acked / wall) if wall > 0 else 0,
         "p50_ms": round(percentile(tally.latencies, 0.50) * 1000, 3),
@@ -223,6 +277,8 @@ def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namesp
         "commit_ms": round(statistics.fmean(r.seconds for r in ok) * 1000, 3) if ok else 0.0,
         "writer_busy": round(sum(r.seconds for r in batches.reports) / wall, 3) if wall > 0 else 0.0,
         "failed_commits": sum(1 for report in batches.reports if not report.ok),
+        "engine_cpu_us": round(engine_cpu / acked * 1e6) if acked else 0,
+        "server_cpu_us": round(server_cpu / acked * 1e6) if acked and server_cpu is not None else None,
         "acknowledged": acked,
         "refused": dict(sorted(tally.refused.items())),
         "seconds": round(wall, 3),
@@ -250,17 +306,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{args.callers} callers, {args.orders} commands over {len(specs)} pairs; running ...",
                   flush=True)
             tally = Tally()
+            meter = CpuMeter(url)
             batches.timing = True
+            cpu_before = meter.read()
             started = time.perf_counter()
             with ThreadPoolExecutor(args.callers) as callers:
                 for n, (user, script) in enumerate(zip(users, scripts, strict=True)):
                     callers.submit(run_caller, system, user, script, tally, args.seed + n)
             wall = time.perf_counter() - started
+            cpu_after = meter.read()
             batches.timing = False
         finally:
             system.stop()
             pool.close()
-    return summarise(tally, batches, wall, args)
+    server_cpu = None if cpu_before[1] is None or cpu_after[1] is None else cpu_after[1] - cpu_before[1]
+    return summarise(tally, batches, wall, args, (cpu_after[0] - cpu_before[0], server_cpu))
 
 
 def main(argv: list[str]) -> int:
@@ -283,7 +343,12 @@ def main(argv: list[str]) -> int:
           f"orders/s; latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
           f"{result['rows_per_commit']} rows and {result['commands_per_commit']} commands per commit "
           f"({result['commits']} commits, {result['commit_ms']} ms each, writer busy "
-          f"{result['writer_busy']:.0%}); refused {result['refused'] or 'none'}")
+          f"{result['writer_busy']:.0%}); CPU per command: engine {result['engine_cpu_us']} µs, "
+          f"server {_or_unknown(result['server_cpu_us'], ' µs')}; refused {result['refused'] or 'none'}")
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _or_unknown(value: object, unit: str) -> str:
+    return "unknown" if value is None else f"{value}{unit}"

@@ -19,6 +19,7 @@ import pykka
 import pytest
 
 from tests.storage.test_rows_scenarios import ALICE, BOB, CAROL, Scenario, add_users
+from tradeengine.actors import writer as writer_module
 from tradeengine.actors.supervised import ChildLink, ChildNotice, NoticeKind
 from tradeengine.actors.supervisor import ChildSpec, GroupSpec, Strategy, Supervisor
 from tradeengine.actors.writer import Barrier, BatchReport, Commit, PersistenceActor
@@ -163,6 +164,64 @@ def test_a_burst_told_without_waiting_is_written_in_few_large_batches_capped_at_
     assert count(reader, "SELECT count(*) FROM orders") == 500
     assert max(r.commits for r in reports) == 100
     assert len(reports) < 50
+
+
+def test_replies_resolve_in_the_order_their_commits_arrived(
+    pool: psycopg_pool.ConnectionPool, start_writer: Callable[..., Any],
+) -> None:
+    ref, _ = start_writer(max_batch=7)
+    s = Scenario()
+    fund(pool, s.deposit(ALICE, "USDT", "100000000"))
+    resolved: list[int] = []
+    replies = []
+    for n in range(60):
+        s.place(ALICE, Side.BUY, "0.001", "20000")
+        reply = tell_commit(ref, s.facts[-1], n)
+        reply.add_done_callback(lambda done: resolved.append(done.result()))
+        replies.append(reply)
+    assert [r.result(timeout=WAIT) for r in replies] == list(range(60))
+    assert resolved == list(range(60))
+
+
+def test_the_writer_keeps_its_connection_while_batches_follow_and_gives_it_back_when_idle(
+    pool: psycopg_pool.ConnectionPool, start_writer: Callable[..., Any],
+) -> None:
+    reports: list[BatchReport] = []
+    ref, _ = start_writer(on_batch=reports.append, max_batch=5)
+    s = Scenario()
+    fund(pool, s.deposit(ALICE, "USDT", "100000000"))
+    before = pool.get_stats()["requests_num"]
+    replies = []
+    for _ in range(60):
+        s.place(ALICE, Side.BUY, "0.001", "20000")
+        replies.append(tell_commit(ref, s.facts[-1]))
+    for reply in replies:
+        reply.result(timeout=WAIT)
+    assert len(reports) >= 12
+    assert pool.get_stats()["requests_num"] - before == 1  # one checkout for all those batches
+    deadline = time.monotonic() + WAIT
+    while pool.get_stats()["pool_available"] < pool.get_stats()["pool_size"]:
+        assert time.monotonic() < deadline, "the idle writer kept its connection"
+        time.sleep(0.01)
+
+
+def test_after_max_hold_seconds_the_writer_takes_a_fresh_connection_for_its_next_batch(
+    pool: psycopg_pool.ConnectionPool, start_writer: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "MAX_HOLD", 0.0)
+    reports: list[BatchReport] = []
+    ref, _ = start_writer(on_batch=reports.append, max_batch=5)
+    s = Scenario()
+    fund(pool, s.deposit(ALICE, "USDT", "100000000"))
+    before = pool.get_stats()["requests_num"]
+    replies = []
+    for _ in range(30):
+        s.place(ALICE, Side.BUY, "0.001", "20000")
+        replies.append(tell_commit(ref, s.facts[-1]))
+    for reply in replies:
+        reply.result(timeout=WAIT)
+    assert len(reports) >= 6
+    assert pool.get_stats()["requests_num"] - before == len(reports)
 
 
 def test_a_barrier_resolves_once_everything_told_before_it_is_committed(

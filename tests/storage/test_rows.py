@@ -114,7 +114,7 @@ def test_deposits_and_withdrawals_are_ledger_entries_of_available_funds() -> Non
         ("DEPOSIT", D(5), D(5), D(0)), ("WITHDRAWAL", D(2), D(-2), D(0)),
     ]
     assert rows.balance_deltas == [BalanceDelta(ALICE, "USDT", D(3), D(0))]
-    assert [(o.routing_key, o.payload["available_delta"]) for o in rows.outbox] == [
+    assert [(o.routing_key, o.payload["available_delta"]) for o in rows.outbox_events] == [
         ("balance.USDT", "5"), ("balance.USDT", "-2"),
     ]
 
@@ -286,46 +286,67 @@ def test_a_later_group_without_trades_keeps_the_last_price_unknown() -> None:
 def test_outbox_has_an_event_per_order_change_per_trade_and_per_balance_change() -> None:
     day = FullDay()
     rows = build_rows(engine_facts(day.facts))
-    keys = [o.routing_key for o in rows.outbox]
+    keys = [o.routing_key for o in rows.outbox_events]
     assert keys.count("trade.BTC-USDT") == 3
-    changes = [o for o in rows.outbox if o.event_type.startswith("order.")]
+    changes = [o for o in rows.outbox_events if o.event_type.startswith("order.")]
     assert [o.routing_key for o in changes if o.payload["order_id"] == day.carol_stop] == [
         "order.BTC-USDT.PENDING_TRIGGER", "order.BTC-USDT.OPEN", "order.BTC-USDT.FILLED"]
     assert [o.routing_key for o in changes if o.payload["order_id"] == day.carol_rest] == [
         "order.BTC-USDT.OPEN", "order.BTC-USDT.CANCELLED"]
-    balance_keys = {o.routing_key for o in rows.outbox if o.event_type == "balance.changed"}
+    balance_keys = {o.routing_key for o in rows.outbox_events if o.event_type == "balance.changed"}
     assert balance_keys == {"balance.BTC", "balance.USDT"}
-    assert len({o.event_id for o in rows.outbox}) == len(rows.outbox)
+    assert len({o.event_id for o in rows.outbox_events}) == len(rows.outbox_events)
+
+
+def test_the_outbox_holds_one_message_per_pair_and_one_for_the_transfers_in_fact_order() -> None:
+    btc, eth = FullDay(), Scenario(ETH_USDT, start_us=1_795_000_000_500_000)
+    eth.deposit(ALICE, "ETH", "3")
+    eth.place(ALICE, Side.SELL, "1", "3000")
+    eth.place(BOB, Side.BUY, "0.5", "3000")
+    facts = [*btc.facts[:6], *eth.facts, *btc.facts[6:]]
+    rows = build_rows(facts)
+    assert [(m.symbol, m.first_sequence, m.last_sequence) for m in rows.outbox] == [
+        (None, None, None),
+        ("BTC-USDT", 1, btc.scenario.engine.sequence),
+        ("ETH-USDT", 1, eth.engine.sequence),
+    ]
+    for message in rows.outbox:
+        own = [f for f in facts if (f.spec.symbol if isinstance(f, PairFacts) else None) == message.symbol]
+        assert message.events == build_rows(own).outbox_events  # that pair's events, in fact order
+    for message in rows.outbox[1:]:
+        sequences = [e.sequence or 0 for e in message.events]
+        assert sequences == sorted(sequences) and sequences[-1] == message.last_sequence
+    assert len(rows.outbox_events) == sum(len(build_rows([f]).outbox_events) for f in facts)
 
 
 def test_outbox_payloads_are_json_ready_with_decimal_strings_and_rfc3339_microseconds() -> None:
     day = FullDay()
     rows = build_rows([PairFacts(day.scenario.spec, day.cross)])
-    trade = next(o for o in rows.outbox if o.event_type == "trade.executed")
+    trade = next(o for o in rows.outbox_events if o.event_type == "trade.executed")
     assert trade.payload["price"] == "50000" and trade.payload["buyer_fee"] == "0.0004"
     assert trade.payload["executed_at"].endswith("Z") and len(trade.payload["executed_at"]) == 27
-    filled = next(o for o in rows.outbox if o.routing_key == "order.BTC-USDT.FILLED")
+    filled = next(o for o in rows.outbox_events if o.routing_key == "order.BTC-USDT.FILLED")
     assert filled.payload["average_price"] == "50000" and filled.payload["filled_quantity"] == "0.4"
-    assert all(not isinstance(v, (Decimal, float)) for o in rows.outbox for v in o.payload.values())
+    assert all(not isinstance(v, (Decimal, float)) for o in rows.outbox_events for v in o.payload.values())
 
 
 def test_event_ids_are_uuid5_of_symbol_sequence_and_kind_and_the_same_on_every_build() -> None:
     facts = FullDay().facts
     first, second = build_rows(facts), build_rows(facts)
     assert first == second
-    trade = next(o for o in first.outbox if o.event_type == "trade.executed")
+    trade = next(o for o in first.outbox_events if o.event_type == "trade.executed")
     assert trade.event_id == event_id("BTC-USDT", 5, "trade")
     assert trade.event_id == uuid.uuid5(EVENT_NAMESPACE, "BTC-USDT:5:trade")
-    assert all(o.event_id.version == 5 for o in first.outbox)
+    assert all(o.event_id.version == 5 for o in first.outbox_events)
 
 
 def test_identical_transfers_get_distinct_event_ids_and_each_keeps_its_own() -> None:
     first = Transfer("DEPOSIT", ALICE, "USDT", 10**8, 1_795_000_000_000_000)
     second = Transfer("DEPOSIT", ALICE, "USDT", 10**8, 1_795_000_000_000_000)
     rows = build_rows([first, second])
-    assert len({o.event_id for o in rows.outbox}) == 2
+    assert len({o.event_id for o in rows.outbox_events}) == 2
     assert rows.balance_deltas == [BalanceDelta(ALICE, "USDT", D(2), D(0))]
-    assert build_rows([first]).outbox[0].event_id == build_rows([first]).outbox[0].event_id
+    assert build_rows([first]).outbox_events[0].event_id == build_rows([first]).outbox_events[0].event_id
 
 
 def test_a_command_without_events_writes_nothing_but_counts_as_a_fact() -> None:

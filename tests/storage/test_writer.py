@@ -55,7 +55,7 @@ def dump(conn: psycopg.Connection[Any]) -> dict[str, list[Any]]:
                                  "order_id, trade_id, created_at FROM ledger_entries ORDER BY id"),
         "balances": all_rows(conn, "SELECT user_id, asset, available, locked FROM balances ORDER BY 1, 2"),
         "outbox": all_rows(conn, "SELECT event_id, symbol, sequence, event_type, routing_key, payload "
-                                 "FROM outbox_events ORDER BY id"),
+                                 "FROM outbox_events ORDER BY symbol NULLS FIRST, message_id, position"),
         "pairs": all_rows(conn, "SELECT symbol, last_sequence, last_price FROM pairs ORDER BY symbol"),
     }
 
@@ -96,7 +96,7 @@ def test_a_day_of_trading_reads_back_orders_trades_ledger_balances_outbox_and_pa
     assert one(conn, "SELECT payload->>'average_price' FROM outbox_events WHERE routing_key = "
                      "'order.BTC-USDT.FILLED' AND payload->>'order_id' = %s", day.alice_buy) == "50000"
     assert one(conn, "SELECT count(*) FROM outbox_events WHERE published_at IS NULL") == len(
-        build_rows(day.facts).outbox)
+        build_rows(day.facts).outbox_events)
     assert one(conn, "SELECT (last_sequence, last_price) FROM pairs WHERE symbol = 'BTC-USDT'") == (
         str(day.scenario.engine.sequence), "50010.00000000")
 
@@ -108,7 +108,7 @@ def test_one_batch_per_command_leaves_the_same_database_as_one_batch_for_all(
     for fact in day.facts:
         write(conn, [fact])
     per_command = dump(conn)
-    conn.execute("TRUNCATE orders, trades, ledger_entries, outbox_events, balances, client_order_ids")
+    conn.execute("TRUNCATE orders, trades, ledger_entries, outbox_messages, balances, client_order_ids")
     conn.execute("UPDATE pairs SET last_sequence = 0, last_price = NULL")
     conn.commit()
     write(conn, day.facts)
@@ -243,3 +243,23 @@ def test_several_older_orders_are_updated_in_one_batch_with_or_without_a_stateme
     with pytest.raises(StorageError, match="1 of 2 order updates found no order row"):
         write_batch(conn, missing, statement_timeout=statement_timeout)
     assert one(conn, "SELECT count(*) FROM orders WHERE status = 'CANCELLED'") == 3
+
+
+def test_each_batch_writes_one_outbox_message_per_pair_whose_events_read_back_in_order(
+    conn: psycopg.Connection[Any],
+) -> None:
+    day = FullDay()
+    write(conn, day.facts[:6])  # the deposits, the resting sell and the crossing buy
+    write(conn, day.facts[6:])
+    messages = all_rows(conn, "SELECT symbol, first_sequence, last_sequence, json_array_length(events), "
+                              "published_at FROM outbox_messages ORDER BY id")
+    first, second = build_rows(day.facts[:6]).outbox, build_rows(day.facts[6:]).outbox
+    assert messages == [(m.symbol, m.first_sequence, m.last_sequence, len(m.events), None)
+                        for m in (*first, *second)]
+    assert [m[0] for m in messages] == [None, "BTC-USDT", "BTC-USDT"]
+    assert messages[1][2] < messages[2][1]  # the rows of one pair never overlap
+    events = all_rows(conn, "SELECT event_id, sequence, event_type, routing_key, payload FROM outbox_events "
+                            "WHERE symbol = 'BTC-USDT' ORDER BY message_id, position")
+    expected = [e for m in (*first, *second) if m.symbol for e in m.events]
+    assert events == [(e.event_id, e.sequence, e.event_type, e.routing_key, e.payload) for e in expected]
+

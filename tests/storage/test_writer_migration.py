@@ -1,13 +1,16 @@
-"""Migration 0005: the new order id scheme in SQL, text trade ids, priority and last price columns."""
+"""Migrations 0005 (order ids in SQL, text trade ids, priority, last price) and 0007 (lean write path)."""
 
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tradeengine.storage import apply_migrations
 from tradeengine.storage.ids import MAX_ORDER_ID, created_at_of
@@ -52,16 +55,21 @@ def test_trade_ids_are_text_and_orders_keep_priority_and_the_last_changing_seque
     assert conn.execute("SELECT count(*) FROM pair_volume_24h").fetchone() == (10,)
 
 
-def test_orders_stored_before_0005_get_their_sequence_as_priority(pg_url: str) -> None:
-    migrations = load_migrations()
-    before = [m for m in migrations if m.version < 5]
+def migrate_before(pg_url: str, version: int) -> None:
+    """Apply the packaged migrations older than `version`, and only those."""
+    before = [m for m in load_migrations() if m.version < version]
 
-    class Folder:  # a Traversable over the first four migrations only
+    class Folder:  # a Traversable over those migrations only
         def iterdir(self) -> Iterator[Any]:
             for m in before:
                 yield _File(m.name, m.sql)
 
     apply_migrations(pg_url, source=Folder())  # type: ignore[arg-type]
+
+
+def test_orders_stored_before_0005_get_their_sequence_as_priority(pg_url: str) -> None:
+    migrations = load_migrations()
+    migrate_before(pg_url, 5)
     with psycopg.connect(pg_url) as conn:
         conn.execute("INSERT INTO users (id, name, role) VALUES (1001, 'alice', 'trader')")
         conn.execute(
@@ -79,6 +87,38 @@ def test_orders_stored_before_0005_get_their_sequence_as_priority(pg_url: str) -
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT priority, updated_sequence FROM orders").fetchone() == (7, 7)
         assert conn.execute("SELECT id FROM trades").fetchone() == ("9",)
+
+
+def test_outbox_events_stored_before_0007_become_one_message_per_pair_sequence_or_transfer(
+    pg_url: str,
+) -> None:
+    migrate_before(pg_url, 7)
+    insert = ("INSERT INTO outbox_events (event_id, symbol, sequence, event_type, routing_key, payload, "
+              "published_at) VALUES (%s, %s, %s, %s, %s, %s, %s)")
+    ids = [uuid.uuid5(uuid.NAMESPACE_OID, str(n)) for n in range(5)]
+    now = datetime.now(UTC)
+    old = [
+        (ids[0], None, None, "balance.changed", "balance.USDT", Jsonb({"n": 0}), now),
+        (ids[1], "BTC-USDT", 7, "order.traded", "order.BTC-USDT.FILLED", Jsonb({"n": 1}), now),
+        (ids[2], "BTC-USDT", 7, "trade.executed", "trade.BTC-USDT", Jsonb({"n": 2}), None),
+        (ids[3], None, None, "balance.changed", "balance.BTC", Jsonb({"n": 3}), None),
+        (ids[4], "BTC-USDT", 8, "order.accepted", "order.BTC-USDT.OPEN", Jsonb({"n": 4}), now),
+    ]
+    with psycopg.connect(pg_url) as conn:
+        conn.cursor().executemany(insert, old)
+    apply_migrations(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        messages = conn.execute("SELECT symbol, first_sequence, last_sequence, json_array_length(events), "
+                                "published_at IS NOT NULL FROM outbox_messages ORDER BY id").fetchall()
+        assert messages == [(None, None, None, 1, True), ("BTC-USDT", 7, 7, 2, False),
+                            (None, None, None, 1, False), ("BTC-USDT", 8, 8, 1, True)]
+        events = conn.execute("SELECT event_id, symbol, sequence, event_type, routing_key, payload "
+                              "FROM outbox_events ORDER BY message_id, position").fetchall()
+        assert events == [(i, symbol, seq, kind, key, payload.obj) for i, symbol, seq, kind, key, payload, _
+                          in old]
+        with pytest.raises(psycopg.errors.UniqueViolation):  # a pair's sequence is never committed twice
+            conn.execute("INSERT INTO outbox_messages (symbol, first_sequence, last_sequence, events) "
+                         "VALUES ('BTC-USDT', 8, 9, '[]')")
 
 
 class _File:
