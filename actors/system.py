@@ -7,12 +7,16 @@ It lives in the gunicorn worker only: created and started when the worker builds
                   ├── writer      PersistenceActor   ONE_FOR_ALL  (a failed commit → rebuild the group)
                   ├── wallet      WalletActor        ONE_FOR_ALL  (its ledger and the books go together)
                   └── pair:SYM …  PairActor          ONE_FOR_ONE  (a crash restarts that pair alone)
+               relay              OutboxRelay        ONE_FOR_ONE  (when given ``relay`` settings; no group:
+                                                                   it resumes from the outbox table)
 
 A pair that crashes is restarted alone: its new incarnation waits for the writer to commit what the old
 one sent, then rebuilds its book from the database. A failed commit means memory and database may
 differ, so the writer reports the whole group broken and the supervisor rebuilds it once the database
-answers. The system also runs the partition maintenance (`actors.maintenance`) and, when given
-``market_data`` settings, the Redis market-data mirror (`actors.mirror`).
+answers. The system also runs the partition maintenance (`actors.maintenance`; with a relay it also
+prunes published outbox rows past ``RelaySettings.retention``) and, when given ``market_data`` settings,
+the Redis market-data mirror (`actors.mirror`). The writer's report of each commit nudges the relay;
+``relay_figures()`` gives its figures (events published, last publish time, backlog) to metrics.
 Metrics hook in through ``on_event`` (supervisor events), ``on_batch`` (the writer's reports) and
 ``observer`` (every command sent, handed to the writer and answered: `exchange.CommandObserver`).
 
@@ -25,6 +29,7 @@ takes effect through a restart of that pair, and a halt through a message to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -38,8 +43,9 @@ from typing import Any
 from tradeengine.engine import PairSpec
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.storage.database import check_database
-from tradeengine.storage.errors import StorageUnavailable
+from tradeengine.storage.errors import StorageError, StorageUnavailable
 from tradeengine.storage.orders import OrderLocation, find_client_order, largest_order_id, locate_order
+from tradeengine.storage.outbox import prune_published, read_backlog
 from tradeengine.storage.pairs import NewPair, PairRecord, PairRepository
 from tradeengine.storage.partitions import run_partition_maintenance
 from tradeengine.storage.recovery import check_reserved_funds, load_pair_specs, load_pair_state
@@ -51,6 +57,7 @@ from .ledger import AssetBalance
 from .maintenance import HOUR, PeriodicMaintenance
 from .mirror import MarketDataMirror, MirrorSettings
 from .pair import PairActor, SetTrading, StatusQuery
+from .relay import Nudge, OutboxRelay, RelayFigures, RelaySettings, RelayStats
 from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
@@ -124,9 +131,13 @@ class ActorSystem:
         on_batch: Callable[[BatchReport], None] | None = None,
         observer: CommandObserver | None = None,
         market_data: MirrorSettings | None = None,
+        relay: RelaySettings | None = None,
     ) -> None:
         self.pool = pool
         self._market_data = market_data
+        self._relay_settings = relay  # the outbox relay (child "relay"), when configured
+        self.relay_stats = RelayStats()
+        self._relay: ChildHandle | None = None
         self.mirror: MarketDataMirror | None = None  # the Redis market-data mirror, when configured
         self._maintenance = PeriodicMaintenance(self._run_partition_maintenance,
                                                 interval=maintenance_interval)
@@ -203,7 +214,7 @@ class ActorSystem:
         self.supervisor = supervisor
         writer = supervisor.add(ChildSpec(
             "writer",
-            lambda link: PersistenceActor.start(link, self.pool, on_batch=self._on_batch,
+            lambda link: PersistenceActor.start(link, self.pool, on_batch=self._batch_committed,
                                                 commit_timeout=WRITER_COMMIT_TIMEOUT),
             strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
             # on_stop commits what is pending: give it longer than one commit may take.
@@ -227,6 +238,37 @@ class ActorSystem:
             wallet=supervisor.handle("wallet"), symbols=lambda: sorted(self._routes),
             observer=self._observer,
         )
+        relay = self._relay_settings
+        if relay is not None:
+            self._relay = supervisor.add(ChildSpec(
+                "relay",
+                lambda link: OutboxRelay.start(link, pool=self.pool, settings=relay, stats=self.relay_stats),
+                stop_timeout=relay.stop_timeout,
+            ))
+
+    def _batch_committed(self, report: BatchReport) -> None:
+        """The writer's report of a flush (its thread): nudge the relay, then the caller's hook."""
+        relay = self._relay
+        if relay is not None and report.ok and report.rows:
+            with contextlib.suppress(EngineUnavailable):  # restarting: it looks at the outbox first
+                relay.tell(Nudge())
+        if self._on_batch is not None:
+            self._on_batch(report)
+
+    def relay_figures(self, *, backlog: bool = True, timeout: float = 1.0) -> RelayFigures | None:
+        """The outbox relay's figures (None when no relay is configured): events published, rows
+        stamped, last publish time, broker/database state, outages, and with `backlog` the unpublished
+        rows and events and the oldest one's age, read from PostgreSQL within `timeout` (None if that fails).
+        """
+        if self._relay_settings is None:
+            return None
+        waiting = None
+        if backlog:
+            try:
+                waiting = read_backlog(self.pool, timeout=timeout)
+            except StorageError as exc:
+                _log.debug("the outbox backlog could not be read: %s", exc)
+        return self.relay_stats.figures(waiting)
 
     def _add_pair_actor(self, spec: PairSpec, status: str) -> PairRoute:
         assert self.supervisor is not None
@@ -347,7 +389,13 @@ class ActorSystem:
         return self.supervisor
 
     def _run_partition_maintenance(self) -> object:
-        return run_partition_maintenance(self.pool)
+        result = run_partition_maintenance(self.pool)
+        if self._relay_settings is not None:  # published outbox rows past the retention go too
+            pruned = prune_published(self.pool, self._relay_settings.retention)
+            if pruned:
+                _log.info("pruned %d published outbox row(s) older than %g s", pruned,
+                          self._relay_settings.retention)
+        return result
 
 
 class _HandingWriter:

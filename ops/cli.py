@@ -135,6 +135,54 @@ def _cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
+    """``events tail``: a throw-away queue bound to the engine's exchange; print each event until Ctrl-C."""
+    import json
+
+    from tradeengine.storage.publisher import BrokerUnavailable, binding_keys, follow_events
+
+    if settings.broker_url.startswith("memory://"):
+        print("trade-engine: TRADE_ENGINE_BROKER_URL is memory://: events never leave the engine process; "
+              "set it to the engine's amqp:// broker", file=sys.stderr)
+        return 2
+    keys = binding_keys(args.symbol, args.type or ())
+
+    def listening(where: str) -> None:
+        print(f"listening on exchange {settings.broker_exchange!r} at {where} ({', '.join(keys)}); "
+              "Ctrl-C stops", file=sys.stderr, flush=True)
+
+    shown = 0
+    events = follow_events(settings.broker_url, settings.broker_exchange, keys, on_ready=listening)
+    try:
+        for body in events:
+            if args.limit is not None and shown >= args.limit:
+                break
+            event = json.loads(body)
+            if args.symbol is not None and event.get("symbol") != args.symbol:
+                continue  # a balance event of another pair (balances are routed by asset)
+            print(body.decode() if args.json else _event_line(event), flush=True)
+            shown += 1
+            if args.limit is not None and shown >= args.limit:
+                break
+    except KeyboardInterrupt:
+        return 0
+    except BrokerUnavailable as exc:
+        print(f"trade-engine: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        events.close()
+    return 0
+
+
+def _event_line(event: dict[str, object]) -> str:
+    """One event for a terminal: when, type, pair, sequence and the payload's JSON."""
+    import json
+
+    payload = json.dumps(event["payload"], separators=(",", ":"))
+    return f"{event['occurred_at']}  {event['event_type']!s:<16} {event['symbol'] or '-'!s:<10} " \
+           f"seq {event['sequence']}  {payload}"
+
+
 def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
     print(f"trade-engine {engine_version()}")
     return 0
@@ -195,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         transfer.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
         transfer.add_argument("--key", help="an admin's API key [default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY]")
         transfer.add_argument("--json", action="store_true", help="print the balance as one JSON object")
+    events = commands.add_parser("events", help="The engine's published events.",
+                                 description="The engine's published events.")
+    event_commands = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
+    tail = add("tail", _cmd_events_tail,
+               "Print the engine's events as they are published to TRADE_ENGINE_BROKER_URL (exchange "
+               "TRADE_ENGINE_BROKER_EXCHANGE), through a temporary queue of its own, until Ctrl-C.",
+               event_commands)
+    tail.add_argument("--symbol", help="only this pair's events (e.g. BTC-USDT)")
+    tail.add_argument("--type", action="append", choices=["order", "trade", "balance"],
+                      help="only events of this kind (repeat for several) [default: all]")
+    tail.add_argument("--json", action="store_true", help="print each event's JSON body, one per line")
+    tail.add_argument("--limit", type=int, metavar="N", help="stop after N events")
     add("version", _cmd_version, "Print the version.")
     bench = add("bench", _cmd_bench,
                 "Run a benchmark and print its figures (`bench core --help`, `bench engine --help`, "

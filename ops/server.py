@@ -30,6 +30,7 @@ from gunicorn.app.base import BaseApplication
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from tradeengine.actors.mirror import MirrorSettings
+from tradeengine.actors.relay import RelaySettings
 from tradeengine.actors.system import ActorSystem
 from tradeengine.http.app import create_app
 from tradeengine.http.middleware import RequestIdLogFilter
@@ -192,7 +193,8 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
                                 interval=settings.market_data_interval)
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
-    system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror,
+    relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention)
+    system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror, relay=relay,
                          on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch, observer=metrics)
     _stamp_request_ids()
     try:

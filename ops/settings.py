@@ -142,6 +142,13 @@ def _api_key(name: str, raw: str) -> str | None:
     return key
 
 
+def _exchange_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 255 or not all(c.isalnum() or c in "-_.:" for c in value):
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be 1-255 letters, digits, '-', '_', '.' or ':'")
+    return value
+
+
 def _path(name: str, raw: str) -> Path:
     if not raw.strip():
         raise SettingsError(f"{PREFIX}{name} is empty: give a folder path")
@@ -178,6 +185,13 @@ class Settings:
     )
     broker_url: str = _field(
         _url("memory", "amqp", "amqps", "pyamqp"), "memory://", "kombu broker URL (amqp:// for RabbitMQ)"
+    )
+    broker_exchange: str = _field(
+        _exchange_name, "trade-engine", "the durable topic exchange the outbox relay publishes events to"
+    )
+    outbox_retention: float = _field(
+        _positive_float, 86400,
+        "seconds a published outbox row is kept before the hourly maintenance prunes it",
     )
     http_host: str = _field(_text, "127.0.0.1", "address the HTTP server binds")
     http_port: int = _field(_port, 8080, "port the HTTP server binds")

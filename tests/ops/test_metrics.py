@@ -151,7 +151,10 @@ def test_the_outbox_backlog_counts_committed_unpublished_rows_and_the_age_of_the
         engine: Engine) -> None:
     empty = read_outbox_backlog(engine.parts.pool)
     assert empty == OutboxBacklog(0, 0.0)
-    engine.trader(USDT="10")  # a deposit commits one outbox row; no relay publishes it yet
+    supervisor = engine.parts.system.supervisor
+    assert supervisor is not None
+    supervisor.stop("relay")  # so the deposit's row stays unpublished
+    engine.trader(USDT="10")  # a deposit commits one outbox row
     time.sleep(0.2)
     backlog = read_outbox_backlog(engine.parts.pool)
     assert backlog.rows == 1

@@ -1,0 +1,333 @@
+"""OutboxRelay: publishes the committed outbox to the broker, in commit order, at least once.
+
+A supervised actor (child "relay" of the system's supervisor, one-for-one, in no group: it holds no
+state the database does not have). Each pass:
+
+1. reads up to ``batch_rows`` unpublished `outbox_messages` rows in id order (`storage.outbox`): the
+   order the one writer committed them, so per pair in sequence order;
+2. publishes every event of each row, in array order, as its own persistent message with publisher
+   confirms (`storage.publisher.EventPublisher`): the next event goes out only once the broker has
+   confirmed the previous one;
+3. stamps ``published_at`` on the rows whose events were all confirmed.
+
+Passes follow one another at once while rows are waiting; when the outbox is empty the relay waits for a
+`Nudge` (the system sends one after every commit of the writer) or ``idle_interval`` seconds. When the
+broker (or the database) fails, the rows fully published so far are stamped, the relay logs ONCE for
+the outage and tries again after an exponential backoff (``backoff``, capped, with jitter), ignoring
+nudges meanwhile; the first pass that succeeds logs the recovery. Orders keep being accepted all along:
+the backlog simply grows in the table. Nothing is held in memory across passes, so a crashed relay is
+restarted by the supervisor and resumes from the table, and so does a restarted engine.
+
+Delivery is at least once: a row stamped late (a crash, a lost connection between a confirm and the
+stamp) is published again, events with the same ``event_id``. Consumers de-duplicate on it; per pair
+the first copy of each event arrives in sequence order.
+
+Figures for metrics outlive the incarnations in a shared `RelayStats` (`RelayStats.figures()`; the
+system adds the table's backlog in `ActorSystem.relay_figures()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from tradeengine.storage.errors import StorageError
+from tradeengine.storage.outbox import OutboxBacklog, OutboxRow, fetch_unpublished, mark_published
+from tradeengine.storage.publisher import BrokerUnavailable, EventPublisher
+
+from .supervised import ChildLink, SupervisedActor
+from .supervision import Backoff
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Nudge", "OutboxRelay", "RelayFigures", "RelaySettings", "RelayStats"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_EXCHANGE = "trade-engine"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """Where and how the relay publishes."""
+
+    broker_url: str = "memory://"
+    exchange: str = DEFAULT_EXCHANGE
+    batch_rows: int = 100
+    """Outbox rows per pass; their stamps are written in one statement after the pass."""
+    idle_interval: float = 1.0
+    """Seconds between two looks at an empty outbox when no nudge comes."""
+    backoff: Backoff = dataclasses.field(default_factory=lambda: Backoff(initial=0.2, factor=2.0, cap=10.0))
+    """Delay before the next try while the broker (or the database) fails; jittered down by up to half."""
+    connect_timeout: float = 2.0
+    confirm_timeout: float = 5.0
+    database_timeout: float = 2.0
+    retention: float = 86_400.0
+    """Seconds a published row is kept before the periodic maintenance prunes it."""
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1:
+            raise ValueError(f"batch_rows must be at least 1, got {self.batch_rows}")
+        if not self.idle_interval > 0 or self.retention < 0:
+            raise ValueError("idle_interval must be greater than 0 and retention at least 0")
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long a pass may take at most (so how long a stop may have to wait for one)."""
+        return self.connect_timeout + self.confirm_timeout + 2 * self.database_timeout + 2.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RelayFigures:
+    """What the relay has done since the system started (plus the table's backlog, when read)."""
+
+    published_events: int
+    """Events confirmed by the broker (an event published again after a failure counts again)."""
+    published_rows: int
+    """Outbox rows stamped published."""
+    last_published_at: float | None
+    """Wall-clock time (seconds since the epoch) of the last confirmed event; None before the first."""
+    broker_available: bool
+    """False from a failed publish (or connect) until the next one succeeds."""
+    database_available: bool
+    """False from a failed read or stamp of the outbox until the next one succeeds."""
+    outages: int
+    """Broker or database outages the relay went through (each logged once)."""
+    backlog: OutboxBacklog | None = None
+    """Unpublished rows, their events and the oldest one's age; None when not read (or unreadable)."""
+
+
+class RelayStats:
+    """Thread-safe counters shared by every incarnation of the relay (and read by metrics)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._events = 0
+        self._rows = 0
+        self._last: float | None = None
+        self._down: dict[str, float] = {}  # "broker" / "database" → monotonic time the outage began
+        self._outages = 0
+
+    def published(self, events: int) -> None:
+        """Count `events` confirmed by the broker, now."""
+        with self._lock:
+            self._events += events
+            self._last = self._clock()
+
+    def stamped(self, rows: int) -> None:
+        """Count `rows` stamped published."""
+        with self._lock:
+            self._rows += rows
+
+    def failed(self, part: str) -> bool:
+        """Note that `part` failed; return True when this begins an outage (the one time to log it)."""
+        with self._lock:
+            if part in self._down:
+                return False
+            self._down[part] = time.monotonic()
+            self._outages += 1
+            return True
+
+    def recovered(self, part: str) -> float | None:
+        """Note that `part` works; return how long its outage lasted (None if there was none)."""
+        with self._lock:
+            began = self._down.pop(part, None)
+        return None if began is None else time.monotonic() - began
+
+    def figures(self, backlog: OutboxBacklog | None = None) -> RelayFigures:
+        """The figures now, with `backlog` attached."""
+        with self._lock:
+            return RelayFigures(self._events, self._rows, self._last, "broker" not in self._down,
+                                "database" not in self._down, self._outages, backlog)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nudge:
+    """New rows were committed: look at the outbox now (ignored while backing off after a failure)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Poll:
+    """Run a pass (the relay tells itself; stale generations are ignored)."""
+
+    generation: int
+
+
+class OutboxRelay(SupervisedActor):
+    """The relay's actor (see the module docstring)."""
+
+    def __init__(self, link: ChildLink, *, pool: Any, settings: RelaySettings,
+                 stats: RelayStats | None = None, publisher: EventPublisher | None = None) -> None:
+        super().__init__(link)
+        self._pool = pool
+        self.settings = settings
+        self.stats = stats if stats is not None else RelayStats()
+        self._publisher = publisher if publisher is not None else EventPublisher(
+            settings.broker_url, settings.exchange, connect_timeout=settings.connect_timeout,
+            confirm_timeout=settings.confirm_timeout)
+        self._generation = 0
+        self._queued = False  # a _Poll of the current generation is in the inbox
+        self._timer: threading.Timer | None = None
+        self._failures = 0  # passes failed in a row (the backoff attempt)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Look at the outbox at once: rows left unpublished by an earlier run go first."""
+        self._wake_now()
+
+    def on_stop(self) -> None:
+        """Stop the timer, close the broker connection, report the exit."""
+        try:
+            self._shut()
+        finally:
+            super().on_stop()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A bug: stop the timer, close the connection, report the crash (the supervisor restarts us)."""
+        try:
+            _log.error("outbox relay %s crashed; the supervisor restarts it and it resumes from the table",
+                       self.link, exc_info=exception_value)
+            self._shut()
+        finally:
+            super().on_failure(exception_type, exception_value, traceback)
+
+    def _shut(self) -> None:
+        self._cancel_timer()
+        self._publisher.close()
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        if isinstance(message, _Poll):
+            if message.generation == self._generation:
+                self._queued = False
+                self._timer = None
+                self._pass()
+        elif isinstance(message, Nudge):
+            if self._failures == 0:
+                self._wake_now()
+        else:
+            return super().on_receive(message)
+        return None
+
+    # -- one pass -----------------------------------------------------------------------------------
+
+    def _pass(self) -> None:
+        """Publish the next rows; then schedule the next pass (at once, when idle, or after a backoff)."""
+        settings = self.settings
+        try:
+            rows = fetch_unpublished(self._pool, settings.batch_rows, timeout=settings.database_timeout)
+        except StorageError as exc:
+            self._failed("database", exc)
+            return
+        self._recovered("database")
+        if not rows:
+            if not self.stats.figures().broker_available:  # nothing to publish: is it back, though?
+                try:
+                    self._publisher.connect()
+                except BrokerUnavailable as exc:
+                    self._failed("broker", exc)
+                    return
+                self._recovered("broker")
+            self._succeeded(more=False)
+            return
+        done, failure = self._publish(rows)
+        if done:
+            try:
+                mark_published(self._pool, done, timeout=settings.database_timeout)
+            except StorageError as exc:  # published but not stamped: they go out again (same ids)
+                self._failed("database", exc)
+                return
+            self.stats.stamped(len(done))
+        if failure is not None:
+            self._failed("broker", failure)
+            return
+        self._succeeded(more=len(rows) == settings.batch_rows)
+
+    def _publish(self, rows: list[OutboxRow]) -> tuple[list[int], BrokerUnavailable | None]:
+        """Publish the rows in order; return the ids of those fully published and the failure, if any."""
+        done: list[int] = []
+        publisher = self._publisher
+        for row in rows:
+            try:
+                count = publisher.publish_row(row)
+            except BrokerUnavailable as exc:
+                return done, exc
+            done.append(row.id)
+            self.stats.published(count)
+            self._recovered("broker")
+        return done, None
+
+    def _succeeded(self, *, more: bool) -> None:
+        self._failures = 0
+        if more:
+            self._wake_now()
+        else:
+            self._wake_in(self.settings.idle_interval)
+
+    def _failed(self, part: str, error: BaseException) -> None:
+        self._failures += 1
+        delay = self.settings.backoff.delay(self._failures)
+        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: relays restarting together spread out
+        if self.stats.failed(part):
+            _log.warning("outbox relay: the %s is unavailable (%s); events wait in the outbox, retrying "
+                         "with backoff (at most every %g s)", part, error, self.settings.backoff.cap)
+        else:
+            _log.debug("outbox relay: the %s is still unavailable (%s); next try in %.2f s", part, error,
+                       delay)
+        self._wake_in(delay)
+
+    def _recovered(self, part: str) -> None:
+        lasted = self.stats.recovered(part)
+        if lasted is not None:
+            _log.warning("outbox relay: the %s is available again after %.1f s; publishing the backlog",
+                         part, lasted)
+
+    # -- scheduling ---------------------------------------------------------------------------------
+
+    def _wake_now(self) -> None:
+        """Queue a pass behind what is in the inbox (one at a time)."""
+        if self._queued:
+            return
+        self._cancel_timer()
+        self._generation += 1
+        self._queued = True
+        self.actor_ref.tell(_Poll(self._generation))
+
+    def _wake_in(self, delay: float) -> None:
+        """Queue a pass in `delay` seconds (a nudge may bring it forward)."""
+        self._cancel_timer()
+        self._generation += 1
+        self._queued = False
+        timer = threading.Timer(delay, self._fire, (self.actor_ref, self._generation))
+        timer.daemon = True
+        timer.name = f"outbox-relay-timer-{self.link.incarnation}"
+        self._timer = timer
+        timer.start()
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    @staticmethod
+    def _fire(ref: pykka.ActorRef[Any], generation: int) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile
+            ref.tell(_Poll(generation))
