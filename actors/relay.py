@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["Nudge", "OutboxRelay", "RelayFigures", "RelaySettings", "RelayStats"]
 
 _log = logging.getLogger(__name__)
+_trace_log = logging.getLogger("tradeengine.commands")  # the command trail of ops.metrics: HTTP → event
 
 DEFAULT_EXCHANGE = "trade-engine"
 
@@ -272,6 +273,11 @@ class OutboxRelay(SupervisedActor):
                 return done, exc
             done.append(row.id)
             self.stats.published(count)
+            if _trace_log.isEnabledFor(logging.DEBUG):  # the last step of a command's trail, by sequence
+                _trace_log.debug("published %d event(s) of %s sequences %s..%s", count,
+                                 row.symbol or "transfers", row.first_sequence, row.last_sequence,
+                                 extra={"pair": row.symbol, "first_sequence": row.first_sequence,
+                                        "last_sequence": row.last_sequence, "events": count})
             self._recovered("broker")
         return done, None
 

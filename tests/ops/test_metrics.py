@@ -305,6 +305,15 @@ def test_the_request_id_follows_an_order_from_http_through_the_pair_to_its_commi
                                             pair=PAIR)
     access = [r for r in traced() if r.name == "tradeengine.http.access"]
     assert len(access) == 1 and access[0].route == ORDERS  # type: ignore[attr-defined]
+
+    def published() -> list[logging.LogRecord]:  # the relay's line for the events of those sequences
+        return [r for r in caplog.records if r.name == "tradeengine.commands"
+                and r.getMessage().startswith("published") and r.pair == PAIR  # type: ignore[attr-defined]
+                and r.first_sequence <= committed.last_sequence <= r.last_sequence]  # type: ignore[attr-defined]
+
+    while not published():
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
     assert current_request_id() is None  # the request's id does not outlive it
 
 
