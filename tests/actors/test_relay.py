@@ -294,7 +294,7 @@ def test_with_the_broker_away_orders_are_still_accepted_the_backlog_grows_and_al
             backlog = read_backlog(pool)
             # Acknowledgements are counted per session of 5 orders, so wait for both rather than
             # expecting one count to follow the other at once.
-            wait_until(lambda: load.acknowledged > during + 20, 20, "orders accepted while the broker is away")
+            wait_until(lambda: load.acknowledged > during + 20, 20, "orders accepted, the broker away")
             wait_until(lambda: read_backlog(pool).rows > backlog.rows + 20, 20, "the backlog growing")
             time.sleep(1.0)  # several backoff rounds: still one log line for the outage
             broker_proxy.restore()
