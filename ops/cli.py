@@ -183,6 +183,26 @@ def _event_line(event: dict[str, object]) -> str:
            f"seq {event['sequence']}  {payload}"
 
 
+def _cmd_wallet_service(args: argparse.Namespace, settings: Settings) -> int:
+    from .walletservice.server import WalletServiceOptions, serve_wallet_service
+
+    options = WalletServiceOptions(host=args.host, port=args.port, database_url=args.database_url,
+                                   faults=args.faults, threads=args.threads)
+    status: int = serve_wallet_service(options, settings)
+    return status
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def _cmd_version(args: argparse.Namespace, settings: Settings) -> int:
     print(f"trade-engine {engine_version()}")
     return 0
@@ -255,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only events of this kind (repeat for several) [default: all]")
     tail.add_argument("--json", action="store_true", help="print each event's JSON body, one per line")
     tail.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    wallet = add("wallet-service", _cmd_wallet_service,
+                 "Run the reference wallet service (ops/walletservice/CONTRACT.md) on HOST:PORT "
+                 "(gunicorn, one gthread worker); without --database-url an embedded PostgreSQL of its "
+                 "own runs in DATA_DIR/wallet-service.")
+    wallet.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
+    wallet.add_argument("--port", type=int, default=8090, help="port to listen on [default: 8090]")
+    wallet.add_argument("--database-url", metavar="URL",
+                        help="the service's PostgreSQL (its tables go to schema wallet_service) "
+                             "[default: embedded, in DATA_DIR/wallet-service]")
+    wallet.add_argument("--faults", action="store_true",
+                        help="serve /_faults (latency, failures, dropped connections) for tests")
+    wallet.add_argument("--threads", type=_at_least_one, default=8, metavar="N",
+                        help="threads of the worker, i.e. calls answered at once [default: 8]")
     add("version", _cmd_version, "Print the version.")
     bench = add("bench", _cmd_bench,
                 "Run a benchmark and print its figures (`bench core --help`, `bench engine --help`, "

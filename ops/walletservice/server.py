@@ -1,0 +1,207 @@
+"""``trade-engine wallet-service``: the reference wallet service under gunicorn (one gthread worker).
+
+Master process:
+  1. finds its database: ``--database-url``, or else an embedded PostgreSQL of its own in
+     ``DATA_DIR/wallet-service`` (database ``wallet_service``), a folder apart from the engine's
+     ``DATA_DIR/postgres`` so the two never share a server, a lock or a shutdown; the folder has one
+     owner at a time (``DataDirLock``);
+  2. creates the ``wallet_service`` schema if missing (:func:`ensure_schema`);
+  3. runs gunicorn, prints ``wallet service listening on http://HOST:PORT`` once bound, and on
+     SIGTERM/SIGINT stops it and then the embedded PostgreSQL.
+
+Worker process: ``load()`` opens the pool and builds the app (:func:`create_app`); ``worker_exit``
+closes the pool. The start-up signal handling is the engine's own (:mod:`tradeengine.ops.server`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from tradeengine.storage.database import create_pool
+from tradeengine.storage.embedded import EmbeddedPostgres
+from tradeengine.storage.errors import StorageError
+
+from ..database import DATABASE_WAIT_SECONDS, DataDirLock, StartupError, redact, wait_for_database
+from ..gunicorn_conf import (
+    GRACEFUL_TIMEOUT,
+    KEEPALIVE,
+    WORKER_TIMEOUT,
+    bind_address,
+    post_fork,
+    post_worker_init,
+    worker_exit,
+)
+from ..logconfig import GunicornLogger, configure_logging
+from ..server import _Interrupted, _leave_worker, _StopSignals
+from ..settings import Settings
+from .app import create_app
+from .errors import WalletServiceError
+from .store import ensure_schema
+
+_log = logging.getLogger(__name__)
+
+#: The embedded server's folder under the engine's data folder, and its database.
+DATA_FOLDER = "wallet-service"
+DATABASE = "wallet_service"
+
+
+@dataclass(frozen=True, slots=True)
+class WalletServiceOptions:
+    """The command line's choices."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    database_url: str | None = None
+    faults: bool = False
+    threads: int = 8
+
+
+def serve_wallet_service(options: WalletServiceOptions, settings: Settings) -> int:
+    """Run the wallet service until SIGTERM or SIGINT; return the exit status."""
+    configure_logging(settings)
+    lock = DataDirLock(settings.data_dir / DATA_FOLDER)
+    signals = _StopSignals()
+    try:
+        with signals.installed(), wallet_database(options.database_url, settings.data_dir, lock=lock,
+                                                  shield=signals.deferred) as url:
+            return _run_gunicorn(options, settings, url, lock)
+    except StartupError as exc:
+        print(f"trade-engine: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
+        _log.info("stopped by %s while starting", signal.Signals(signum).name)
+        return 128 + signum
+
+
+@contextmanager
+def wallet_database(url: str | None, data_dir: Path, *, lock: DataDirLock,
+                    shield: Callable[[], AbstractContextManager[object]] = nullcontext) -> Iterator[str]:
+    """The service's database URL with the schema in place; an embedded server is stopped at the end."""
+    if url is not None:
+        wait_for_database(url, DATABASE_WAIT_SECONDS)
+        _ensure_schema(url)
+        yield url
+        return
+    if not lock.try_acquire():
+        raise StartupError(f"the wallet service folder {lock.path.parent} is in use by pid {lock.holder()}; "
+                           "stop that wallet service first or pass --database-url")
+    try:
+        server = EmbeddedPostgres(lock.path.parent, database=DATABASE)
+        try:
+            try:
+                with shield():
+                    url = server.start()
+            except StorageError as exc:
+                raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
+                                   f"{exc}") from exc
+            _log.info("embedded PostgreSQL for the wallet service ready in %s", server.pgdata)
+            _ensure_schema(url)
+            yield url
+        finally:
+            with shield():
+                server.stop()
+    finally:
+        lock.release()
+
+
+def _ensure_schema(url: str) -> None:
+    try:
+        ensure_schema(url)
+    except (StorageError, WalletServiceError) as exc:
+        raise StartupError(f"could not create the wallet service schema on {redact(url)}: {exc}") from exc
+
+
+def _run_gunicorn(options: WalletServiceOptions, settings: Settings, url: str, lock: DataDirLock) -> int:
+    master = os.getpid()
+    try:
+        WalletServiceApplication(options, settings, url, lock).run()
+        status = 0
+    except SystemExit as exc:  # gunicorn ends the master loop, and the worker, with sys.exit(status)
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        if os.getpid() != master:
+            _leave_worker(1)
+        raise
+    if os.getpid() != master:
+        _leave_worker(status)
+    (_log.info if status == 0 else _log.error)("wallet service stopped (exit status %d)", status)
+    return status
+
+
+def _announce(server: Any) -> None:
+    """gunicorn's ``when_ready`` (master, sockets bound): print where the service listens."""
+    for listener in server.LISTENERS:
+        host, port = listener.sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"wallet service listening on http://{shown}:{port}", flush=True)
+
+
+def gunicorn_options(options: WalletServiceOptions, settings: Settings) -> dict[str, Any]:
+    """The gunicorn settings: one gthread worker, as the engine's ``serve``."""
+    return {
+        "bind": [bind_address(options.host, options.port)],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": options.threads,
+        "timeout": WORKER_TIMEOUT,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "keepalive": KEEPALIVE,
+        "preload_app": False,
+        "control_socket_disable": True,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "logger_class": GunicornLogger,
+        "proc_name": "trade-engine-wallet-service",
+        "when_ready": _announce,
+        "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
+    }
+
+
+class WalletServiceApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn's application object for the wallet service; the pool and app are built in the worker."""
+
+    def __init__(self, options: WalletServiceOptions, settings: Settings, url: str,
+                 lock: DataDirLock | None = None) -> None:
+        self._options = options
+        self._settings = settings
+        self._url = url
+        self._lock = lock
+        self._pool: Any = None
+        super().__init__(prog="trade-engine wallet-service")
+
+    def load_config(self) -> None:
+        """Apply :func:`gunicorn_options` (called by gunicorn in the master)."""
+        for key, value in gunicorn_options(self._options, self._settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """Open the pool and return the WSGI app (called by gunicorn in the worker)."""
+        self._pool = create_pool(self._url, min_size=1, max_size=self._options.threads + 1,
+                                 name="wallet-service", application_name="trade-engine-wallet-service")
+        _log.info("wallet service worker ready (faults %s)", "on" if self._options.faults else "off")
+        return create_app(self._pool, faults=self._options.faults, logger=logging.getLogger(__name__))
+
+    def after_fork_in_worker(self) -> None:
+        """The worker must not keep the data folder locked once the master is gone."""
+        if self._lock is not None:
+            self._lock.forget_in_child()
+
+    def close_worker(self) -> None:
+        """Close the worker's pool (gunicorn's ``worker_exit``)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
