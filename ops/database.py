@@ -214,26 +214,44 @@ def serving_database(settings: Settings, *, lock: DataDirLock | None = None,
     Raises :class:`StartupError` (one line) when the folder is in use, the server cannot start, the
     external database does not answer within ``wait`` seconds, or a migration fails.
     """
-    if settings.database_url is not None:
-        wait_for_database(settings.database_url, wait)
-        _migrate(settings.database_url)
-        yield settings.database_url
-        return
     lock = lock if lock is not None else DataDirLock(settings.data_dir)
+    with prepared_database(settings.database_url, lock=lock, prepare=_migrate, wait=wait,
+                           shield=shield) as url:
+        yield url
+
+
+@contextmanager
+def prepared_database(url: str | None, *, lock: DataDirLock, prepare: Callable[[str], None],
+                      database: str | None = None, wait: float = DATABASE_WAIT_SECONDS,
+                      shield: Callable[[], AbstractContextManager[object]] = nullcontext,
+                      what: str = "PostgreSQL") -> Iterator[str]:
+    """The database a server process runs on, `prepare`d (migrated, or a schema created); yield its URL.
+
+    With `url`, wait for it to answer (at most `wait` s). Without, own the folder of `lock` (or raise
+    :class:`DataDirInUse`), start an embedded server there (database `database`, default the
+    server's own) and stop it at the end; start and stop run inside ``shield()``. `what` names the
+    embedded server in the log.
+    """
+    if url is not None:
+        wait_for_database(url, wait)
+        prepare(url)
+        yield url
+        return
     if not lock.try_acquire():
         raise lock.in_use_error()
     try:
-        server = EmbeddedPostgres(settings.data_dir)
+        server = (EmbeddedPostgres(lock.path.parent) if database is None
+                  else EmbeddedPostgres(lock.path.parent, database=database))
         try:
             try:
                 with shield():
-                    url = server.start()
+                    embedded_url = server.start()
             except StorageError as exc:
                 raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
                                    f"{_one_line(exc)}") from exc
-            _log.info("embedded PostgreSQL ready in %s", server.pgdata)
-            _migrate(url)
-            yield url
+            _log.info("embedded %s ready in %s", what, server.pgdata)
+            prepare(embedded_url)
+            yield embedded_url
         finally:
             with shield():
                 server.stop()

@@ -55,11 +55,19 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """The gunicorn settings for ``serve``."""
+    return single_worker_options(host=settings.http_host, port=settings.http_port,
+                                 threads=settings.http_threads, log_level=settings.log_level,
+                                 proc_name="trade-engine")
+
+
+def single_worker_options(*, host: str, port: int, threads: int, log_level: str,
+                          proc_name: str) -> dict[str, Any]:
+    """The gunicorn settings of a server of ours: one gthread worker with these hooks (see above)."""
     return {
-        "bind": [bind_address(settings.http_host, settings.http_port)],
+        "bind": [bind_address(host, port)],
         "workers": 1,
         "worker_class": "gthread",
-        "threads": settings.http_threads,
+        "threads": threads,
         "timeout": WORKER_TIMEOUT,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "keepalive": KEEPALIVE,
@@ -67,9 +75,9 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket_disable": True,
         "accesslog": None,
         "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
+        "loglevel": log_level.lower(),
         "logger_class": GunicornLogger,
-        "proc_name": "trade-engine",
+        "proc_name": proc_name,
         "post_fork": post_fork,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,

@@ -28,20 +28,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from tradeengine.storage.database import create_pool
-from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.errors import StorageError
 
-from ..database import DATABASE_WAIT_SECONDS, DataDirLock, StartupError, redact, wait_for_database
-from ..gunicorn_conf import (
-    GRACEFUL_TIMEOUT,
-    KEEPALIVE,
-    WORKER_TIMEOUT,
-    bind_address,
-    post_fork,
-    post_worker_init,
-    worker_exit,
-)
-from ..logconfig import GunicornLogger, configure_logging
+from ..database import DataDirInUse, DataDirLock, StartupError, prepared_database, redact
+from ..gunicorn_conf import single_worker_options
+from ..logconfig import configure_logging
 from ..server import _Interrupted, _leave_worker, _StopSignals
 from ..settings import Settings
 from .app import create_app
@@ -88,31 +79,13 @@ def serve_wallet_service(options: WalletServiceOptions, settings: Settings) -> i
 def wallet_database(url: str | None, data_dir: Path, *, lock: DataDirLock,
                     shield: Callable[[], AbstractContextManager[object]] = nullcontext) -> Iterator[str]:
     """The service's database URL with the schema in place; an embedded server is stopped at the end."""
-    if url is not None:
-        wait_for_database(url, DATABASE_WAIT_SECONDS)
-        _ensure_schema(url)
-        yield url
-        return
-    if not lock.try_acquire():
-        raise StartupError(f"the wallet service folder {lock.path.parent} is in use by pid {lock.holder()}; "
-                           "stop that wallet service first or pass --database-url")
     try:
-        server = EmbeddedPostgres(lock.path.parent, database=DATABASE)
-        try:
-            try:
-                with shield():
-                    url = server.start()
-            except StorageError as exc:
-                raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
-                                   f"{exc}") from exc
-            _log.info("embedded PostgreSQL for the wallet service ready in %s", server.pgdata)
-            _ensure_schema(url)
-            yield url
-        finally:
-            with shield():
-                server.stop()
-    finally:
-        lock.release()
+        with prepared_database(url, lock=lock, prepare=_ensure_schema, database=DATABASE, shield=shield,
+                               what="PostgreSQL for the wallet service") as ready:
+            yield ready
+    except DataDirInUse as exc:
+        raise StartupError(f"the wallet service folder {lock.path.parent} is in use by pid "
+                           f"{lock.holder()}; stop that wallet service first or pass --database-url") from exc
 
 
 def _ensure_schema(url: str) -> None:
@@ -148,26 +121,11 @@ def _announce(server: Any) -> None:
 
 
 def gunicorn_options(options: WalletServiceOptions, settings: Settings) -> dict[str, Any]:
-    """The gunicorn settings: one gthread worker, as the engine's ``serve``."""
+    """The gunicorn settings: one gthread worker, as the engine's ``serve``; the URL printed when bound."""
     return {
-        "bind": [bind_address(options.host, options.port)],
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": options.threads,
-        "timeout": WORKER_TIMEOUT,
-        "graceful_timeout": GRACEFUL_TIMEOUT,
-        "keepalive": KEEPALIVE,
-        "preload_app": False,
-        "control_socket_disable": True,
-        "accesslog": None,
-        "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
-        "logger_class": GunicornLogger,
-        "proc_name": "trade-engine-wallet-service",
+        **single_worker_options(host=options.host, port=options.port, threads=options.threads,
+                                log_level=settings.log_level, proc_name="trade-engine-wallet-service"),
         "when_ready": _announce,
-        "post_fork": post_fork,
-        "post_worker_init": post_worker_init,
-        "worker_exit": worker_exit,
     }
 
 
