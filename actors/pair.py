@@ -7,6 +7,9 @@ that holds them. The actor does not wait for the writer, so it keeps matching wh
 are being written (pipelining). A rule violation fails the reply at once and changes nothing.
 
 Failure handling (see ARCHITECTURE.md, Supervisor):
+- the funds gate answering EngineUnavailable before the command changed anything (the remote wallet
+  service down, its breaker open, not reconciled yet) fails that command alone (503) and gives back the
+  locks it was granted: the pair lives on;
 - an unexpected exception inside the engine gives back the locks the command was granted (they never
   reached the writer) and crashes this actor: the supervisor restarts it alone, and the new incarnation
   waits for the writer to commit everything the old one sent before it rebuilds from the database;
@@ -35,7 +38,7 @@ from tradeengine.engine import (
     PlaceOrder,
 )
 from tradeengine.engine.errors import EngineUnavailable, PairNotTrading
-from tradeengine.storage.facts import PairFacts
+from tradeengine.storage.facts import Facts, PairFacts
 from tradeengine.storage.recovery import load_pair_state
 
 from .supervised import ChildLink, SupervisedActor
@@ -130,8 +133,11 @@ class PairActor(SupervisedActor):
         ledger: LedgerSlot,
         barrier_timeout: float = 30.0,
         load_state: Callable[[Any, PairSpec], Any] = load_pair_state,
+        facts: Callable[[PairSpec, list[EngineEvent]], Facts] = PairFacts,
     ) -> None:
+        """`facts` wraps each command's events for the writer (`WalletSettledFacts` with a remote wallet)."""
         super().__init__(link)
+        self._facts = facts
         self.spec = spec
         self.trading = trading
         self._pool = pool
@@ -186,10 +192,19 @@ class PairActor(SupervisedActor):
         if isinstance(command, CancelOrder | AmendOrder):
             before = self.engine.get_order(command.order_id)
         self._journal.begin()
+        sequence = self.engine.sequence
         try:
             events = self.engine.execute(command)
         except DomainError as exc:
             self._journal.rollback()
+            reply.set_exception(exc)
+            return
+        except EngineUnavailable as exc:
+            if self.engine.sequence != sequence:  # the book moved: rebuild it (below)
+                self._journal.rollback()
+                reply.set_exception(EngineUnavailable(f"{self.spec.symbol} failed; restarting"))
+                raise
+            self._journal.rollback()  # the gate refused before any change: this command alone fails
             reply.set_exception(exc)
             return
         except BaseException as exc:
@@ -199,7 +214,7 @@ class PairActor(SupervisedActor):
         self._commit(events, before, reply)
 
     def _commit(self, events: list[EngineEvent], before: OrderSnapshot | None, reply: Future[Any]) -> None:
-        commit = Commit(PairFacts(self.spec, events), reply, CommandOutcome(self.spec, events, before))
+        commit = Commit(self._facts(self.spec, events), reply, CommandOutcome(self.spec, events, before))
         try:
             # The hand-off runs under the ledger's lock, so the writer receives movements in the
             # order the ledger applied them.

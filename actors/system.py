@@ -9,6 +9,14 @@ It lives in the gunicorn worker only: created and started when the worker builds
                   └── pair:SYM …  PairActor          ONE_FOR_ONE  (a crash restarts that pair alone)
                relay              OutboxRelay        ONE_FOR_ONE  (when given ``relay`` settings; no group:
                                                                    it resumes from the outbox table)
+               settler            WalletSettler      ONE_FOR_ONE  (when given ``wallet`` settings; no group:
+                                                                   it resumes from wallet_commands)
+
+With ``wallet`` settings (`RemoteWalletSettings`) the balances live at a remote wallet service: the
+wallet child is a `RemoteWalletActor`, the pairs hand `WalletSettledFacts` to the writer (wallet
+commands instead of a local ledger), and the settler delivers those commands and reconciles the service
+at every wallet start (`actors.remote_wallet`, `actors.settler`). One `WalletClient` (one breaker) is
+shared by all of them for the system's life.
 
 A pair that crashes is restarted alone: its new incarnation waits for the writer to commit what the old
 one sent, then rebuilds its book from the database. A failed commit means memory and database may
@@ -44,11 +52,15 @@ from tradeengine.engine import PairSpec
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.storage.database import check_database
 from tradeengine.storage.errors import StorageError, StorageUnavailable
+from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.orders import OrderLocation, find_client_order, largest_order_id, locate_order
 from tradeengine.storage.outbox import prune_published, read_backlog
 from tradeengine.storage.pairs import NewPair, PairRecord, PairRepository
 from tradeengine.storage.partitions import run_partition_maintenance
 from tradeengine.storage.recovery import check_reserved_funds, load_pair_specs, load_pair_state
+from tradeengine.storage.wallet_client import WalletClient
+from tradeengine.storage.wallet_commands import WalletSettledFacts
+from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
 
 from .exchange import CommandObserver, Exchange
 from .handles import ChildHandle
@@ -58,6 +70,9 @@ from .maintenance import HOUR, PeriodicMaintenance
 from .mirror import MarketDataMirror, MirrorSettings
 from .pair import PairActor, SetTrading, StatusQuery
 from .relay import Nudge, OutboxRelay, RelayFigures, RelaySettings, RelayStats
+from .remote_wallet import RemoteWallet, RemoteWalletActor, RemoteWalletSettings
+from .settler import Nudge as SettlerNudge
+from .settler import SettlerFigures, SettlerStats, WalletSettler
 from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
@@ -132,8 +147,13 @@ class ActorSystem:
         observer: CommandObserver | None = None,
         market_data: MirrorSettings | None = None,
         relay: RelaySettings | None = None,
+        wallet: RemoteWalletSettings | None = None,
     ) -> None:
         self.pool = pool
+        self._wallet_settings = wallet  # a remote wallet service, when configured
+        self.wallet_client: WalletClient | None = None
+        self.settler_stats = SettlerStats()
+        self._settler: ChildHandle | None = None
         self._market_data = market_data
         self._relay_settings = relay  # the outbox relay (child "relay"), when configured
         self.relay_stats = RelayStats()
@@ -175,6 +195,8 @@ class ActorSystem:
                 return
             self._maintenance.start()
             try:
+                if self._wallet_settings is not None:
+                    self.wallet_client = self._wallet_settings.client()
                 self._start_actors()
                 if self._market_data is not None:
                     self.mirror = MarketDataMirror(self._market_data, pool=self.pool, writer=self._writer,
@@ -204,6 +226,10 @@ class ActorSystem:
         self._exchange = None
         if supervisor is not None:
             supervisor.stop_all(timeout=timeout)
+        self._settler = None
+        client, self.wallet_client = self.wallet_client, None
+        if client is not None:
+            client.close()
         self._maintenance.stop(timeout)
 
     def _start_actors(self) -> None:
@@ -220,17 +246,14 @@ class ActorSystem:
             # on_stop commits what is pending: give it longer than one commit may take.
             stop_timeout=WRITER_COMMIT_TIMEOUT + 5.0,
         ))
-        supervisor.add(ChildSpec(
-            "wallet",
-            lambda link: WalletActor.start(link, pool=self.pool, writer=writer, slot=self._slot,
-                                           clock_us=self._clock_us),
-            strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
-        ))
+        supervisor.add(ChildSpec("wallet", self._wallet_factory(writer), strategy=Strategy.ONE_FOR_ALL,
+                                 group=DATABASE_GROUP))
         self._writer = writer
         self._pair_writer = writer if self._observer is None else _HandingWriter(writer, self._observer)
         for spec, status in load_pair_specs(self.pool):
             self._add_pair_actor(spec, status)
-        self._report_reserved_funds()
+        if self.wallet_client is None:  # remote: the settler reconciles the service instead
+            self._report_reserved_funds()
         ids = OrderIds(clock_us=self._clock_us, floor=largest_order_id(self.pool))
         self._exchange = Exchange(
             routes=self._routes.get, next_order_id=ids.next, clock_us=self._clock_us,
@@ -245,15 +268,72 @@ class ActorSystem:
                 lambda link: OutboxRelay.start(link, pool=self.pool, settings=relay, stats=self.relay_stats),
                 stop_timeout=relay.stop_timeout,
             ))
+        wallet, client = self._wallet_settings, self.wallet_client
+        if wallet is not None and client is not None:
+            self._settler = supervisor.add(ChildSpec(
+                "settler",
+                lambda link: WalletSettler.start(link, pool=self.pool, client=client, slot=self._slot,
+                                                 settings=wallet.settler, stats=self.settler_stats),
+                # a pass may wait for the service: every call of a batch may take its retries
+                stop_timeout=30.0,
+            ))
+            self._nudge_settler()  # the wallet started before the settler existed
+
+    def _wallet_factory(self, writer: ChildHandle) -> Callable[[Any], Any]:
+        client = self.wallet_client
+        if client is None:
+            return lambda link: WalletActor.start(link, pool=self.pool, writer=writer, slot=self._slot,
+                                                  clock_us=self._clock_us)
+        return lambda link: RemoteWalletActor.start(
+            link, client=client, on_installed=self._nudge_settler, on_command=self._nudge_settler,
+            pool=self.pool, writer=writer, slot=self._slot, clock_us=self._clock_us)
+
+    def _nudge_settler(self) -> None:
+        settler = self._settler
+        if settler is not None:
+            with contextlib.suppress(EngineUnavailable):  # restarting: it looks at the table first
+                settler.tell(SettlerNudge())
 
     def _batch_committed(self, report: BatchReport) -> None:
-        """The writer's report of a flush (its thread): nudge the relay, then the caller's hook."""
+        """The writer's report of a flush (its thread): nudge the relay and settler, then the hook."""
         relay = self._relay
         if relay is not None and report.ok and report.rows:
             with contextlib.suppress(EngineUnavailable):  # restarting: it looks at the outbox first
                 relay.tell(Nudge())
+        if report.ok and report.rows:
+            self._nudge_settler()
         if self._on_batch is not None:
             self._on_batch(report)
+
+    @property
+    def remote_wallet(self) -> bool:
+        """True when balances live at a remote wallet service."""
+        return self._wallet_settings is not None
+
+    def wallet_reconciled(self) -> bool:
+        """Remote mode: True once the current wallet incarnation accepts reserves (always True built-in)."""
+        if self._wallet_settings is None:
+            return True
+        try:
+            backend = self._slot.current()
+        except EngineUnavailable:
+            return False
+        return not isinstance(backend, RemoteWallet) or backend.reconciled
+
+    def settler_figures(self, *, backlog: bool = True, timeout: float = 1.0) -> SettlerFigures | None:
+        """The wallet settler's figures (None without a remote wallet): commands delivered and refused,
+        reconciliations, service/database state, and with `backlog` the undelivered and refused commands
+        and the oldest one's age, read within `timeout` (None if that fails).
+        """
+        if self._wallet_settings is None:
+            return None
+        waiting = None
+        if backlog:
+            try:
+                waiting = read_wallet_backlog(self.pool, timeout=timeout)
+            except StorageError as exc:
+                _log.debug("the wallet backlog could not be read: %s", exc)
+        return self.settler_stats.figures(waiting)
 
     def relay_figures(self, *, backlog: bool = True, timeout: float = 1.0) -> RelayFigures | None:
         """The outbox relay's figures (None when no relay is configured): events published, rows
@@ -277,7 +357,8 @@ class ActorSystem:
         def build(link: Any) -> Any:
             route = self._routes[symbol]
             return PairActor.start(link, spec=route.spec, trading=route.status in TRADING_STATUSES,
-                                   pool=self.pool, writer=self._pair_writer, ledger=self._slot)
+                                   pool=self.pool, writer=self._pair_writer, ledger=self._slot,
+                                   facts=WalletSettledFacts if self._wallet_settings else PairFacts)
 
         placeholder = PairRoute(spec, status, handle=None)
         self._routes[symbol] = placeholder

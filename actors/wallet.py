@@ -1,8 +1,9 @@
 """The wallet: the `WalletBackend` boundary, the `LedgerSlot` pairs reach it through, and `WalletActor`.
 
 `WalletBackend` is the narrow interface the pair actors and the Exchange use (try_lock, release, apply,
-deposit, withdraw, balances). The built-in backend is `actors.ledger.Ledger`; a remote wallet service can
-implement the same protocol later.
+deposit, withdraw, balances). The built-in backend is `actors.ledger.Ledger`; `actors.remote_wallet`
+implements it over a remote wallet service (`RemoteWallet`, installed by `RemoteWalletActor`, a subclass
+of `WalletActor` that moves deposits and withdrawals at the service).
 
 `WalletActor` owns the current `Ledger`. Its `on_start` waits until the writer has committed everything
 sent before it (a `Barrier`), loads the committed balances into a NEW ledger and installs it in the
@@ -231,15 +232,21 @@ class WalletActor(SupervisedActor):
         self._barrier_timeout = barrier_timeout
         self._load = load
         self.ledger: Ledger | None = None
+        self.backend: WalletBackend | None = None
 
     def on_start(self) -> None:
         """Wait for the writer to commit what was sent before, load the balances, install the ledger."""
         barrier: Future[None] = Future()
         self._writer.tell(Barrier(barrier))
         barrier.result(timeout=self._barrier_timeout)
+        self.backend = self._open_backend()
+        self._slot.install(self.backend)
+
+    def _open_backend(self) -> WalletBackend:
+        """Build this incarnation's backend: the built-in ledger, loaded from the committed balances."""
         self.ledger = Ledger(self._load(self._pool))
-        self._slot.install(self.ledger)
         log.info("wallet %s started with %d balances", self.link, len(self.ledger.snapshot()))
+        return self.ledger
 
     def on_stop(self) -> None:
         """Vacate the slot, then report the exit."""
@@ -269,7 +276,7 @@ class WalletActor(SupervisedActor):
             self._transfer("WITHDRAWAL", message)
             return None
         if isinstance(message, BalancesQuery):
-            return self._ledger().balances(core_user_id(message.user_id))
+            return self._backend().balances(core_user_id(message.user_id))
         return super().on_receive(message)
 
     def _transfer(self, kind: Literal["DEPOSIT", "WITHDRAWAL"], message: Deposit | Withdraw) -> None:
@@ -301,9 +308,14 @@ class WalletActor(SupervisedActor):
             raise EngineUnavailable("the wallet has not started")
         return self.ledger
 
+    def _backend(self) -> WalletBackend:
+        if self.backend is None:
+            raise EngineUnavailable("the wallet has not started")
+        return self.backend
+
     def _vacate(self) -> None:
-        if self.ledger is not None:
-            self._slot.vacate(self.ledger)
+        if self.backend is not None:
+            self._slot.vacate(self.backend)
 
 
 def _fail(reply: Future[Any], error: BaseException) -> None:

@@ -6,8 +6,8 @@ own daemon thread and waits at most ``timeout`` seconds in total, so ``/ready`` 
 still running from an earlier call is not started again (reported as still waiting), so a part that
 hangs cannot pile up threads.
 
-The probe factories below build the checks the server wires in: the database (always), Redis and the
-broker (only when configured) and the actor system.
+The probe factories below build the checks the server wires in: the database (always), Redis, the
+broker and the remote wallet service (only when configured) and the actor system.
 """
 
 from __future__ import annotations
@@ -144,5 +144,21 @@ def actors_check(system: _Running) -> Check:
     def check() -> None:
         if not system.running:
             raise CheckFailed("the actor system is not running")
+
+    return check
+
+
+def wallet_check(url: str, reconciled: Callable[[], bool], timeout: float = 1.0) -> Check:
+    """``GET /health`` of the wallet service (outside the breaker), and its reconciliation done."""
+    import urllib.request
+
+    health = url.rstrip("/") + "/health"
+
+    def check() -> None:
+        with urllib.request.urlopen(health, timeout=timeout) as answer:
+            if answer.status != 200:
+                raise CheckFailed(f"/health answered {answer.status}")
+        if not reconciled():
+            raise CheckFailed("the wallet service is not reconciled yet (orders wait)")
 
     return check

@@ -31,11 +31,12 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from tradeengine.actors.mirror import MirrorSettings
 from tradeengine.actors.relay import RelaySettings
+from tradeengine.actors.remote_wallet import RemoteWalletSettings
 from tradeengine.actors.system import ActorSystem
 from tradeengine.http.app import create_app
 from tradeengine.http.middleware import RequestIdLogFilter
 from tradeengine.http.ratelimit import build_rate_limit
-from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check
+from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check, wallet_check
 from tradeengine.http.routes import api_endpoints
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
 from tradeengine.storage.marketdata import MarketDataReader
@@ -168,7 +169,7 @@ class WorkerParts:
 
 
 def readiness_checks(settings: Settings, pool: Any, system: ActorSystem) -> dict[str, Check]:
-    """The /ready checks: database and actors always, Redis and the broker when configured."""
+    """The /ready checks: database and actors always; Redis, broker, wallet service when configured."""
 
     def database() -> None:
         check_database(pool, timeout=READY_CHECK_TIMEOUT - 0.3)
@@ -178,6 +179,8 @@ def readiness_checks(settings: Settings, pool: Any, system: ActorSystem) -> dict
         checks["redis"] = redis_check(settings.redis_url, timeout=1.0)
     if not settings.broker_url.startswith("memory://"):
         checks["broker"] = broker_check(settings.broker_url, timeout=1.0)
+    if settings.wallet_url:
+        checks["wallet"] = wallet_check(settings.wallet_url, system.wallet_reconciled, timeout=1.0)
     checks["actors"] = actors_check(system)
     return checks
 
@@ -194,8 +197,16 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
     relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention)
+    wallet = None
+    if settings.wallet_url:
+        wallet = RemoteWalletSettings(
+            settings.wallet_url, timeout=settings.wallet_timeout, retries=settings.wallet_retries,
+            breaker_fail_max=settings.wallet_breaker_fail_max,
+            breaker_reset_timeout=settings.wallet_breaker_reset_timeout, redis_url=settings.redis_url,
+            breaker_listeners=(metrics.breaker_listener("wallet"),))
     system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror, relay=relay,
-                         on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch, observer=metrics)
+                         wallet=wallet, on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch,
+                         observer=metrics)
     _stamp_request_ids()
     try:
         if settings.bootstrap_admin_key and UserRepository(pool).ensure_admin(settings.bootstrap_admin_key):

@@ -54,6 +54,13 @@ def _positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _retries(name: str, raw: str) -> int:
+    value = _int(name, raw)
+    if not 0 <= value <= 10:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of retries from 0 to 10")
+    return value
+
+
 def _rate(name: str, raw: str) -> int:
     value = _int(name, raw)
     if value < 0:
@@ -192,6 +199,20 @@ class Settings:
     outbox_retention: float = _field(
         _positive_float, 86400,
         "seconds a published outbox row is kept before the hourly maintenance prunes it",
+    )
+    wallet_url: str | None = _field(
+        _url("http", "https"), None,
+        "remote wallet service URL (see ops/walletservice/CONTRACT.md); unset = the built-in ledger",
+    )
+    wallet_timeout: float = _field(_positive_float, 1.0, "seconds per wallet service call attempt")
+    wallet_retries: int = _field(
+        _retries, 3, "retries of a wallet call after a connect error, timeout or 5xx (never after a 4xx)"
+    )
+    wallet_breaker_fail_max: int = _field(
+        _positive_int, 5, "consecutive wallet failures that open the circuit breaker (orders then get 503)"
+    )
+    wallet_breaker_reset_timeout: float = _field(
+        _positive_float, 10.0, "seconds the wallet breaker stays open before one probe may close it"
     )
     http_host: str = _field(_text, "127.0.0.1", "address the HTTP server binds")
     http_port: int = _field(_port, 8080, "port the HTTP server binds")

@@ -12,6 +12,10 @@ number of the pair's units fails loudly (`CorruptStoredAmount`): the pair must n
 must equal what the user's live orders reserve (`engine.funds.required_lock` per order, summed per user
 and asset with each pair's spec). It returns the differences; `log_discrepancies` logs each one at ERROR.
 
+`load_wallet_reservations(pool, specs)` is the remote wallet's reconciliation input: in ONE snapshot, what
+the live orders of every pair reserve and what the undelivered wallet commands will still move from
+locked (see `actors.settler`).
+
 Complexity: load_pair_state is one indexed query (the partial index orders_open_by_symbol_sequence),
 O(live orders of the pair); check_reserved_funds is O(balances + live orders).
 """
@@ -44,16 +48,19 @@ from .balances import CorruptStoredAmount, decimal_to_units, load_balances
 from .database import storage_errors
 from .facts import core_user_id
 from .pairs import PairRepository
+from .wallet_commands import decode_movements
 
 __all__ = [
     "LIVE_STATUSES",
     "BalanceSource",
     "Discrepancy",
     "StoredPairState",
+    "WalletReservations",
     "check_database_reserved_funds",
     "check_reserved_funds",
     "load_pair_specs",
     "load_pair_state",
+    "load_wallet_reservations",
     "log_discrepancies",
     "reserved_funds",
 ]
@@ -127,13 +134,17 @@ def load_pair_specs(pool: ConnectionPool) -> list[tuple[PairSpec, str]]:
 
 def load_pair_state(pool: ConnectionPool, spec: PairSpec) -> StoredPairState:
     """Return the pair's live orders (sequence order), last sequence and last trade price, in core units."""
-    symbol = spec.symbol
-    with storage_errors(f"loading the state of {symbol}"), pool.connection() as conn:
+    with storage_errors(f"loading the state of {spec.symbol}"), pool.connection() as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        progress = conn.execute(
-            "SELECT last_sequence, last_price FROM pairs WHERE symbol = %s", (symbol,)
-        ).fetchone()
-        rows = conn.execute(_LIVE_ORDERS, (symbol,)).fetchall() if progress is not None else []
+        return _pair_state(conn, spec)
+
+
+def _pair_state(conn: Any, spec: PairSpec) -> StoredPairState:
+    symbol = spec.symbol
+    progress = conn.execute(
+        "SELECT last_sequence, last_price FROM pairs WHERE symbol = %s", (symbol,)
+    ).fetchone()
+    rows = conn.execute(_LIVE_ORDERS, (symbol,)).fetchall() if progress is not None else []
     if progress is None:
         raise UnknownSymbol(f"pair {symbol} is not in the database", field="symbol")
     last_sequence, last_price = progress
@@ -173,6 +184,55 @@ def _ticks(spec: PairSpec, price: Decimal, what: str) -> int:
     if ticks == 0:
         raise CorruptStoredAmount(f"{what} is zero")
     return ticks
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WalletReservations:
+    """One snapshot for the remote wallet's reconciliation (atoms, core user ids).
+
+    `reserved`: what live orders reserve per (user, asset); `pending_locked`: the sum of the locked
+    deltas of the undelivered release/settle commands (negative: they will still free that much);
+    `pending_voids`: undelivered voids (a reserve of unknown outcome: no exact expectation is possible
+    until they are delivered); `refused`: the (user, asset) pairs a refused command touches.
+    """
+
+    reserved: dict[tuple[str, str], int]
+    pending_locked: dict[tuple[str, str], int]
+    pending_voids: int
+    refused: frozenset[tuple[str, str]]
+
+    def expected_locked(self) -> dict[tuple[str, str], int]:
+        """What the service's locked balances must be now, per (user, asset), before any delivery."""
+        expected = dict(self.reserved)
+        for key, locked in self.pending_locked.items():
+            expected[key] = expected.get(key, 0) - locked
+        return {key: amount for key, amount in expected.items() if amount}
+
+
+_WALLET_COMMANDS = """
+SELECT kind, movements::text, refused_at IS NOT NULL FROM wallet_commands WHERE delivered_at IS NULL
+"""
+
+
+def load_wallet_reservations(pool: ConnectionPool, specs: Iterable[PairSpec]) -> WalletReservations:
+    """Read live orders of every pair and the undelivered wallet commands in ONE snapshot."""
+    with storage_errors("loading the wallet reservations"), pool.connection() as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        pairs = [(spec, _pair_state(conn, spec).snapshots) for spec in specs]
+        commands = conn.execute(_WALLET_COMMANDS).fetchall()
+    pending: dict[tuple[str, str], int] = {}
+    refused: set[tuple[str, str]] = set()
+    voids = 0
+    for kind, movements, is_refused in commands:
+        lines = decode_movements(movements)
+        if is_refused:
+            refused.update((user, asset) for user, asset, _, _ in lines)
+        elif kind == "void":
+            voids += 1
+        else:
+            for user, asset, _, locked in lines:
+                pending[(user, asset)] = pending.get((user, asset), 0) + locked
+    return WalletReservations(reserved_funds(pairs), pending, voids, frozenset(refused))
 
 
 # -- the start-up check ---------------------------------------------------------------------------------

@@ -16,7 +16,12 @@
   pair's events in fact order (so in sequence order): per order change an `order.<SYMBOL>.<STATUS>`
   event, per trade a `trade.<SYMBOL>` event, and per command (or transfer) and (user, asset) whose
   balance moved a `balance.<ASSET>` event with the deltas (`RowSet.outbox_events` lists them all);
-- `pairs`: per symbol the last sequence of the group and the last trade price (None: no trade).
+- `pairs`: per symbol the last sequence of the group and the last trade price (None: no trade);
+- `wallet_commands`: only for `WalletSettledFacts` (remote wallet mode): per trade a ``settle``, per
+  release a ``release`` (`storage.wallet_commands`); such a group has NO `ledger_entries` and NO
+  `balance_deltas` (the balances live at the wallet service; the outbox still carries each command's
+  `balance.changed` deltas). A group never mixes both kinds of facts (ValueError): one engine runs one
+  wallet mode.
 
 Invariants (tested): per asset, the balance deltas of engine facts sum to zero (money moves, it is never
 created); Transfers change the total by exactly their amounts; the same facts give the same rows, byte
@@ -58,6 +63,7 @@ from tradeengine.engine import (
 )
 from tradeengine.storage.facts import FEE_ACCOUNT_USER_ID, Facts, PairFacts, Transfer, database_user_id
 from tradeengine.storage.ids import created_at_of, datetime_of_us
+from tradeengine.storage.wallet_commands import WalletCommandRow, WalletSettledFacts, wallet_commands_of
 
 EVENT_NAMESPACE = uuid.UUID("5b0f6d0e-8c1e-5f0a-9a3c-7e2d4b1c6a90")
 """Namespace of the outbox event ids (uuid5)."""
@@ -208,13 +214,15 @@ class RowSet:
     balance_deltas: list[BalanceDelta] = dataclasses.field(default_factory=list)
     outbox: list[OutboxMessage] = dataclasses.field(default_factory=list)
     pairs: list[PairProgress] = dataclasses.field(default_factory=list)
+    wallet_commands: list[WalletCommandRow] = dataclasses.field(default_factory=list)
     facts: int = 0
 
     @property
     def row_count(self) -> int:
         """The number of rows the commit writes."""
         return (len(self.orders) + len(self.order_updates) + len(self.client_order_ids) + len(self.trades)
-                + len(self.ledger_entries) + len(self.balance_deltas) + len(self.outbox) + len(self.pairs))
+                + len(self.ledger_entries) + len(self.balance_deltas) + len(self.outbox) + len(self.pairs)
+                + len(self.wallet_commands))
 
     @property
     def outbox_events(self) -> list[OutboxEvent]:
@@ -249,6 +257,9 @@ def build_rows(facts: Iterable[Facts]) -> RowSet:
     for fact in facts:
         if isinstance(fact, PairFacts):
             builder.add_pair_facts(fact)
+            if type(fact) is WalletSettledFacts:
+                builder.rows.wallet_commands += wallet_commands_of(fact.spec, fact.events)
+                builder.settled_at_wallet += 1
         else:
             builder.add_transfer(fact)
     return builder.finish()
@@ -280,6 +291,7 @@ class _RowBuilder:
         self._stamps: dict[int, str] = {}
         self.spec: PairSpec
         self._events: list[OutboxEvent] = []  # the list of the fact being added (in `events`)
+        self.settled_at_wallet = 0  # WalletSettledFacts added (remote wallet mode)
 
     # -- entry points -------------------------------------------------------------------------------
 
@@ -329,8 +341,12 @@ class _RowBuilder:
                 rows.orders.append(OrderRow(**state.row))
             else:
                 rows.order_updates.append(_order_update(int(order_id), state.row))
-        rows.ledger_entries = [_ledger_row(m, self._time(m[8])) for m in self.movements]
-        rows.balance_deltas = _balance_deltas(self.movements)
+        if self.settled_at_wallet:  # remote wallet: the balances live at the service
+            if self.settled_at_wallet != rows.facts:
+                raise ValueError("a group mixes facts settled at the wallet service with local ones")
+        else:
+            rows.ledger_entries = [_ledger_row(m, self._time(m[8])) for m in self.movements]
+            rows.balance_deltas = _balance_deltas(self.movements)
         rows.outbox = [
             OutboxMessage(symbol, events[0].sequence, events[-1].sequence, events)
             for symbol, events in self.events.items()
