@@ -92,6 +92,7 @@ from .order import (
     TimeInForce,
 )
 from .pair_state import PairState, by_sequence
+from .units import format_atoms
 from .validation import validate_amend, validate_place
 
 Timestamp = Any
@@ -216,7 +217,7 @@ class MatchingEngine(PairState):
         )
         asset = self.quote_asset if is_buy else self.base_asset
         if lock and not self.funds.try_lock(user_id, asset, lock):
-            raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
+            raise InsufficientBalance(f"not enough {asset} available: the order needs {format_atoms(lock)}")
         is_stop = order_type is STOP_LIMIT or order_type is STOP_MARKET
         status = PENDING_TRIGGER if is_stop else OPEN
         self.sequence += 1
@@ -258,7 +259,7 @@ class MatchingEngine(PairState):
         if crossing and post_only:
             return self._reject(command, tif, [])
         if not self.funds.try_lock(user_id, asset, lock):
-            raise InsufficientBalance(f"not enough funds to lock {lock} atoms of {asset}")
+            raise InsufficientBalance(f"not enough {asset} available: the order needs {format_atoms(lock)}")
         sequence = self.sequence + 1
         self.sequence = sequence + 1
         order = Order(
@@ -380,7 +381,8 @@ class MatchingEngine(PairState):
         delta = new_lock - order.locked
         asset = self.quote_asset if is_buy else self.base_asset
         if delta > 0 and not self.funds.try_lock(order.user_id, asset, delta):
-            raise InsufficientBalance(f"not enough funds to lock {delta} more atoms")
+            raise InsufficientBalance(
+                f"not enough {asset} available: the amendment needs {format_atoms(delta)} more")
         requeue = price != order.price or quantity > order.quantity
         ts = command.timestamp
         if requeue:

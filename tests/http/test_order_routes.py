@@ -279,6 +279,14 @@ def test_a_rule_violation_is_422_with_its_code_and_stores_nothing(
     assert api.get(ORDERS, bob).json["orders"] == []
 
 
+def test_a_refusal_for_funds_names_the_asset_and_the_amount_in_its_units(
+        api: ApiHarness, bob: Trader) -> None:
+    response = api.post(ORDERS, bob, json={"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT",
+                                           "quantity": "10", "price": "50000"})
+    assert response.status_code == 422, response.text
+    assert error_of(response)["message"] == "not enough USDT available: the order needs 500000"
+
+
 @pytest.mark.parametrize(("body", "code", "field"), [
     (b'{"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", "quantity": "0.1", "price": 50000}',
      "VALIDATION_ERROR", "price"),
