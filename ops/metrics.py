@@ -39,8 +39,8 @@ trade_engine_actor_crashes_total                    counter   actor            i
 trade_engine_actor_intensity_exceeded_total         counter   actor            supervisor gave up (FAILED)
 trade_engine_group_restarts_total                   counter   group            one-for-all group rebuilds
 trade_engine_circuit_breaker_state                  gauge     breaker          0 closed, 1 open, 2 half-open
-trade_engine_scrape_errors_total                    counter   source           pairs / outbox / pool reads
-                                                                               that failed during a scrape
+trade_engine_scrape_errors_total                    counter   source           pairs / outbox / wallet / pool
+                                                                               reads failed during a scrape
 trade_engine_actor_state                            gauge     actor, state     1 for the actor's state
 trade_engine_actor_mailbox_messages                 gauge     actor            messages waiting
 trade_engine_actor_incarnation                      gauge     actor            current incarnation
@@ -52,6 +52,10 @@ trade_engine_stop_orders                            gauge     pair             s
 trade_engine_outbox_unpublished_rows                gauge                      outbox rows not yet published
                                                                                (counted up to 1,000,000)
 trade_engine_outbox_publish_lag_seconds             gauge                      age of the oldest of them
+trade_engine_wallet_commands_pending                gauge                      remote wallet: settlements and
+                                                                               releases not yet delivered
+trade_engine_wallet_settlement_lag_seconds          gauge                      age of the oldest of them
+trade_engine_wallet_commands_refused                gauge                      parked: refused by the service
 trade_engine_db_pool_connections                    gauge                      connections open
 trade_engine_db_pool_available_connections          gauge                      idle in the pool
 trade_engine_db_pool_in_use_connections             gauge                      lent out
@@ -110,6 +114,8 @@ from tradeengine.engine import (
     TradeExecuted,
 )
 from tradeengine.http.middleware import current_request_id
+from tradeengine.storage.wallet_commands import WalletBacklog
+from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
 
 __all__ = [
     "ActorCollector",
@@ -117,6 +123,7 @@ __all__ = [
     "OutboxCollector",
     "PoolCollector",
     "ScrapeErrors",
+    "WalletCommandsCollector",
     "read_outbox_backlog",
 ]
 
@@ -126,7 +133,7 @@ _trace_log = logging.getLogger("tradeengine.commands")
 PAIR_PREFIX = "pair:"
 COMMANDS = ("place", "cancel", "amend", "cancel_all")
 BREAKER_STATES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
-SCRAPE_SOURCES = ("pairs", "outbox", "pool")
+SCRAPE_SOURCES = ("pairs", "outbox", "wallet", "pool")
 
 _COMMAND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -271,6 +278,8 @@ class EngineMetrics:
             self._known_actor(status.name)
         self.registry.register(ActorCollector(system, timeout=pair_timeout, errors=self.scrape_errors))
         self.registry.register(OutboxCollector(pool, ttl=outbox_ttl, errors=self.scrape_errors))
+        if system.settler_figures(backlog=False) is not None:  # a remote wallet
+            self.registry.register(WalletCommandsCollector(pool, ttl=outbox_ttl, errors=self.scrape_errors))
         self.registry.register(PoolCollector(pool, errors=self.scrape_errors))
         self.registry.register(self.scrape_errors)  # collected after them: a scrape shows its own errors
 
@@ -571,28 +580,66 @@ def read_outbox_backlog(pool: Any, *, statement_timeout: float = 1.0, connect_ti
     return OutboxBacklog(rows, lag)
 
 
-class OutboxCollector(Collector):
-    """The outbox backlog and publish lag, read from PostgreSQL at most once per ``ttl`` seconds.
+class _CachedReadCollector(Collector):
+    """A figure read from PostgreSQL at most once per ``ttl`` seconds (subclasses say what and how).
 
     A read is bounded by ``connect_timeout`` (a pool connection) and ``statement_timeout``; while a read
     runs, concurrent scrapes get the previous figures. A failed read is counted in
-    ``trade_engine_scrape_errors{source="outbox"}`` and leaves both gauges out until a read succeeds.
+    ``trade_engine_scrape_errors{source=SOURCE}`` and leaves the gauges out until a read succeeds.
     """
+
+    SOURCE = ""
 
     def __init__(self, pool: Any, *, ttl: float = 5.0, statement_timeout: float = 1.0,
                  connect_timeout: float = 0.5, errors: ScrapeErrors | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 read: Callable[..., OutboxBacklog] = read_outbox_backlog) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._ttl = ttl
         self._statement_timeout = statement_timeout
         self._connect_timeout = connect_timeout
         self._errors = errors
         self._clock = clock
-        self._read = read
         self._refreshing = threading.Lock()
-        self._cached: OutboxBacklog | None = None
+        self._cached: Any = None
         self._read_at: float | None = None
+
+    def read(self) -> Any:
+        """Read the figure (within the timeouts)."""
+        raise NotImplementedError
+
+    def _current(self) -> Any:
+        now = self._clock()
+        if self._read_at is not None and now - self._read_at < self._ttl:
+            return self._cached
+        if not self._refreshing.acquire(blocking=False):
+            return self._cached  # another scrape is reading it
+        try:
+            try:
+                self._cached = self.read()
+            except Exception as exc:
+                self._cached = None
+                if self._errors is not None:
+                    self._errors.inc(self.SOURCE)
+                _log.warning("metrics: the %s could not be read: %s", self.SOURCE, exc)
+            self._read_at = self._clock()
+            return self._cached
+        finally:
+            self._refreshing.release()
+
+
+class OutboxCollector(_CachedReadCollector):
+    """The outbox backlog and publish lag (see `_CachedReadCollector`)."""
+
+    SOURCE = "outbox"
+
+    def __init__(self, pool: Any, *, read: Callable[..., OutboxBacklog] = read_outbox_backlog,
+                 **options: Any) -> None:
+        super().__init__(pool, **options)
+        self._read = read
+
+    def read(self) -> OutboxBacklog:
+        return self._read(self._pool, statement_timeout=self._statement_timeout,
+                          connect_timeout=self._connect_timeout)
 
     def collect(self) -> Iterator[Metric]:
         backlog = self._current()
@@ -606,25 +653,29 @@ class OutboxCollector(Collector):
         lag.add_metric([], backlog.lag_seconds)
         yield from (rows, lag)
 
-    def _current(self) -> OutboxBacklog | None:
-        now = self._clock()
-        if self._read_at is not None and now - self._read_at < self._ttl:
-            return self._cached
-        if not self._refreshing.acquire(blocking=False):
-            return self._cached  # another scrape is reading it
-        try:
-            try:
-                self._cached = self._read(self._pool, statement_timeout=self._statement_timeout,
-                                          connect_timeout=self._connect_timeout)
-            except Exception as exc:
-                self._cached = None
-                if self._errors is not None:
-                    self._errors.inc("outbox")
-                _log.warning("metrics: the outbox backlog could not be read: %s", exc)
-            self._read_at = self._clock()
-            return self._cached
-        finally:
-            self._refreshing.release()
+
+class WalletCommandsCollector(_CachedReadCollector):
+    """With a remote wallet: the settlements and releases not yet delivered to the wallet service."""
+
+    SOURCE = "wallet"
+
+    def read(self) -> WalletBacklog:
+        return read_wallet_backlog(self._pool, timeout=self._connect_timeout + self._statement_timeout)
+
+    def collect(self) -> Iterator[Metric]:
+        backlog: WalletBacklog | None = self._current()
+        if backlog is None:
+            return
+        pending = GaugeMetricFamily("trade_engine_wallet_commands_pending", "Wallet commands (settlements, "
+                                    "releases) committed but not yet delivered to the wallet service.")
+        pending.add_metric([], backlog.pending)
+        lag = GaugeMetricFamily("trade_engine_wallet_settlement_lag_seconds", "Age of the oldest "
+                                "undelivered wallet command (0 when every one is delivered).")
+        lag.add_metric([], backlog.oldest_age)
+        refused = GaugeMetricFamily("trade_engine_wallet_commands_refused", "Wallet commands the service "
+                                    "refused, parked for an operator (never expected).")
+        refused.add_metric([], backlog.refused)
+        yield from (pending, lag, refused)
 
 
 class PoolCollector(Collector):

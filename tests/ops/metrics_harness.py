@@ -100,10 +100,11 @@ class Engine:
 
 
 @contextmanager
-def running_engine(database_url: str) -> Iterator[Engine]:
-    """A migrated database and a worker on it (rate limits off), closed afterwards."""
+def running_engine(database_url: str, **settings: Any) -> Iterator[Engine]:
+    """A migrated database and a worker on it (rate limits off, more `settings`), closed afterwards."""
     apply_migrations(database_url)
-    parts = build_worker(Settings(database_pool_size=4, rate_limit=0, public_rate_limit=0), database_url)
+    parts = build_worker(Settings(database_pool_size=4, rate_limit=0, public_rate_limit=0, **settings),
+                         database_url)
     try:
         yield Engine(parts)
     finally:

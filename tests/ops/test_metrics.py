@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from decimal import Decimal
 from typing import Any
 
 import falcon
@@ -22,6 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.ops.metrics_harness import ORDERS, PAIR, Engine, Samples, delta, parse, running_engine, value
+from tests.wallet_service_harness import running_wallet_service
 from tradeengine.actors.supervision import ChildState, ChildStatus, RestartPolicy
 from tradeengine.engine import CancelAll, MatchingEngine
 from tradeengine.http.app import create_app
@@ -35,6 +37,7 @@ from tradeengine.ops.metrics import (
     ScrapeErrors,
     read_outbox_backlog,
 )
+from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
 
 
 @pytest.fixture
@@ -384,3 +387,33 @@ def test_an_observer_hook_that_sees_a_cancelled_reply_neither_raises_nor_counts_
     assert registry.get_sample_value("trade_engine_command_errors_total",
                                      {"command": "cancel_all", "reason": "INTERNAL_ERROR"}) == 1
     assert registry.get_sample_value("trade_engine_commit_wait_seconds_count", {"command": "cancel_all"}) == 0
+
+
+def test_with_a_remote_wallet_the_undelivered_settlements_and_their_age_are_exported(
+        machine_pg_url: str) -> None:
+    with running_wallet_service(machine_pg_url) as wallet, \
+            running_engine(machine_pg_url, wallet_url=wallet.url, wallet_retries=0) as engine:
+        system = engine.parts.system
+        deadline = time.monotonic() + 10
+        while not system.wallet_reconciled():
+            assert time.monotonic() < deadline, "the wallet never reconciled"
+            time.sleep(0.05)
+        seller, buyer = engine.trader(BTC="1"), engine.trader(USDT="100000")
+        wallet.set_faults(fail_next=1000, routes=["settle"])  # trades commit, settlements wait
+        engine.place(seller, 201, side="SELL", quantity="0.1", price="50000")
+        engine.place(buyer, 201, side="BUY", quantity="0.1", price="50000")
+        time.sleep(0.3)
+        samples = engine.scrape()
+        assert value(samples, "trade_engine_wallet_commands_pending") == 1  # the trade's settle
+        assert value(samples, "trade_engine_wallet_settlement_lag_seconds") >= 0.3
+        assert value(samples, "trade_engine_wallet_commands_refused") == 0
+        assert value(samples, "trade_engine_scrape_errors_total", source="wallet") == 0
+        wallet.clear_faults()
+        while read_wallet_backlog(engine.parts.pool).pending:
+            assert time.monotonic() < deadline + 20, "the settlement was never delivered"
+            time.sleep(0.05)
+        assert wallet.balance(str(buyer.id), "BTC") == (Decimal("0.0999"), Decimal(0))
+
+
+def test_without_a_remote_wallet_no_wallet_gauges_are_exported(engine: Engine) -> None:
+    assert not any(name.startswith("trade_engine_wallet_") for name, _ in engine.scrape())
