@@ -28,26 +28,20 @@ system adds the table's backlog in `ActorSystem.relay_figures()`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import pykka
+from typing import Any
 
 from tradeengine.storage.errors import StorageError
 from tradeengine.storage.outbox import OutboxBacklog, OutboxRow, fetch_unpublished, mark_published
 from tradeengine.storage.publisher import BrokerUnavailable, EventPublisher
 
-from .supervised import ChildLink, SupervisedActor
+from .polling import Nudge, Outages, PollingActor
+from .supervised import ChildLink
 from .supervision import Backoff
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["Nudge", "OutboxRelay", "RelayFigures", "RelaySettings", "RelayStats"]
 
@@ -116,8 +110,7 @@ class RelayStats:
         self._events = 0
         self._rows = 0
         self._last: float | None = None
-        self._down: dict[str, float] = {}  # "broker" / "database" → monotonic time the outage began
-        self._outages = 0
+        self.outages = Outages()  # "broker" / "database"
 
     def published(self, events: int) -> None:
         """Count `events` confirmed by the broker, now."""
@@ -130,137 +123,68 @@ class RelayStats:
         with self._lock:
             self._rows += rows
 
-    def failed(self, part: str) -> bool:
-        """Note that `part` failed; return True when this begins an outage (the one time to log it)."""
-        with self._lock:
-            if part in self._down:
-                return False
-            self._down[part] = time.monotonic()
-            self._outages += 1
-            return True
-
-    def recovered(self, part: str) -> float | None:
-        """Note that `part` works; return how long its outage lasted (None if there was none)."""
-        with self._lock:
-            began = self._down.pop(part, None)
-        return None if began is None else time.monotonic() - began
-
     def figures(self, backlog: OutboxBacklog | None = None) -> RelayFigures:
         """The figures now, with `backlog` attached."""
+        outages = self.outages
         with self._lock:
-            return RelayFigures(self._events, self._rows, self._last, "broker" not in self._down,
-                                "database" not in self._down, self._outages, backlog)
+            return RelayFigures(self._events, self._rows, self._last, outages.up("broker"),
+                                outages.up("database"), outages.count, backlog)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Nudge:
-    """New rows were committed: look at the outbox now (ignored while backing off after a failure)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Poll:
-    """Run a pass (the relay tells itself; stale generations are ignored)."""
-
-    generation: int
-
-
-class OutboxRelay(SupervisedActor):
+class OutboxRelay(PollingActor):
     """The relay's actor (see the module docstring)."""
+
+    what = "outbox relay"
+    waiting = "events wait in the outbox"
 
     def __init__(self, link: ChildLink, *, pool: Any, settings: RelaySettings,
                  stats: RelayStats | None = None, publisher: EventPublisher | None = None) -> None:
-        super().__init__(link)
+        self.stats = stats if stats is not None else RelayStats()
+        super().__init__(link, log=_log, outages=self.stats.outages, idle_interval=settings.idle_interval,
+                         backoff=settings.backoff)
         self._pool = pool
         self.settings = settings
-        self.stats = stats if stats is not None else RelayStats()
         self._publisher = publisher if publisher is not None else EventPublisher(
             settings.broker_url, settings.exchange, connect_timeout=settings.connect_timeout,
             confirm_timeout=settings.confirm_timeout)
-        self._generation = 0
-        self._queued = False  # a _Poll of the current generation is in the inbox
-        self._timer: threading.Timer | None = None
-        self._failures = 0  # passes failed in a row (the backoff attempt)
 
-    # -- lifecycle ----------------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        """Look at the outbox at once: rows left unpublished by an earlier run go first."""
-        self._wake_now()
-
-    def on_stop(self) -> None:
-        """Stop the timer, close the broker connection, report the exit."""
-        try:
-            self._shut()
-        finally:
-            super().on_stop()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """A bug: stop the timer, close the connection, report the crash (the supervisor restarts us)."""
-        try:
-            _log.error("outbox relay %s crashed; the supervisor restarts it and it resumes from the table",
-                       self.link, exc_info=exception_value)
-            self._shut()
-        finally:
-            super().on_failure(exception_type, exception_value, traceback)
-
-    def _shut(self) -> None:
-        self._cancel_timer()
+    def shut(self) -> None:
+        """Stop the timer, close the broker connection."""
+        super().shut()
         self._publisher.close()
-
-    # -- messages -----------------------------------------------------------------------------------
-
-    def on_receive(self, message: Any) -> Any:
-        """Dispatch one message."""
-        if isinstance(message, _Poll):
-            if message.generation == self._generation:
-                self._queued = False
-                self._timer = None
-                self._pass()
-        elif isinstance(message, Nudge):
-            if self._failures == 0:
-                self._wake_now()
-        else:
-            return super().on_receive(message)
-        return None
 
     # -- one pass -----------------------------------------------------------------------------------
 
-    def _pass(self) -> None:
-        """Publish the next rows; then schedule the next pass (at once, when idle, or after a backoff)."""
+    def pass_once(self) -> bool | None:
+        """Publish the next rows; True when more may wait, None after a failure."""
         settings = self.settings
         try:
             rows = fetch_unpublished(self._pool, settings.batch_rows, timeout=settings.database_timeout)
         except StorageError as exc:
-            self._failed("database", exc)
-            return
-        self._recovered("database")
+            self.failed("database", exc)
+            return None
+        self.recovered("database")
         if not rows:
-            if not self.stats.figures().broker_available:  # nothing to publish: is it back, though?
+            if not self.stats.outages.up("broker"):  # nothing to publish: is it back, though?
                 try:
                     self._publisher.connect()
                 except BrokerUnavailable as exc:
-                    self._failed("broker", exc)
-                    return
-                self._recovered("broker")
-            self._succeeded(more=False)
-            return
+                    self.failed("broker", exc)
+                    return None
+                self.recovered("broker")
+            return False
         done, failure = self._publish(rows)
         if done:
             try:
                 mark_published(self._pool, done, timeout=settings.database_timeout)
             except StorageError as exc:  # published but not stamped: they go out again (same ids)
-                self._failed("database", exc)
-                return
+                self.failed("database", exc)
+                return None
             self.stats.stamped(len(done))
         if failure is not None:
-            self._failed("broker", failure)
-            return
-        self._succeeded(more=len(rows) == settings.batch_rows)
+            self.failed("broker", failure)
+            return None
+        return len(rows) == settings.batch_rows
 
     def _publish(self, rows: list[OutboxRow]) -> tuple[list[int], BrokerUnavailable | None]:
         """Publish the rows in order; return the ids of those fully published and the failure, if any."""
@@ -278,62 +202,5 @@ class OutboxRelay(SupervisedActor):
                                  row.symbol or "transfers", row.first_sequence, row.last_sequence,
                                  extra={"pair": row.symbol, "first_sequence": row.first_sequence,
                                         "last_sequence": row.last_sequence, "events": count})
-            self._recovered("broker")
+            self.recovered("broker")
         return done, None
-
-    def _succeeded(self, *, more: bool) -> None:
-        self._failures = 0
-        if more:
-            self._wake_now()
-        else:
-            self._wake_in(self.settings.idle_interval)
-
-    def _failed(self, part: str, error: BaseException) -> None:
-        self._failures += 1
-        delay = self.settings.backoff.delay(self._failures)
-        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: relays restarting together spread out
-        if self.stats.failed(part):
-            _log.warning("outbox relay: the %s is unavailable (%s); events wait in the outbox, retrying "
-                         "with backoff (at most every %g s)", part, error, self.settings.backoff.cap)
-        else:
-            _log.debug("outbox relay: the %s is still unavailable (%s); next try in %.2f s", part, error,
-                       delay)
-        self._wake_in(delay)
-
-    def _recovered(self, part: str) -> None:
-        lasted = self.stats.recovered(part)
-        if lasted is not None:
-            _log.warning("outbox relay: the %s is available again after %.1f s; publishing the backlog",
-                         part, lasted)
-
-    # -- scheduling ---------------------------------------------------------------------------------
-
-    def _wake_now(self) -> None:
-        """Queue a pass behind what is in the inbox (one at a time)."""
-        if self._queued:
-            return
-        self._cancel_timer()
-        self._generation += 1
-        self._queued = True
-        self.actor_ref.tell(_Poll(self._generation))
-
-    def _wake_in(self, delay: float) -> None:
-        """Queue a pass in `delay` seconds (a nudge may bring it forward)."""
-        self._cancel_timer()
-        self._generation += 1
-        self._queued = False
-        timer = threading.Timer(delay, self._fire, (self.actor_ref, self._generation))
-        timer.daemon = True
-        timer.name = f"outbox-relay-timer-{self.link.incarnation}"
-        self._timer = timer
-        timer.start()
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    @staticmethod
-    def _fire(ref: pykka.ActorRef[Any], generation: int) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile
-            ref.tell(_Poll(generation))

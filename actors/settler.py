@@ -1,7 +1,7 @@
 """WalletSettler: delivers the committed wallet commands to the wallet service, then reconciles it.
 
 A supervised actor (child "settler" of the system's supervisor, one-for-one, in no group: it holds no
-state the database does not have), built like the outbox relay (`actors.relay`). Each pass:
+state the database does not have), a `PollingActor` like the outbox relay (`actors.polling`). Each pass:
 
 1. reads up to ``batch_rows`` undelivered `wallet_commands` in id order (`storage.wallet_commands`);
 2. delivers each with its stable idempotency key: ``settle`` → settle, ``release`` → release, ``void``
@@ -38,12 +38,8 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import random
 import threading
-import time
 from typing import TYPE_CHECKING, Any
-
-import pykka
 
 from tradeengine.engine import EngineUnavailable
 from tradeengine.storage.errors import StorageError
@@ -58,12 +54,11 @@ from tradeengine.storage.wallet_commands import (
     record_failure,
 )
 
-from .supervised import ChildLink, SupervisedActor
+from .polling import Nudge, Outages, PollingActor
+from .supervised import ChildLink
 from .supervision import Backoff
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from .remote_wallet import RemoteWallet
     from .wallet import LedgerSlot
 
@@ -110,8 +105,7 @@ class SettlerStats:
         self.refused = 0
         self.reconciliations = 0
         self.released = 0
-        self._down: dict[str, float] = {}
-        self._outages = 0
+        self.outages = Outages()  # "wallet service" / "database"
 
     def count(self, **amounts: int) -> None:
         """Add to the named counters."""
@@ -119,37 +113,13 @@ class SettlerStats:
             for name, amount in amounts.items():
                 setattr(self, name, getattr(self, name) + amount)
 
-    def failed(self, part: str) -> bool:
-        """Note that `part` failed; True when this begins an outage (the one time to log it)."""
-        with self._lock:
-            if part in self._down:
-                return False
-            self._down[part] = time.monotonic()
-            self._outages += 1
-            return True
-
-    def recovered(self, part: str) -> float | None:
-        """Note that `part` works; return how long its outage lasted (None if there was none)."""
-        with self._lock:
-            began = self._down.pop(part, None)
-        return None if began is None else time.monotonic() - began
-
     def figures(self, backlog: WalletBacklog | None = None) -> SettlerFigures:
         """The figures now, with `backlog` attached."""
+        outages = self.outages
         with self._lock:
             return SettlerFigures(self.delivered, self.refused, self.reconciliations, self.released,
-                                  "wallet service" not in self._down, "database" not in self._down,
-                                  self._outages, backlog)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Nudge:
-    """Commands were committed (or a wallet incarnation started): look at the table now."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Poll:
-    generation: int
+                                  outages.up("wallet service"), outages.up("database"), outages.count,
+                                  backlog)
 
 
 class _Failed(Exception):
@@ -161,75 +131,35 @@ class _Failed(Exception):
         self.error = error
 
 
-class WalletSettler(SupervisedActor):
+class WalletSettler(PollingActor):
     """The settler's actor (see the module docstring)."""
+
+    what = "wallet settler"
+    waiting = "wallet commands wait in the table"
 
     def __init__(self, link: ChildLink, *, pool: Any, client: WalletClient, slot: LedgerSlot,
                  settings: SettlerSettings | None = None, stats: SettlerStats | None = None) -> None:
-        super().__init__(link)
+        self.settings = settings or SettlerSettings()
+        self.stats = stats if stats is not None else SettlerStats()
+        super().__init__(link, log=_log, outages=self.stats.outages,
+                         idle_interval=self.settings.idle_interval, backoff=self.settings.backoff)
         self._pool = pool
         self._client = client
         self._slot = slot
-        self.settings = settings or SettlerSettings()
-        self.stats = stats if stats is not None else SettlerStats()
-        self._generation = 0
-        self._queued = False
-        self._timer: threading.Timer | None = None
-        self._failures = 0
         self._passes = itertools.count(1)
-
-    # -- lifecycle ----------------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        """Look at the table at once: commands left by an earlier run go first."""
-        self._wake_now()
-
-    def on_stop(self) -> None:
-        """Stop the timer, report the exit."""
-        try:
-            self._cancel_timer()
-        finally:
-            super().on_stop()
-
-    def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
-                   traceback: TracebackType | None) -> None:
-        """A bug: stop the timer, report the crash (the supervisor restarts us; we resume from the table)."""
-        try:
-            _log.error("wallet settler %s crashed; it resumes from the table", self.link,
-                       exc_info=exception_value)
-            self._cancel_timer()
-        finally:
-            super().on_failure(exception_type, exception_value, traceback)
-
-    def on_receive(self, message: Any) -> Any:
-        """Dispatch one message."""
-        if isinstance(message, _Poll):
-            if message.generation == self._generation:
-                self._queued = False
-                self._timer = None
-                self._pass()
-        elif isinstance(message, Nudge):
-            if self._failures == 0:
-                self._wake_now()
-        else:
-            return super().on_receive(message)
-        return None
 
     # -- one pass -----------------------------------------------------------------------------------
 
-    def _pass(self) -> None:
+    def pass_once(self) -> bool | None:
+        """Deliver the next commands, then reconcile when none wait; None after a failure."""
         try:
             more = self._deliver_batch()
             if not more:
                 self._reconcile_if_needed()
         except _Failed as failure:
-            self._failed(failure.part, failure.error)
-            return
-        self._failures = 0
-        if more:
-            self._wake_now()
-        else:
-            self._wake_in(self.settings.idle_interval)
+            self.failed(failure.part, failure.error)
+            return None
+        return more
 
     def _deliver_batch(self) -> bool:
         """Deliver the next commands; return True when more may wait."""
@@ -238,7 +168,7 @@ class WalletSettler(SupervisedActor):
             commands = fetch_pending(self._pool, settings.batch_rows, timeout=settings.database_timeout)
         except StorageError as exc:
             raise _Failed("database", exc) from exc
-        self._recovered("database")
+        self.recovered("database")
         delivered: list[int] = []
         try:
             for command in commands:
@@ -252,7 +182,7 @@ class WalletSettler(SupervisedActor):
                         record_failure(self._pool, command.id, str(exc), timeout=settings.database_timeout)
                     raise _Failed("wallet service", exc) from exc
                 delivered.append(command.id)
-                self._recovered("wallet service")
+                self.recovered("wallet service")
         finally:
             self._stamp(delivered)
         return len(commands) == settings.batch_rows
@@ -345,53 +275,5 @@ class WalletSettler(SupervisedActor):
         except WalletRejected as exc:
             _log.error("wallet reconciliation: the service refused a release: %s; trying again", exc)
             raise _Failed("wallet service", exc) from exc
-        self._recovered("wallet service")
+        self.recovered("wallet service")
         return True
-
-    # -- outcomes and scheduling (as the outbox relay) ----------------------------------------------
-
-    def _failed(self, part: str, error: BaseException) -> None:
-        self._failures += 1
-        delay = self.settings.backoff.delay(self._failures)
-        delay = delay / 2 + random.uniform(0, delay / 2)
-        if self.stats.failed(part):
-            _log.warning("wallet settler: the %s is unavailable (%s); wallet commands wait in the table, "
-                         "retrying with backoff (at most every %g s)", part, error, self.settings.backoff.cap)
-        else:
-            _log.debug("wallet settler: the %s is still unavailable (%s); next try in %.2f s", part, error,
-                       delay)
-        self._wake_in(delay)
-
-    def _recovered(self, part: str) -> None:
-        lasted = self.stats.recovered(part)
-        if lasted is not None:
-            _log.warning("wallet settler: the %s is available again after %.1f s; delivering the backlog",
-                         part, lasted)
-
-    def _wake_now(self) -> None:
-        if self._queued:
-            return
-        self._cancel_timer()
-        self._generation += 1
-        self._queued = True
-        self.actor_ref.tell(_Poll(self._generation))
-
-    def _wake_in(self, delay: float) -> None:
-        self._cancel_timer()
-        self._generation += 1
-        self._queued = False
-        timer = threading.Timer(delay, self._fire, (self.actor_ref, self._generation))
-        timer.daemon = True
-        timer.name = f"wallet-settler-timer-{self.link.incarnation}"
-        self._timer = timer
-        timer.start()
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    @staticmethod
-    def _fire(ref: pykka.ActorRef[Any], generation: int) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):
-            ref.tell(_Poll(generation))

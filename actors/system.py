@@ -69,9 +69,9 @@ from .ledger import AssetBalance
 from .maintenance import HOUR, PeriodicMaintenance
 from .mirror import MarketDataMirror, MirrorSettings
 from .pair import PairActor, SetTrading, StatusQuery
-from .relay import Nudge, OutboxRelay, RelayFigures, RelaySettings, RelayStats
+from .polling import Nudge
+from .relay import OutboxRelay, RelayFigures, RelaySettings, RelayStats
 from .remote_wallet import RemoteWallet, RemoteWalletActor, RemoteWalletSettings
-from .settler import Nudge as SettlerNudge
 from .settler import SettlerFigures, SettlerStats, WalletSettler
 from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
 from .supervisor import Supervisor
@@ -292,7 +292,7 @@ class ActorSystem:
         settler = self._settler
         if settler is not None:
             with contextlib.suppress(EngineUnavailable):  # restarting: it looks at the table first
-                settler.tell(SettlerNudge())
+                settler.tell(Nudge())
 
     def _batch_committed(self, report: BatchReport) -> None:
         """The writer's report of a flush (its thread): nudge the relay and settler, then the hook."""

@@ -1,0 +1,208 @@
+"""`PollingActor`: the shape the outbox relay and the wallet settler share.
+
+Both work a table in passes (`pass_once`): a pass follows at once while work waits (`pass_once` returns
+True), else after ``idle_interval`` seconds or when a `Nudge` comes (new rows committed). A failed pass
+(`failed(part, error)`) is retried after an exponential backoff with jitter, nudges ignored meanwhile,
+and the outage of each part ("broker", "database", "wallet service", ...) is logged once when it begins
+and once when it ends (`Outages`, shared by every incarnation so metrics see it). The actor holds nothing
+the table does not have: a restarted one resumes from the table.
+
+Scheduling: one `_Poll` per generation; a timer or a nudge starts a new generation, so a stale poll (an
+old timer firing late) is ignored, and at most one poll waits in the inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from .supervised import ChildLink, SupervisedActor
+from .supervision import Backoff
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Nudge", "Outages", "PollingActor"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nudge:
+    """New rows were committed: look at the table now (ignored while backing off after a failure)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Poll:
+    """Run a pass (the actor tells itself; stale generations are ignored)."""
+
+    generation: int
+
+
+class Outages:
+    """Which parts are down since when, and how many outages there were. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down: dict[str, float] = {}  # part → monotonic time the outage began
+        self.count = 0
+
+    def failed(self, part: str) -> bool:
+        """Note that `part` failed; return True when this begins an outage (the one time to log it)."""
+        with self._lock:
+            if part in self._down:
+                return False
+            self._down[part] = time.monotonic()
+            self.count += 1
+            return True
+
+    def recovered(self, part: str) -> float | None:
+        """Note that `part` works; return how long its outage lasted (None if there was none)."""
+        with self._lock:
+            began = self._down.pop(part, None)
+        return None if began is None else time.monotonic() - began
+
+    def up(self, part: str) -> bool:
+        """True unless `part` is in an outage."""
+        return part not in self._down
+
+
+class PollingActor(SupervisedActor):
+    """Passes over a table with nudges, an idle interval and backoff (see the module docstring).
+
+    Subclasses set `what` (for logs and timer names) and `waiting` (what waits during an outage, for the
+    log), implement `pass_once`, and call `failed` / `recovered`.
+    """
+
+    what = "poller"
+    waiting = "work waits"
+
+    def __init__(self, link: ChildLink, *, log: logging.Logger, outages: Outages, idle_interval: float,
+                 backoff: Backoff) -> None:
+        super().__init__(link)
+        self._log = log
+        self.outages = outages
+        self._idle_interval = idle_interval
+        self._backoff = backoff
+        self._generation = 0
+        self._queued = False  # a _Poll of the current generation is in the inbox
+        self._timer: threading.Timer | None = None
+        self._failures = 0  # passes failed in a row (the backoff attempt)
+
+    def pass_once(self) -> bool | None:
+        """Do one pass; return True when more work waits, False when idle, None after `failed`."""
+        raise NotImplementedError
+
+    def shut(self) -> None:
+        """Release what the actor holds (the timer; subclasses add theirs)."""
+        self._cancel_timer()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Look at the table at once: what an earlier run left goes first."""
+        self._wake_now()
+
+    def on_stop(self) -> None:
+        """Shut, then report the exit."""
+        try:
+            self.shut()
+        finally:
+            super().on_stop()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A bug: log it, shut, report the crash (the supervisor restarts us; we resume from the table)."""
+        try:
+            self._log.error("%s %s crashed; the supervisor restarts it and it resumes from the table",
+                            self.what, self.link, exc_info=exception_value)
+            self.shut()
+        finally:
+            super().on_failure(exception_type, exception_value, traceback)
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        if isinstance(message, _Poll):
+            if message.generation == self._generation:
+                self._queued = False
+                self._timer = None
+                self._run_pass()
+        elif isinstance(message, Nudge):
+            if self._failures == 0:
+                self._wake_now()
+        else:
+            return super().on_receive(message)
+        return None
+
+    # -- outcomes -----------------------------------------------------------------------------------
+
+    def _run_pass(self) -> None:
+        more = self.pass_once()
+        if more is None:  # failed: the backoff is scheduled
+            return
+        self._failures = 0
+        if more:
+            self._wake_now()
+        else:
+            self._wake_in(self._idle_interval)
+
+    def failed(self, part: str, error: BaseException) -> None:
+        """The pass failed on `part`: log the outage once, try again after a jittered backoff."""
+        self._failures += 1
+        delay = self._backoff.delay(self._failures)
+        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: actors restarting together spread out
+        if self.outages.failed(part):
+            self._log.warning("%s: the %s is unavailable (%s); %s, retrying with backoff (at most "
+                              "every %g s)", self.what, part, error, self.waiting, self._backoff.cap)
+        else:
+            self._log.debug("%s: the %s is still unavailable (%s); next try in %.2f s", self.what, part,
+                            error, delay)
+        self._wake_in(delay)
+
+    def recovered(self, part: str) -> None:
+        """`part` works: log the end of its outage, if there was one."""
+        lasted = self.outages.recovered(part)
+        if lasted is not None:
+            self._log.warning("%s: the %s is available again after %.1f s; working off the backlog",
+                              self.what, part, lasted)
+
+    # -- scheduling ---------------------------------------------------------------------------------
+
+    def _wake_now(self) -> None:
+        """Queue a pass behind what is in the inbox (one at a time)."""
+        if self._queued:
+            return
+        self._cancel_timer()
+        self._generation += 1
+        self._queued = True
+        self.actor_ref.tell(_Poll(self._generation))
+
+    def _wake_in(self, delay: float) -> None:
+        """Queue a pass in `delay` seconds (a nudge may bring it forward)."""
+        self._cancel_timer()
+        self._generation += 1
+        self._queued = False
+        timer = threading.Timer(delay, self._fire, (self.actor_ref, self._generation))
+        timer.daemon = True
+        timer.name = f"{self.what.replace(' ', '-')}-timer-{self.link.incarnation}"
+        self._timer = timer
+        timer.start()
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    @staticmethod
+    def _fire(ref: pykka.ActorRef[Any], generation: int) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile
+            ref.tell(_Poll(generation))
