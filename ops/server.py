@@ -21,8 +21,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -65,12 +65,28 @@ class _Interrupted(Exception):
 
 def serve(settings: Settings) -> int:
     """Run the engine until SIGTERM or SIGINT; return the exit status."""
-    configure_logging(settings)
     lock = DataDirLock(settings.data_dir)
+    return run_server(settings, database=lambda shield: serving_database(settings, lock=lock, shield=shield),
+                      application=lambda conninfo: EngineApplication(settings, conninfo, lock),
+                      name="gunicorn")
+
+
+Shield = Callable[[], AbstractContextManager[object]]
+
+
+def run_server(settings: Settings, *, database: Callable[[Shield], AbstractContextManager[str]],
+               application: Callable[[str], BaseApplication], name: str) -> int:
+    """Run a gunicorn server of ours (the engine, the wallet service) until SIGTERM or SIGINT.
+
+    `database(shield)` yields the database URL (starting an embedded server inside ``shield()``, where
+    stop signals wait); `application(url)` builds the gunicorn application. Returns the exit status:
+    1 after a start-up error (one plain line on stderr), 128 + the signal when stopped while starting.
+    """
+    configure_logging(settings)
     signals = _StopSignals()
     try:
-        with signals.installed(), serving_database(settings, lock=lock, shield=signals.deferred) as conninfo:
-            return _run_gunicorn(settings, conninfo, lock)
+        with signals.installed(), database(signals.deferred) as url:
+            return _run_gunicorn(application(url), name)
     except StartupError as exc:  # one plain line, as for a bad setting: the operator reads this one
         print(f"trade-engine: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -124,10 +140,10 @@ class _StopSignals:
             raise _Interrupted(self._received)
 
 
-def _run_gunicorn(settings: Settings, conninfo: str, lock: DataDirLock) -> int:
+def _run_gunicorn(application: BaseApplication, name: str) -> int:
     master = os.getpid()
     try:
-        EngineApplication(settings, conninfo, lock).run()
+        application.run()
         status = 0
     except SystemExit as exc:  # gunicorn ends the master loop, and every worker, with sys.exit(status)
         status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -137,7 +153,7 @@ def _run_gunicorn(settings: Settings, conninfo: str, lock: DataDirLock) -> int:
         raise
     if os.getpid() != master:
         _leave_worker(status)
-    (_log.info if status == 0 else _log.error)("gunicorn stopped (exit status %d)", status)
+    (_log.info if status == 0 else _log.error)("%s stopped (exit status %d)", name, status)
     return status
 
 

@@ -16,9 +16,6 @@ closes the pool. The start-up signal handling is the engine's own (:mod:`tradeen
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -32,8 +29,7 @@ from tradeengine.storage.errors import StorageError
 
 from ..database import DataDirInUse, DataDirLock, StartupError, prepared_database, redact
 from ..gunicorn_conf import single_worker_options
-from ..logconfig import configure_logging
-from ..server import _Interrupted, _leave_worker, _StopSignals
+from ..server import run_server
 from ..settings import Settings
 from .app import create_app
 from .errors import WalletServiceError
@@ -59,20 +55,13 @@ class WalletServiceOptions:
 
 def serve_wallet_service(options: WalletServiceOptions, settings: Settings) -> int:
     """Run the wallet service until SIGTERM or SIGINT; return the exit status."""
-    configure_logging(settings)
     lock = DataDirLock(settings.data_dir / DATA_FOLDER)
-    signals = _StopSignals()
-    try:
-        with signals.installed(), wallet_database(options.database_url, settings.data_dir, lock=lock,
-                                                  shield=signals.deferred) as url:
-            return _run_gunicorn(options, settings, url, lock)
-    except StartupError as exc:
-        print(f"trade-engine: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except (_Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT
-        _log.info("stopped by %s while starting", signal.Signals(signum).name)
-        return 128 + signum
+    return run_server(
+        settings,
+        database=lambda shield: wallet_database(options.database_url, settings.data_dir, lock=lock,
+                                                shield=shield),
+        application=lambda url: WalletServiceApplication(options, settings, url, lock),
+        name="wallet service")
 
 
 @contextmanager
@@ -93,23 +82,6 @@ def _ensure_schema(url: str) -> None:
         ensure_schema(url)
     except (StorageError, WalletServiceError) as exc:
         raise StartupError(f"could not create the wallet service schema on {redact(url)}: {exc}") from exc
-
-
-def _run_gunicorn(options: WalletServiceOptions, settings: Settings, url: str, lock: DataDirLock) -> int:
-    master = os.getpid()
-    try:
-        WalletServiceApplication(options, settings, url, lock).run()
-        status = 0
-    except SystemExit as exc:  # gunicorn ends the master loop, and the worker, with sys.exit(status)
-        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        if os.getpid() != master:
-            _leave_worker(1)
-        raise
-    if os.getpid() != master:
-        _leave_worker(status)
-    (_log.info if status == 0 else _log.error)("wallet service stopped (exit status %d)", status)
-    return status
 
 
 def _announce(server: Any) -> None:
