@@ -6,6 +6,7 @@ Real PostgreSQL (the engine's database; the service keeps its own schema in the 
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,11 +154,14 @@ def test_the_breaker_opens_after_fail_max_failures_then_refuses_at_once_and_a_pr
             failures += 1
             assert failures <= 3
         counters = wallet.fault_counters()
-        for _ in range(5):
+        answered_in = []
+        for _ in range(21):
             started = time.perf_counter()
             with pytest.raises(EngineUnavailable):
                 system.exchange.place(SELLER, limit("BTC-USDT", Side.SELL, "0.1", "50000"))
-            assert time.perf_counter() - started < 0.010
+            answered_in.append(time.perf_counter() - started)
+        # The median: one call may wait for a CPU on a loaded machine; none waits for the service.
+        assert statistics.median(answered_in) < 0.010, answered_in
         assert wallet.fault_counters() == counters, "no call reached the service while open"
         assert system.pair_actor("BTC-USDT").restarts == 0, "a refused reserve fails the order, not the pair"
         wallet.clear_faults()
