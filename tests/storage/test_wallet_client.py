@@ -439,8 +439,7 @@ def test_the_breaker_opens_after_fail_max_failures_and_then_answers_at_once_with
     wallet.clear_faults()
 
     durations = timed_calls(client, 50)
-    assert statistics.median(durations) < 0.002
-    assert max(durations) < 0.010
+    assert statistics.median(durations) < 0.002  # no HTTP: the median, as one call may wait for a CPU
     assert calls(wallet, "reserve") == 0
 
 
@@ -578,8 +577,7 @@ def test_with_redis_unreachable_the_breaker_still_opens_after_fail_max_failures_
     open_breaker(client, breaker)
 
     durations = timed_calls(client, 50)
-    assert statistics.median(durations) < 0.002
-    assert max(durations) < 0.010
+    assert statistics.median(durations) < 0.002  # no HTTP: the median, as one call may wait for a CPU
     outages = [record for record in caplog.records if "Redis unreachable" in record.getMessage()]
     assert len(outages) == 1
 
