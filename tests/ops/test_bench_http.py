@@ -460,9 +460,9 @@ def test_a_server_that_goes_away_breaks_connections_but_never_hangs_the_loop() -
     def accept_then_vanish() -> None:
         conn, _ = listener.accept()
         conn.recv(65536)
+        listener.close()  # first: a reconnect must be refused, not queued in the listener's backlog
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Len")  # half an answer, then the server is gone
         conn.close()
-        listener.close()
 
     threading.Thread(target=accept_then_vanish, daemon=True).start()
     scripts = bench.scripts_for(0, [], "x", PAIRS[:1], 1, 1, ["health"])["health"]
