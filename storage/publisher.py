@@ -1,12 +1,15 @@
 """The kombu publisher of outbox events, and the one place the published message format is defined.
 
 `EventPublisher(url, exchange)` publishes to a durable topic exchange (declared on connect), one AMQP
-message per event, persistent (delivery mode 2), with publisher confirms on amqp:// (the kombu transport
-option ``confirm_publish``: `publish` returns only once the broker has taken the message; a nack, a
-lost connection or no confirm within ``confirm_timeout`` raises `BrokerUnavailable`). ``memory://``
-works too (kombu's in-process transport: messages reach queues of the same process only; nothing to
-confirm). The connection opens lazily on the first publish and is dropped after any broker failure,
-so the next publish reconnects.
+message per event, persistent (delivery mode 2), with publisher confirms on amqp://, pipelined:
+`publish_rows` sends every message of its rows, in order, on one channel in confirm mode without
+waiting, then waits (up to ``confirm_timeout``) until the broker has acked or nacked each of them
+(`_Confirms` follows the delivery tags). It returns how many leading rows were confirmed entirely and,
+when the broker nacked a message, the connection failed or a confirm did not come in time, the
+`BrokerUnavailable`: the rows from the first one not fully confirmed on are to be published again.
+``memory://`` works too (kombu's in-process transport: messages reach queues of the same process only;
+nothing to confirm). The connection opens lazily on the first publish and is dropped after any broker
+failure (so delivery tags restart with a fresh channel), and the next publish reconnects.
 
 Each message (see README, "Events"):
 - routing key: the event's, ``order.<SYMBOL>.<STATUS>``, ``trade.<SYMBOL>`` or ``balance.<ASSET>``;
@@ -25,8 +28,9 @@ Each message (see README, "Events"):
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -107,6 +111,54 @@ def binding_keys(symbol: str | None = None, kinds: Iterable[str] = ()) -> list[s
     return [keys[kind] for kind in wanted]
 
 
+class _Confirms:
+    """The publisher confirms of one channel in confirm mode (a RabbitMQ extension).
+
+    The broker numbers the channel's publishes 1, 2, ... (delivery tags) and acks or nacks each, alone
+    or with every earlier tag still open (``multiple``), usually in order but not necessarily.
+    `confirmed_through` is the highest tag up to which every publish was acked.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self.published = 0
+        """The delivery tag of the last publish."""
+        self._acked_through = 0
+        self._acked_above: set[int] = set()  # acked one by one above `_acked_through`
+        self.nacked: int | None = None
+        """The lowest nacked delivery tag, if any."""
+
+    @property
+    def confirmed_through(self) -> int:
+        """Every publish up to this delivery tag was acked (and none of them nacked)."""
+        if self.nacked is None:
+            return self._acked_through
+        return min(self._acked_through, self.nacked - 1)
+
+    def settled(self, through: int) -> bool:
+        """True once there is nothing more to wait for up to `through`: all acked, or a nack and every
+        earlier publish acked."""
+        return self.confirmed_through >= (through if self.nacked is None else min(through, self.nacked - 1))
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self._acked_through = max(self._acked_through, delivery_tag)
+            self._acked_above = {tag for tag in self._acked_above if tag > self._acked_through}
+        elif delivery_tag > self._acked_through:
+            self._acked_above.add(delivery_tag)
+        while self._acked_through + 1 in self._acked_above:
+            self._acked_through += 1
+            self._acked_above.remove(self._acked_through)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        # A multiple nack refuses every publish still open up to the tag, the lowest of which is the
+        # first one not acked yet.
+        lowest = min(self._acked_through + 1, delivery_tag) if multiple else delivery_tag
+        self.nacked = lowest if self.nacked is None else min(self.nacked, lowest)
+
+
 class EventPublisher:
     """Publishes outbox events to one topic exchange; not thread-safe (one owner thread)."""
 
@@ -119,6 +171,7 @@ class EventPublisher:
         self._confirm_timeout = confirm_timeout
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._confirms: _Confirms | None = None  # None on memory:// (nothing to confirm)
         self._errors: tuple[type[BaseException], ...] = ()
 
     @property
@@ -127,16 +180,13 @@ class EventPublisher:
         return self._producer is not None
 
     def connect(self) -> None:
-        """Open the connection and a channel and declare the exchange (if not connected already)."""
+        """Open the connection and a channel (in confirm mode on amqp://) and declare the exchange."""
         if self._producer is not None:
             return
         amqp = not self.url.startswith("memory://")
-        options: dict[str, Any] = {}
-        if amqp:
-            # confirm_publish: every publish waits for the broker's ack; the socket timeouts bound a
-            # write into (or a read from) a connection that died without closing.
-            options = {"confirm_publish": True, "read_timeout": self._confirm_timeout,
-                       "write_timeout": self._confirm_timeout}
+        # The socket timeouts bound a write into (or a read from) a connection that died without closing.
+        timeouts = {"read_timeout": self._confirm_timeout, "write_timeout": self._confirm_timeout}
+        options = timeouts if amqp else {}
         connection = Connection(self.url, connect_timeout=self._connect_timeout,  # type: ignore[no-untyped-call]
                                 transport_options=options)
         self._errors = (*connection.connection_errors, *connection.channel_errors,
@@ -145,6 +195,8 @@ class EventPublisher:
             connection.connect()  # type: ignore[no-untyped-call]
             channel = connection.channel()  # type: ignore[no-untyped-call]
             self.exchange(channel).declare()  # type: ignore[no-untyped-call]
+            # The channel is py-amqp's; without kombu's confirm_publish its basic_publish does not wait.
+            self._confirms = _Confirms(channel) if amqp else None
             self._producer = Producer(channel, self.exchange, auto_declare=False)  # type: ignore[no-untyped-call]
         except Exception as exc:
             _close_quietly(connection)
@@ -152,18 +204,53 @@ class EventPublisher:
         self._connection = connection
 
     def publish_row(self, row: OutboxRow) -> int:
-        """Publish every event of `row`, in order, each confirmed; return how many were published.
+        """Publish every event of `row`, in order, all confirmed; return how many were published.
 
-        Raises BrokerUnavailable (and drops the connection) when the broker fails on any of them; the
-        events published before the failure stay published.
+        Raises BrokerUnavailable (and drops the connection) when the broker fails on any of them.
         """
-        for event in row.events:
-            self.publish(envelope(row, event), event.routing_key)
+        _, failure = self.publish_rows([row])
+        if failure is not None:
+            raise failure
         return len(row.events)
 
-    def publish(self, message: Envelope, routing_key: str) -> None:
-        """Publish one envelope under `routing_key` and wait for the broker's confirm."""
-        self.connect()
+    def publish_rows(self, rows: Sequence[OutboxRow]) -> tuple[int, BrokerUnavailable | None]:
+        """Publish every event of `rows`, in order, then wait for the broker's confirms of all of them.
+
+        Return how many leading rows had every event confirmed, and the failure (a nack, a lost
+        connection, no confirm within ``confirm_timeout``: the connection is dropped), if any. The rows
+        from the first one not fully confirmed on must be published again.
+        """
+        try:
+            self.connect()
+        except BrokerUnavailable as exc:
+            return 0, exc
+        confirms = self._confirms
+        last_tags: list[int] = []  # per row, the delivery tag of its last message
+        sent = 0
+        try:
+            for row in rows:
+                if confirms is not None and confirms.nacked is not None:
+                    break  # the rest of the pass would not be stamped anyway
+                for event in row.events:
+                    self._send(envelope(row, event), event.routing_key)
+                    sent += 1
+                last_tags.append(sent)
+            failure = self._wait_for_confirms() if confirms is not None else None
+        except self._errors as exc:
+            failure = self._unavailable("publishing to", exc)
+            failure.__cause__ = exc
+        if confirms is None:
+            done = len(last_tags)  # memory://: what was sent is published
+        else:
+            base = confirms.published - sent
+            through = confirms.confirmed_through
+            done = next((i for i, tag in enumerate(last_tags) if base + tag > through), len(last_tags))
+        if failure is not None:
+            self.close()
+        return done, failure
+
+    def _send(self, message: Envelope, routing_key: str) -> None:
+        """Publish one envelope under `routing_key` (not waiting for its confirm)."""
         producer = self._producer
         assert producer is not None
         headers: dict[str, Any] = {"event_type": message.event_type}
@@ -171,20 +258,34 @@ class EventPublisher:
             headers["symbol"] = message.symbol
         if message.sequence is not None:
             headers["sequence"] = message.sequence
-        try:
-            producer.publish(  # type: ignore[no-untyped-call]
-                _encode(message), routing_key=routing_key, delivery_mode=PERSISTENT,
-                content_type=CONTENT_TYPE, content_encoding="utf-8", headers=headers,
-                message_id=message.event_id, type=message.event_type, app_id=APP_ID,
-                retry=False, confirm_timeout=self._confirm_timeout,
-            )
-        except self._errors as exc:
-            self.close()
-            raise self._unavailable("publishing to", exc) from exc
+        producer.publish(  # type: ignore[no-untyped-call]
+            _encode(message), routing_key=routing_key, delivery_mode=PERSISTENT,
+            content_type=CONTENT_TYPE, content_encoding="utf-8", headers=headers,
+            message_id=message.event_id, type=message.event_type, app_id=APP_ID, retry=False,
+        )
+        if self._confirms is not None:
+            self._confirms.published += 1
+
+    def _wait_for_confirms(self) -> BrokerUnavailable | None:
+        """Read the broker's acks and nacks until every publish so far is settled, or the time is up."""
+        confirms, connection = self._confirms, self._connection
+        assert confirms is not None and connection is not None
+        through = confirms.published
+        deadline = time.monotonic() + self._confirm_timeout
+        while not confirms.settled(through):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._unavailable("publishing to", TimeoutError(
+                    f"no confirm within {self._confirm_timeout:g} s"))
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=remaining)  # type: ignore[no-untyped-call]
+        if confirms.nacked is not None:
+            return self._unavailable("publishing to", RuntimeError("the broker refused (nacked) a message"))
+        return None
 
     def close(self) -> None:
         """Close the connection (quietly: it may be dead already)."""
-        connection, self._connection, self._producer = self._connection, None, None
+        connection, self._connection, self._producer, self._confirms = self._connection, None, None, None
         if connection is not None:
             _close_quietly(connection)
 

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +32,8 @@ from tradeengine.actors.relay import RelaySettings
 from tradeengine.actors.supervision import Backoff, ChildState
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import Side, TradeEngineError
-from tradeengine.storage.outbox import read_backlog
+from tradeengine.storage.outbox import OutboxRow, read_backlog
+from tradeengine.storage.publisher import BrokerUnavailable, EventPublisher
 
 # -- what a consumer receives -------------------------------------------------------------------------
 
@@ -354,6 +355,74 @@ def test_a_crashed_relay_is_restarted_by_the_supervisor_and_republishes_only_cop
     assert crashed and all(copies[event_id] == 2 for event_id in crashed), \
         "the events of the pass the crash left unstamped went out again, once more each"
     assert sum(copies.values()) - len(copies) == len(crashed), "nothing else was duplicated"
+
+
+class CuttingRows(list[OutboxRow]):
+    """A pass's rows that call `cut` when the publisher reaches the row at `at` (before its messages)."""
+
+    def __init__(self, rows: list[OutboxRow], at: int, cut: Callable[[], None]) -> None:
+        super().__init__(rows)
+        self._at = at
+        self._cut = cut
+
+    def __iter__(self) -> Iterator[OutboxRow]:
+        for index, row in enumerate(super().__iter__()):
+            if index == self._at:
+                self._cut()
+            yield row
+
+
+def test_a_connection_cut_in_the_middle_of_a_pass_leaves_the_unconfirmed_rows_unstamped_and_they_go_out_again(
+    pool: psycopg_pool.ConnectionPool, broker_url: str, broker_proxy: TcpProxy, tap: BrokerTap,
+    exchange_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with running_system(pool) as system:  # no relay: the outbox only fills
+        fund(system)
+        trade_session(system, 80, seed=31)
+    waiting = read_backlog(pool)
+    assert waiting.rows > 40
+
+    publish_rows, mark_published = EventPublisher.publish_rows, relay_module.mark_published
+    first_pass: list[tuple[list[int], int, BrokerUnavailable | None]] = []
+    stamps: list[list[int]] = []
+
+    def cut_halfway_through_the_first_pass(
+        publisher: EventPublisher, rows: list[OutboxRow],
+    ) -> tuple[int, BrokerUnavailable | None]:
+        if first_pass:
+            return publish_rows(publisher, rows)
+        confirmed, failure = publish_rows(publisher, CuttingRows(rows, len(rows) // 2, broker_proxy.cut))
+        first_pass.append(([row.id for row in rows], confirmed, failure))
+        broker_proxy.restore()
+        return confirmed, failure
+
+    def record_stamps(source: Any, ids: list[int], **options: Any) -> int:
+        stamps.append(list(ids))
+        return mark_published(source, ids, **options)
+
+    monkeypatch.setattr(EventPublisher, "publish_rows", cut_halfway_through_the_first_pass)
+    monkeypatch.setattr(relay_module, "mark_published", record_stamps)
+    settings = relay_settings(through(broker_proxy, broker_url), exchange_name, batch_rows=waiting.rows)
+    with running_system(pool, relay=settings) as system:
+        wait_published(pool, 30)
+        figures = system.relay_stats.figures()
+
+    ids, confirmed, failure = first_pass[0]
+    assert len(ids) == waiting.rows and isinstance(failure, BrokerUnavailable)
+    assert confirmed <= len(ids) // 2
+    assert stamps == ([ids[:confirmed], ids[confirmed:]] if confirmed else [ids]), \
+        "the confirmed rows stamped after the failed pass, the rest only once published again"
+    assert figures.outages == 1
+    committed = committed_events(pool)
+    received = tap.wait_for({event.event_id for event in committed}, 20)
+    assert_delivered_in_order(received, committed)  # duplicates included: exact copies, order kept
+    with pool.connection() as conn:
+        unconfirmed_sent = {row[0] for row in conn.execute(
+            "SELECT event_id::text FROM outbox_events WHERE message_id = ANY(%s)",
+            (ids[confirmed:len(ids) // 2],)).fetchall()}
+    copies = Counter(m.message_id for m in received)
+    assert {event_id for event_id, count in copies.items() if count > 1} <= unconfirmed_sent, \
+        "only events sent but not confirmed before the cut went out twice"
 
 
 def test_rows_committed_while_no_relay_ran_are_published_when_one_starts(
