@@ -114,6 +114,8 @@ from tradeengine.engine import (
     TradeExecuted,
 )
 from tradeengine.http.middleware import current_request_id
+from tradeengine.storage.outbox import BACKLOG_CAP, OutboxBacklog
+from tradeengine.storage.outbox import read_backlog as read_outbox_backlog
 from tradeengine.storage.wallet_commands import WalletBacklog
 from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
 
@@ -124,7 +126,6 @@ __all__ = [
     "PoolCollector",
     "ScrapeErrors",
     "WalletCommandsCollector",
-    "read_outbox_backlog",
 ]
 
 _log = logging.getLogger(__name__)
@@ -542,44 +543,6 @@ def _actor_families(statuses: Iterable[ChildStatus]) -> Iterator[Metric]:
     yield from (state, mailbox, incarnation)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class OutboxBacklog:
-    """Unpublished outbox rows (counted up to a cap) and the age of the oldest, in seconds."""
-
-    rows: int
-    lag_seconds: float
-
-
-#: Unpublished rows are counted up to this many: the count stays cheap however far the relay is behind.
-OUTBOX_COUNT_CAP = 1_000_000
-
-_OUTBOX_TABLES = ("outbox_messages", "outbox_events")  # 0007 onwards; before 0007 (one row per event)
-
-
-def read_outbox_backlog(pool: Any, *, statement_timeout: float = 1.0, connect_timeout: float = 0.5,
-                        cap: int = OUTBOX_COUNT_CAP) -> OutboxBacklog:
-    """Count the outbox rows not yet published and measure the oldest one's age, within the timeouts.
-
-    Reads ``outbox_messages`` (one row per commit batch and pair) where it exists, else the older
-    ``outbox_events`` table; both are found through their partial index on unpublished rows.
-    """
-    with pool.connection(timeout=connect_timeout) as conn:
-        conn.execute(f"SET LOCAL statement_timeout = {max(int(statement_timeout * 1000), 1)}")
-        row = conn.execute("SELECT to_regclass('outbox_messages') IS NOT NULL").fetchone()
-        table = _OUTBOX_TABLES[0] if row is not None and row[0] else _OUTBOX_TABLES[1]
-        counted = conn.execute(
-            f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE published_at IS NULL LIMIT %s) AS backlog",
-            (cap,),
-        ).fetchone()
-        oldest = conn.execute(
-            f"SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM {table} "
-            "WHERE published_at IS NULL ORDER BY id LIMIT 1"
-        ).fetchone()
-    rows = int(counted[0]) if counted is not None else 0
-    lag = max(float(oldest[0]), 0.0) if oldest is not None and oldest[0] is not None else 0.0
-    return OutboxBacklog(rows, lag)
-
-
 class _CachedReadCollector(Collector):
     """A figure read from PostgreSQL at most once per ``ttl`` seconds (subclasses say what and how).
 
@@ -638,19 +601,19 @@ class OutboxCollector(_CachedReadCollector):
         self._read = read
 
     def read(self) -> OutboxBacklog:
-        return self._read(self._pool, statement_timeout=self._statement_timeout,
-                          connect_timeout=self._connect_timeout)
+        return self._read(self._pool, timeout=self._connect_timeout,
+                          statement_timeout=self._statement_timeout)
 
     def collect(self) -> Iterator[Metric]:
         backlog = self._current()
         if backlog is None:
             return
         rows = GaugeMetricFamily("trade_engine_outbox_unpublished_rows", f"Outbox rows committed but not "
-                                 f"yet published to the broker (counted up to {OUTBOX_COUNT_CAP}).")
+                                 f"yet published to the broker (counted up to {BACKLOG_CAP}).")
         rows.add_metric([], backlog.rows)
         lag = GaugeMetricFamily("trade_engine_outbox_publish_lag_seconds", "Age of the oldest unpublished "
                                 "outbox row (0 when every row is published).")
-        lag.add_metric([], backlog.lag_seconds)
+        lag.add_metric([], backlog.oldest_age)
         yield from (rows, lag)
 
 

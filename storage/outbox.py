@@ -158,9 +158,20 @@ def prune_published(source: Any, older_than: timedelta | float, *, chunk: int = 
             return deleted
 
 
-def read_backlog(source: Any, *, cap: int = 1_000_000, timeout: float = 2.0) -> OutboxBacklog:
-    """Count the unpublished rows and their events (up to `cap` rows) and the oldest row's age."""
+BACKLOG_CAP = 1_000_000
+"""Unpublished rows are counted up to this many: the count stays cheap however far the relay is behind."""
+
+
+def read_backlog(source: Any, *, cap: int = BACKLOG_CAP, timeout: float = 2.0,
+                 statement_timeout: float | None = None) -> OutboxBacklog:
+    """Count the unpublished rows and their events (up to `cap` rows) and the oldest row's age.
+
+    `timeout` bounds the wait for a pool connection, `statement_timeout` (seconds) the query.
+    """
     with _connection(source, "reading the outbox backlog", timeout) as conn:
+        if statement_timeout is not None:
+            conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                         (f"{max(int(statement_timeout * 1000), 1)}ms",), prepare=False)
         record = conn.execute(_BACKLOG, (cap,), prepare=False).fetchone()
     assert record is not None  # an aggregate always returns a row
     rows, events, age = record

@@ -29,14 +29,9 @@ from tradeengine.engine import CancelAll, MatchingEngine
 from tradeengine.http.app import create_app
 from tradeengine.http.middleware import REQUEST_ID_HEADER, RequestIdLogFilter, current_request_id
 from tradeengine.ops.cli import engine_version
-from tradeengine.ops.metrics import (
-    ActorCollector,
-    EngineMetrics,
-    OutboxBacklog,
-    OutboxCollector,
-    ScrapeErrors,
-    read_outbox_backlog,
-)
+from tradeengine.ops.metrics import ActorCollector, EngineMetrics, OutboxCollector, ScrapeErrors
+from tradeengine.storage.outbox import OutboxBacklog
+from tradeengine.storage.outbox import read_backlog as read_outbox_backlog
 from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
 
 
@@ -153,20 +148,18 @@ def test_the_health_figures_are_exported_from_the_first_scrape(engine: Engine) -
 def test_the_outbox_backlog_counts_committed_unpublished_rows_and_the_age_of_the_oldest(
         engine: Engine) -> None:
     empty = read_outbox_backlog(engine.parts.pool)
-    assert empty == OutboxBacklog(0, 0.0)
+    assert empty == OutboxBacklog(0, 0, 0.0)
     supervisor = engine.parts.system.supervisor
     assert supervisor is not None
     supervisor.stop("relay")  # so the deposit's row stays unpublished
     engine.trader(USDT="10")  # a deposit commits one outbox row
     time.sleep(0.2)
-    backlog = read_outbox_backlog(engine.parts.pool)
-    assert backlog.rows == 1
-    assert 0.2 <= backlog.lag_seconds < 5
+    backlog = read_outbox_backlog(engine.parts.pool, statement_timeout=1.0)
+    assert (backlog.rows, backlog.events) == (1, 1)
+    assert 0.2 <= backlog.oldest_age < 5
     with engine.parts.pool.connection() as conn:
-        table = "outbox_messages" if conn.execute(
-            "SELECT to_regclass('outbox_messages') IS NOT NULL").fetchone()[0] else "outbox_events"
-        conn.execute(f"UPDATE {table} SET published_at = now()")
-    assert read_outbox_backlog(engine.parts.pool) == OutboxBacklog(0, 0.0)
+        conn.execute("UPDATE outbox_messages SET published_at = now()")
+    assert read_outbox_backlog(engine.parts.pool) == OutboxBacklog(0, 0, 0.0)
 
 
 def test_the_outbox_is_read_at_most_once_per_ttl_and_a_failed_read_leaves_its_gauges_out() -> None:
@@ -178,7 +171,7 @@ def test_the_outbox_is_read_at_most_once_per_ttl_and_a_failed_read_leaves_its_ga
         reads.append(now[0])
         if failing[0]:
             raise TimeoutError("canceling statement due to statement timeout")
-        return OutboxBacklog(7, 3.5)
+        return OutboxBacklog(7, 28, 3.5)
 
     registry = CollectorRegistry()
     errors = ScrapeErrors()
