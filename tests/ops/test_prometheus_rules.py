@@ -23,8 +23,9 @@ import yaml
 
 from tests.conftest import _scratch_database, services_required
 from tests.e2e.conftest import TcpProxy
-from tests.ops.metrics_harness import ORDERS, Samples, running_engine, value
+from tests.ops.metrics_harness import ORDERS, Engine, Samples, running_engine, value
 from tests.ops.test_grafana_dashboard import metric_names
+from tests.wallet_service_harness import running_wallet_service
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "ops" / "prometheus"
@@ -166,18 +167,34 @@ def test_each_firing_check_fails_without_its_rule_and_each_quiet_check_with_a_ru
     assert _checks(firing=False) <= noisy, sorted(_checks(firing=False) - noisy)
 
 
+def _trade_and_scrape(engine: Engine) -> set[str]:
+    alice = engine.trader(BTC="1")
+    bob = engine.trader(USDT="100000")
+    engine.place(alice, 201, side="SELL", quantity="0.5", price="50000")
+    engine.place(bob, 201, side="BUY", quantity="0.1", price="50000")
+    samples = engine.settled(lambda s: value(s, "trade_engine_http_requests_total", route=ORDERS,
+                                             method="POST", status="201") >= 2)
+    return {name for name, _ in samples}
+
+
 @pytest.fixture(scope="module")
 def exported(machine_pg_admin_url: str) -> Iterator[set[str]]:
-    """The series names a live engine (the real worker, real PostgreSQL) exports after some trading."""
+    """The series names live engines (the real worker, real PostgreSQL) export after some trading: one
+    on the built-in wallet and one on a remote wallet service (whose gauges only it exports)."""
+    names: set[str] = set()
     for url in _scratch_database(machine_pg_admin_url):
         with running_engine(url) as engine:
-            alice = engine.trader(BTC="1")
-            bob = engine.trader(USDT="100000")
-            engine.place(alice, 201, side="SELL", quantity="0.5", price="50000")
-            engine.place(bob, 201, side="BUY", quantity="0.1", price="50000")
-            samples = engine.settled(lambda s: value(s, "trade_engine_http_requests_total", route=ORDERS,
-                                                     method="POST", status="201") >= 2)
-            yield {name for name, _ in samples}
+            names |= _trade_and_scrape(engine)
+    for url in _scratch_database(machine_pg_admin_url):
+        with running_wallet_service(url) as wallet, running_engine(url, wallet_url=wallet.url) as engine:
+            deadline = time.monotonic() + 10
+            while not engine.parts.system.wallet_reconciled():
+                assert time.monotonic() < deadline, "the wallet service never reconciled"
+                time.sleep(0.05)
+            remote = _trade_and_scrape(engine)
+    assert "trade_engine_wallet_settlement_lag_seconds" in remote
+    assert "trade_engine_wallet_settlement_lag_seconds" not in names  # built in: no wallet gauges
+    yield names | remote
 
 
 def test_every_metric_the_rules_select_is_exported_by_the_live_engine(exported: set[str]) -> None:
