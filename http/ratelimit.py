@@ -60,6 +60,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tradeengine.storage.outage import OutageGate
+
 #: Routes that are never limited.
 OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
@@ -186,15 +188,9 @@ class RedisRateLimiter:
         self._script = client.register_script(_TOKEN_BUCKET_LUA)
         self._prefix = key_prefix
         self._fallback = fallback if fallback is not None else InProcessRateLimiter(clock=clock)
-        self._retry_interval = retry_interval
-        self._warn_interval = warn_interval
-        self._clock = clock
         self._log = logger if logger is not None else _log
         self._lock = threading.Lock()
-        self._down_since: float | None = None  # None while Redis answers (read without the lock)
-        self._retry_at = 0.0
-        self._next_warning = -math.inf
-        self._warned = False  # a warning was logged during the current outage
+        self._outage = OutageGate(retry_interval=retry_interval, warn_interval=warn_interval, clock=clock)
         self._local_calls = 0  # calls served in process since the last warning
 
     @classmethod
@@ -207,13 +203,13 @@ class RedisRateLimiter:
     def acquire(self, key: str, limit: Limit, cost: int = 1) -> float:
         """Take ``cost`` tokens from ``key``'s bucket: 0.0 when allowed, else the seconds to wait."""
         cost = limit.charge(cost)
-        if self._down_since is None or self._probe_due():
+        if self._outage.should_try():
             try:
                 wait = self._script(keys=[self._prefix + key], args=[limit.rate, limit.burst, cost])
             except (redis.RedisError, OSError) as exc:
                 self._failed(exc)
             else:
-                if self._down_since is not None:
+                if self._outage.down:
                     self._recovered()
                 return float(wait)
         with self._lock:
@@ -224,38 +220,20 @@ class RedisRateLimiter:
         """Close the Redis client's connections."""
         self._client.close()
 
-    def _probe_due(self) -> bool:
-        """While Redis is down: True for the one caller that tries it again, at most once per interval."""
-        with self._lock:
-            now = self._clock()
-            if now < self._retry_at:
-                return False
-            self._retry_at = now + self._retry_interval
-            return True
-
     def _failed(self, exc: Exception) -> None:
+        down_for = self._outage.failed()
+        if down_for is None:
+            return
         with self._lock:
-            now = self._clock()
-            if self._down_since is None:
-                self._down_since = now
-            self._retry_at = now + self._retry_interval
-            if now < self._next_warning:
-                return
-            self._next_warning = now + self._warn_interval
-            self._warned = True
-            down_for, local_calls, self._local_calls = now - self._down_since, self._local_calls, 0
+            local_calls, self._local_calls = self._local_calls, 0
         self._log.warning("rate limits: Redis is not answering (%s: %s) for %.1f s; limiting in process "
                           "(%d call(s) since the last warning), trying Redis again every %.1f s",
-                          type(exc).__name__, exc, down_for, local_calls, self._retry_interval)
+                          type(exc).__name__, exc, down_for, local_calls, self._outage.retry_interval)
 
     def _recovered(self) -> None:
-        with self._lock:
-            if self._down_since is None:
-                return
-            down_for = self._clock() - self._down_since
-            warned, self._warned, self._down_since = self._warned, False, None
-        if warned:
-            self._log.info("rate limits: Redis answers again after %.1f s; limits are shared again", down_for)
+        ended = self._outage.succeeded()
+        if ended is not None and ended[1]:
+            self._log.info("rate limits: Redis answers again after %.1f s; limits are shared again", ended[0])
 
 
 def remote_address(req: falcon.Request) -> str:

@@ -39,7 +39,6 @@ second (one caller then tries again), so an outage costs no request a timeout.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +54,7 @@ from redis.retry import Retry
 from tradeengine.engine import PairSpec
 from tradeengine.engine.units import format_decimal
 from tradeengine.storage.market import Ticker24h
+from tradeengine.storage.outage import OutageGate
 from tradeengine.storage.rows import TradeRow, rfc3339
 
 __all__ = [
@@ -265,15 +265,10 @@ class MarketDataReader:
         self._client = client
         self._prefix = key_prefix
         self._max_age_ms = max_age * 1000
-        self._retry_interval = retry_interval
-        self._warn_interval = warn_interval
         self._clock = clock
-        self._monotonic = monotonic
         self._log = logger if logger is not None else _log
         self._lock = threading.Lock()
-        self._down_since: float | None = None  # None while Redis answers (read without the lock)
-        self._retry_at = 0.0
-        self._next_warning = -math.inf
+        self._outage = OutageGate(retry_interval=retry_interval, warn_interval=warn_interval, clock=monotonic)
         self._counts = {"hits": 0, "misses": 0, "stale": 0, "errors": 0, "skipped": 0}
 
     @classmethod
@@ -332,7 +327,7 @@ class MarketDataReader:
 
     def _read(self, symbol: str, fields: tuple[str, ...]) -> list[bytes] | None:
         """The fields of a pair's hash when all are there and fresh; None otherwise (never raises)."""
-        if self._down_since is not None and not self._probe_due():
+        if not self._outage.should_try():
             self._count("skipped")
             return None
         try:
@@ -340,8 +335,10 @@ class MarketDataReader:
         except Exception as exc:  # Redis down, slow or refusing: fall back
             self._failed(exc)
             return None
-        if self._down_since is not None:
-            self._recovered()
+        if self._outage.down:
+            ended = self._outage.succeeded()
+            if ended is not None:
+                self._log.info("market data: Redis answers again after %.1f s; serving from Redis", ended[0])
         if any(value is None for value in values):
             self._count("misses")
             return None
@@ -358,32 +355,9 @@ class MarketDataReader:
         with self._lock:
             self._counts[what] += 1
 
-    def _probe_due(self) -> bool:
-        """While Redis is down: True for the one caller that tries it again, at most once per interval."""
-        with self._lock:
-            now = self._monotonic()
-            if now < self._retry_at:
-                return False
-            self._retry_at = now + self._retry_interval
-            return True
-
     def _failed(self, exc: Exception) -> None:
-        with self._lock:
-            now = self._monotonic()
-            self._counts["errors"] += 1
-            if self._down_since is None:
-                self._down_since = now
-            self._retry_at = now + self._retry_interval
-            if now < self._next_warning:
-                return
-            self._next_warning = now + self._warn_interval
-        self._log.warning("market data: Redis read failed (%s: %s); serving from the actors, trying Redis "
-                          "again every %.1f s", type(exc).__name__, exc, self._retry_interval)
-
-    def _recovered(self) -> None:
-        with self._lock:
-            if self._down_since is None:
-                return
-            down_for = self._monotonic() - self._down_since
-            self._down_since = None
-        self._log.info("market data: Redis answers again after %.1f s; serving from Redis", down_for)
+        self._count("errors")
+        if self._outage.failed() is not None:
+            self._log.warning("market data: Redis read failed (%s: %s); serving from the actors, trying "
+                              "Redis again every %.1f s", type(exc).__name__, exc,
+                              self._outage.retry_interval)
