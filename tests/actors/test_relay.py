@@ -9,22 +9,19 @@ compared with what was committed (the `outbox_events` view, one row per event, i
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg_pool
 import pytest
-from kombu import Connection, Exchange, Queue, binding
 
 from tests.actors.system_harness import TRADERS, fund, limit, running_system, wait_until
+from tests.broker_harness import BrokerTap, Received
 from tests.e2e.conftest import TcpProxy
 from tests.e2e.crash_driver import random_request
 from tradeengine.actors import relay as relay_module
@@ -34,94 +31,6 @@ from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import Side, TradeEngineError
 from tradeengine.storage.outbox import OutboxRow, read_backlog
 from tradeengine.storage.publisher import BrokerUnavailable, EventPublisher
-
-# -- what a consumer receives -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Received:
-    """One message as a consumer gets it."""
-
-    message_id: str
-    routing_key: str
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    body: dict[str, Any]
-
-
-class BrokerTap:
-    """A queue bound to the test's exchange on the real broker (declared before anything is published).
-
-    The exchange is declared exactly as the publisher declares it (durable topic), so whichever side
-    comes first, the other finds it; `close()` deletes the queue and the exchange.
-    """
-
-    def __init__(self, url: str, exchange: str, keys: tuple[str, ...] = ("#",)) -> None:
-        self.exchange = Exchange(exchange, type="topic", durable=True)
-        bindings = [binding(self.exchange, routing_key=key) for key in keys]
-        self.queue = Queue(f"{exchange}.tap", bindings=bindings, durable=False, auto_delete=False)
-        self.connection = Connection(url, connect_timeout=5)
-        self.channel = self.connection.channel()
-        self.exchange(self.channel).declare()
-        self.queue(self.channel).declare()
-        self.received: list[Received] = []
-
-    def drain(self) -> list[Received]:
-        """Take every message waiting in the queue (acknowledged at once); return all received so far."""
-        queue = self.queue(self.channel)
-        while (message := queue.get(no_ack=True)) is not None:
-            self.received.append(Received(
-                message.properties.get("message_id"), message.delivery_info["routing_key"],
-                dict(message.headers), dict(message.properties), json.loads(message.body),
-            ))
-        return self.received
-
-    def wait_for(self, event_ids: set[str], timeout: float) -> list[Received]:
-        """Drain until every id of `event_ids` arrived; fail after `timeout` seconds."""
-        wait_until(lambda: event_ids <= {m.message_id for m in self.drain()}, timeout,
-                   f"all {len(event_ids)} committed events delivered")
-        time.sleep(0.3)  # anything published late (a duplicate) arrives too
-        return self.drain()
-
-    def close(self) -> None:
-        try:
-            self.queue(self.channel).delete()
-            self.exchange(self.channel).delete()
-        finally:
-            self.connection.close()
-
-
-@pytest.fixture
-def exchange_name() -> str:
-    return f"te-test-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-def tap(broker_url: str, exchange_name: str) -> Iterator[BrokerTap]:
-    tap = BrokerTap(broker_url, exchange_name)
-    try:
-        yield tap
-    finally:
-        tap.close()
-
-
-def through(proxy: TcpProxy, url: str) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@pytest.fixture
-def broker_proxy(broker_url: str) -> Iterator[TcpProxy]:
-    """A cuttable proxy in front of the machine's RabbitMQ."""
-    parts = urlsplit(broker_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
-    try:
-        yield proxy
-    finally:
-        proxy.cut()
 
 
 def relay_settings(url: str, exchange: str, **options: Any) -> RelaySettings:
@@ -283,7 +192,7 @@ def test_with_the_broker_away_orders_are_still_accepted_the_backlog_grows_and_al
     exchange_name: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tradeengine.actors.relay")
-    settings = relay_settings(through(broker_proxy, broker_url), exchange_name)
+    settings = relay_settings(broker_proxy.url(broker_url), exchange_name)
     with running_system(pool, relay=settings) as system:
         fund(system)
         load = Load(system, seed=11)
@@ -402,7 +311,7 @@ def test_a_connection_cut_in_the_middle_of_a_pass_leaves_the_unconfirmed_rows_un
 
     monkeypatch.setattr(EventPublisher, "publish_rows", cut_halfway_through_the_first_pass)
     monkeypatch.setattr(relay_module, "mark_published", record_stamps)
-    settings = relay_settings(through(broker_proxy, broker_url), exchange_name, batch_rows=waiting.rows)
+    settings = relay_settings(broker_proxy.url(broker_url), exchange_name, batch_rows=waiting.rows)
     with running_system(pool, relay=settings) as system:
         wait_published(pool, 30)
         figures = system.relay_stats.figures()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg_pool
 import pytest
@@ -38,19 +37,13 @@ STREAM = (("BTC-USDT", "50000", "0.001"), ("ETH-USDT", "3000", "0.01"), ("SOL-US
 
 @pytest.fixture
 def proxy(machine_pg_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(machine_pg_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy = TcpProxy.before(machine_pg_url, 5432)
     try:
         yield proxy
     finally:
         proxy.cut()
 
 
-def through(url: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]  # user and password, kept as they are
-    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}" if credentials
-                                     else f"127.0.0.1:{proxy.port}"))
 
 
 class Stream:
@@ -105,7 +98,7 @@ Proxied = tuple[ActorSystem, psycopg_pool.ConnectionPool]
 def proxied(machine_pg_url: str, proxy: TcpProxy) -> Iterator[Proxied]:
     """A running system whose database connections all go through the proxy the test can cut."""
     prepare_database(machine_pg_url)
-    pool = create_pool(through(machine_pg_url, proxy), min_size=2, max_size=8, timeout=2.0,
+    pool = create_pool(proxy.url(machine_pg_url), min_size=2, max_size=8, timeout=2.0,
                        connect_timeout=2.0)
     system = ActorSystem(pool, request_timeout=REQUEST_TIMEOUT)
     system.start()

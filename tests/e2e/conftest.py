@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import pytest
@@ -197,6 +198,19 @@ class TcpProxy:
         self._connections: set[socket.socket] = set()
         self.restore()
 
+    @classmethod
+    def before(cls, url: str, default_port: int) -> TcpProxy:
+        """A proxy in front of the service at `url` (its port, or `default_port`)."""
+        parts = urlsplit(url)
+        return cls((parts.hostname or "127.0.0.1", parts.port or default_port))
+
+    def url(self, url: str) -> str:
+        """`url` with its host and port replaced by the proxy's (user and password kept)."""
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.port}" if credentials else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
     def restore(self) -> None:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -254,10 +268,7 @@ class TcpProxy:
 @pytest.fixture
 def pg_proxy(machine_pg_admin_url: str) -> Iterator[TcpProxy]:
     """A cuttable proxy in front of the machine's PostgreSQL."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(machine_pg_admin_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy = TcpProxy.before(machine_pg_admin_url, 5432)
     try:
         yield proxy
     finally:

@@ -28,12 +28,8 @@ import pytest
 import requests
 from kombu import Connection, Consumer, Exchange, Queue
 
-from tests.actors.test_relay import (
-    BrokerTap,
-    assert_delivered_in_order,
-    committed_events,
-    through,
-)
+from tests.actors.test_relay import assert_delivered_in_order, committed_events
+from tests.broker_harness import BrokerTap
 from tests.e2e.conftest import Engine, Engines, TcpProxy, wait_until
 from tradeengine.storage import apply_migrations, create_pool
 from tradeengine.storage.outbox import read_backlog
@@ -42,30 +38,10 @@ ADMIN_KEY = f"te_{uuid.uuid4().hex}"
 PRICES = {"BTC-USDT": ("50000", "5", "0.001"), "ETH-USDT": ("3000", "1", "0.01")}
 
 
-@pytest.fixture
-def exchange_name() -> str:
-    return f"te-test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def tap(broker_url: str, exchange_name: str) -> Iterator[BrokerTap]:
-    tap = BrokerTap(broker_url, exchange_name)
-    try:
-        yield tap
-    finally:
-        tap.close()
 
 
-@pytest.fixture
-def broker_proxy(broker_url: str) -> Iterator[TcpProxy]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(broker_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
-    try:
-        yield proxy
-    finally:
-        proxy.cut()
 
 
 @pytest.fixture
@@ -152,7 +128,7 @@ def test_ready_names_the_broker_and_follows_it_through_an_outage_while_orders_ar
     engines: Engines, tmp_path: Path, machine_pg_url: str, pool: psycopg_pool.ConnectionPool,
     broker_url: str, broker_proxy: TcpProxy, tap: BrokerTap, exchange_name: str,
 ) -> None:
-    engine = start_engine(engines, tmp_path, machine_pg_url, through(broker_proxy, broker_url), exchange_name)
+    engine = start_engine(engines, tmp_path, machine_pg_url, broker_proxy.url(broker_url), exchange_name)
     assert engine.get("/ready").json()["checks"]["broker"] == "ok"
     traders = [Trader(engine, "alice"), Trader(engine, "bob")]
     load = HttpLoad(engine, traders, seed=5)

@@ -6,22 +6,15 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from .conftest import Engines, TcpProxy, postgres_processes, wait_until
 
 
-def _through(proxy: TcpProxy, url: str) -> str:
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
-
-
 def test_ready_turns_503_naming_the_database_while_it_is_unreachable_and_200_when_it_returns(
         engines: Engines, pg_proxy: TcpProxy, machine_pg_url: str, tmp_path: Path) -> None:
-    engine = engines.start(tmp_path / "data", database_url=_through(pg_proxy, machine_pg_url))
+    engine = engines.start(tmp_path / "data", database_url=pg_proxy.url(machine_pg_url))
     engine.wait_ready()
     with psycopg.connect(machine_pg_url) as conn:  # migrations ran at start, on the external database
         assert conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > 0  # type: ignore[index]

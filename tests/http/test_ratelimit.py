@@ -339,10 +339,7 @@ def test_while_redis_is_down_calls_do_not_wait_for_its_timeout_and_it_is_retried
 
 @pytest.fixture
 def redis_proxy(redis_url: str) -> Iterator[TcpProxy]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(redis_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379))
+    proxy = TcpProxy.before(redis_url, 6379)
     try:
         yield proxy
     finally:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
@@ -212,10 +211,8 @@ def _outbox_figures(samples: Samples) -> tuple[float, bool]:
 
 def test_the_database_alerts_signal_counts_every_scrape_while_the_database_is_unreachable(
         machine_pg_url: str) -> None:
-    parts = urlsplit(machine_pg_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    user = f"{parts.username}@" if parts.username else ""
-    through = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+    proxy = TcpProxy.before(machine_pg_url, 5432)
+    through = proxy.url(machine_pg_url)
     ttl = 5.0  # build_worker's OutboxCollector reads the database at most once per 5 s
     try:
         with running_engine(through) as engine:

@@ -12,13 +12,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import msgspec
 import pytest
 from kombu import Connection, Exchange, Queue, binding
 
-from tests.actors.test_relay import BrokerTap, CuttingRows, Received, through
+from tests.actors.test_relay import CuttingRows
+from tests.broker_harness import BrokerTap, Received
 from tests.e2e.conftest import TcpProxy
 from tests.storage.test_rows_scenarios import FullDay
 from tradeengine.storage.outbox import OutboxRow, StoredEvent
@@ -59,28 +59,10 @@ def arrival_order(received: list[Received]) -> list[str]:
     return list(dict.fromkeys(message.message_id for message in received))
 
 
-@pytest.fixture
-def exchange_name() -> str:
-    return f"te-test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def tap(broker_url: str, exchange_name: str) -> Iterator[BrokerTap]:
-    tap = BrokerTap(broker_url, exchange_name)
-    try:
-        yield tap
-    finally:
-        tap.close()
 
 
-@pytest.fixture
-def broker_proxy(broker_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(broker_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
-    try:
-        yield proxy
-    finally:
-        proxy.cut()
 
 
 @pytest.fixture
@@ -125,7 +107,7 @@ def test_a_connection_cut_in_the_middle_of_a_pass_leaves_the_rest_to_be_publishe
     broker_url: str, broker_proxy: TcpProxy, exchange_name: str, tap: BrokerTap,
 ) -> None:
     rows = outbox_rows(200)
-    publisher = EventPublisher(through(broker_proxy, broker_url), exchange_name, connect_timeout=1.0,
+    publisher = EventPublisher(broker_proxy.url(broker_url), exchange_name, connect_timeout=1.0,
                                confirm_timeout=2.0)
     try:
         confirmed, failure = publisher.publish_rows(CuttingRows(rows, at=120, cut=broker_proxy.cut))

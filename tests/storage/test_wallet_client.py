@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import pybreaker
 import pytest
@@ -586,10 +585,9 @@ def test_redis_going_away_mid_life_keeps_the_count_and_an_opening_is_published_w
         make_client: ClientFactory, redis_url: str, breaker_prefix: str, caplog: pytest.LogCaptureFixture,
         make_breaker: BreakerFactory) -> None:
     caplog.set_level(logging.WARNING, logger="tradeengine.storage.breaker")
-    parts = urlsplit(redis_url)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379))
+    proxy = TcpProxy.before(redis_url, 6379)
     try:
-        proxied = parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        proxied = proxy.url(redis_url)
         breaker = make_breaker("wallet", fail_max=3, reset_timeout=60, redis_url=proxied,
                                key_prefix=breaker_prefix)
         witness = make_breaker("wallet", fail_max=3, reset_timeout=60, redis_url=redis_url,
