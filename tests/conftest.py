@@ -49,7 +49,7 @@ from tradeengine.storage import (
     create_pool,
 )
 
-pytest_plugins = ["pytester", "tests.broker_harness"]
+pytest_plugins = ["pytester", "tests.broker_harness", "tests.redis_harness"]
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

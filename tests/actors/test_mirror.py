@@ -7,10 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,8 +17,7 @@ import pytest
 import redis
 
 from tests.actors.system_harness import TRADERS, fund, limit, running_system, wait_until
-from tests.conftest import service_unavailable
-from tests.e2e.conftest import free_port
+from tests.redis_harness import PrivateRedis
 from tradeengine.actors.mirror import MirrorSettings
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import Side
@@ -34,62 +30,9 @@ SYMBOLS = ["ADA-USDT", "BNB-USDT", "BTC-USDT", "DOGE-USDT", "ETH-USDT", "LINK-US
            "USDC-USDT", "XRP-USDT"]
 
 
-class PrivateRedis:
-    """A redis-server of the test's own (no persistence): it may be killed and started again."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            service_unavailable("redis-server (the binary)", "PATH", "not found")
-        self._binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._server: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start the server on its port; return once it answers PING."""
-        self._server = subprocess.Popen(
-            [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with contextlib.closing(redis.Redis.from_url(self.url)) as client:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL the server (it keeps nothing) and wait for it to be gone."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.kill()
-            server.wait(timeout=10)
-
-
 @pytest.fixture
-def private_redis(redis_url: str) -> Iterator[PrivateRedis]:
-    """A started private redis-server, killed afterwards."""
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:md:{uuid.uuid4().hex}:"
-    yield prefix
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture

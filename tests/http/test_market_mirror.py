@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,8 +18,9 @@ import pytest
 import redis
 
 from tests.actors.system_harness import database_pool, wait_until
-from tests.actors.test_mirror import SYMBOLS, PrivateRedis
+from tests.actors.test_mirror import SYMBOLS
 from tests.http.api_harness import ApiHarness, Trader, api_harness
+from tests.redis_harness import PrivateRedis
 from tradeengine.actors.mirror import MirrorSettings
 from tradeengine.engine import PairSpec
 from tradeengine.ops.server import build_worker
@@ -46,24 +46,8 @@ ORDERS = "/api/v1/orders"
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:md:{uuid.uuid4().hex}:"
-    yield prefix
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-
-
-@pytest.fixture
-def private_redis(redis_url: str) -> Iterator[PrivateRedis]:
-    """A started redis-server of the test's own, killed afterwards."""
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture

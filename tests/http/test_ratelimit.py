@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,13 +180,8 @@ def test_buckets_of_keys_seen_over_time_do_not_accumulate() -> None:
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:ratelimit:{uuid.uuid4().hex}:"
-    yield prefix
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture

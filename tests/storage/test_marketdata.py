@@ -8,7 +8,6 @@ import json
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -124,13 +123,8 @@ def test_an_update_message_carries_the_sequence_and_the_best_and_last_prices() -
 
 
 @pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test:md:{uuid.uuid4().hex}:"
-    yield prefix
-    with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @pytest.fixture

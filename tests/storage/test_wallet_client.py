@@ -18,7 +18,6 @@ from typing import Any
 
 import pybreaker
 import pytest
-import redis
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import _scratch_database
@@ -102,17 +101,8 @@ def make_breaker() -> Iterator[BreakerFactory]:
 
 
 @pytest.fixture
-def breaker_prefix(redis_url: str) -> Iterator[str]:
-    """A Redis key prefix of the test's own; its keys are deleted after the test."""
-    prefix = f"tradeengine-test:breaker:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def breaker_prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 def new_user() -> str:
