@@ -100,3 +100,12 @@ def api_harness(pool: psycopg_pool.ConnectionPool, reader: MarketDataReader | No
         yield ApiHarness(system, pool, reader)
     finally:
         system.stop()
+
+
+def error_of(response: Any, status: int | None = None) -> dict[str, Any]:
+    """The ``error`` object of an answer in the one error shape (its status checked, when given)."""
+    if status is not None:
+        assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json
+    assert set(body) == {"error", "request_id"}
+    return body["error"]  # type: ignore[no-any-return]

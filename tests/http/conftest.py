@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.actors.system_harness import database_pool
-from tests.http.api_harness import ApiHarness, api_harness
+from tests.http.api_harness import ApiHarness, Trader, api_harness
 from tradeengine.http.app import create_app
 from tradeengine.http.errors import ErrorMapping
 from tradeengine.http.readiness import Check
@@ -87,3 +87,15 @@ def api(machine_pg_url: str) -> Iterator[ApiHarness]:
     apply_migrations(machine_pg_url)
     with database_pool(machine_pg_url) as pool, api_harness(pool) as harness:
         yield harness
+
+
+@pytest.fixture
+def alice(api: ApiHarness) -> Trader:
+    """A trader holding 1 BTC and 100,000 USDT."""
+    return api.user(funds={"BTC": "1", "USDT": "100000"})
+
+
+@pytest.fixture
+def bob(api: ApiHarness) -> Trader:
+    """Another trader holding 1 BTC and 100,000 USDT."""
+    return api.user(funds={"BTC": "1", "USDT": "100000"})

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from tests.http.api_harness import ApiHarness, Trader
+from tests.http.api_harness import ApiHarness, Trader, error_of
 
 ORDERS = "/api/v1/orders"
 TRADES = "/api/v1/trades"
@@ -25,21 +23,7 @@ def place(api: ApiHarness, user: Trader, **order: Any) -> dict[str, Any]:
     return result
 
 
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json
-    assert set(body) == {"error", "request_id"}
-    return body["error"]  # type: ignore[no-any-return]
 
-
-@pytest.fixture
-def alice(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
-
-
-@pytest.fixture
-def bob(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
 
 
 # -- balances -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.http.api_harness import ApiHarness, Trader
+from tests.http.api_harness import ApiHarness, Trader, error_of
 from tradeengine.http.auth import ADMIN
 from tradeengine.http.routes import api_endpoints
 
@@ -31,12 +31,6 @@ SAMPLE_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json
-    assert set(body) == {"error", "request_id"}
-    return body["error"]  # type: ignore[no-any-return]
-
 
 def place(api: ApiHarness, user: Trader, expect: int = 201, **order: Any) -> dict[str, Any]:
     response = api.post(ORDERS, user, json={"symbol": "BTC-USDT", "type": "LIMIT", **order})
@@ -50,14 +44,6 @@ def admin(api: ApiHarness) -> Trader:
     return api.user("admin")
 
 
-@pytest.fixture
-def alice(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
-
-
-@pytest.fixture
-def bob(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
 
 
 # -- who may call ---------------------------------------------------------------------------------------

@@ -14,18 +14,12 @@ from typing import Any
 import pytest
 
 from tests.actors.system_harness import database_pool
-from tests.http.api_harness import ApiHarness, Trader, api_harness
+from tests.http.api_harness import ApiHarness, Trader, api_harness, error_of
 from tradeengine.storage import apply_migrations
 
 ORDERS = "/api/v1/orders"
 TIMESTAMP_LENGTH = len("2026-11-24T10:00:00.123456Z")
 
-
-def error_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json
-    assert set(body) == {"error", "request_id"}
-    return body["error"]  # type: ignore[no-any-return]
 
 
 def place(api: ApiHarness, user: Trader, **order: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.http.api_harness import ApiHarness, Trader
+from tests.http.api_harness import ApiHarness, Trader, error_of
 
 ORDERS = "/api/v1/orders"
 D = Decimal
@@ -33,20 +33,7 @@ def place(api: ApiHarness, user: Trader, expect: int = 201, **order: Any) -> dic
     return result
 
 
-def error_of(response: Any) -> dict[str, Any]:
-    body: dict[str, Any] = response.json
-    assert set(body) == {"error", "request_id"}
-    return body["error"]  # type: ignore[no-any-return]
 
-
-@pytest.fixture
-def alice(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
-
-
-@pytest.fixture
-def bob(api: ApiHarness) -> Trader:
-    return api.user(funds={"BTC": "1", "USDT": "100000"})
 
 
 def test_a_resting_limit_then_a_crossing_order_settle_with_exact_fees_on_both_sides(
