@@ -39,14 +39,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from tradeengine.engine import (
-    FEE_ACCOUNT,
     EngineEvent,
-    FundsReleased,
     InsufficientBalance,
     InvariantViolation,
     PairSpec,
-    TradeExecuted,
     ValidationError,
+    balance_deltas,
     format_atoms,
 )
 
@@ -56,7 +54,6 @@ __all__ = [
     "Ledger",
     "LedgerInvariantViolation",
     "NegativeBalance",
-    "balance_deltas",
 ]
 
 ASSET_PATTERN = re.compile(r"[A-Z0-9]{2,12}")
@@ -235,39 +232,6 @@ class Ledger:
 
 
 _ZERO: list[int] = [0, 0]  # read only
-
-
-def balance_deltas(spec: PairSpec, events: Iterable[EngineEvent]) -> Deltas:
-    """Return the net movement per (user, asset) of one command's facts, FundsLocked excluded.
-
-    Within a command locked amounts only fall and available amounts only rise, so checking the net
-    result against the balances is the same as checking every step.
-    """
-    deltas: Deltas = {}
-
-    def move(user_id: str, asset: str, available: int, locked: int) -> None:
-        delta = deltas.get((user_id, asset))
-        if delta is None:
-            deltas[(user_id, asset)] = [available, locked]
-        else:
-            delta[0] += available
-            delta[1] += locked
-
-    base, quote = spec.base_asset, spec.quote_asset
-    for event in events:
-        if isinstance(event, TradeExecuted):
-            buyer, seller = event.buyer_user_id, event.seller_user_id
-            move(buyer, quote, 0, -event.quote_amount)
-            move(buyer, base, event.base_amount - event.buyer_fee, 0)
-            move(seller, base, 0, -event.base_amount)
-            move(seller, quote, event.quote_amount - event.seller_fee, 0)
-            if event.buyer_fee:
-                move(FEE_ACCOUNT, base, event.buyer_fee, 0)
-            if event.seller_fee:
-                move(FEE_ACCOUNT, quote, event.seller_fee, 0)
-        elif isinstance(event, FundsReleased):
-            move(event.user_id, event.asset, event.amount, -event.amount)
-    return deltas
 
 
 def _check_transfer(asset: str, amount: int) -> None:

@@ -52,7 +52,7 @@ from .events import (
     encode_events,
     trade_id,
 )
-from .funds import FEE_ACCOUNT, FundsGate, UnlimitedFunds, required_lock
+from .funds import FEE_ACCOUNT, FundsGate, UnlimitedFunds, balance_deltas, required_lock
 from .lifecycle import FINAL_STATUSES, TRANSITIONS, OrderStatus, check_transition, is_final
 from .matching import MatchingEngine
 from .order import OrderSnapshot, OrderType, Reason, SelfTradePrevention, Side, TimeInForce
@@ -120,6 +120,7 @@ __all__ = [
     "UnknownSymbol",
     "UnlimitedFunds",
     "ValidationError",
+    "balance_deltas",
     "check_transition",
     "decode_events",
     "encode_events",

@@ -13,8 +13,10 @@ not applied those facts yet): the refusal is conservative, never unsafe.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
+from .events import EngineEvent, FundsReleased, TradeExecuted
 from .order import BUY, Order
 from .pair import PairSpec
 
@@ -52,3 +54,40 @@ def required_lock(spec: PairSpec, order: Order) -> int:
             return 0
         return order.price * remaining * spec.quote_atoms_per_tick_lot
     return remaining * spec.base_atoms_per_lot
+
+
+def balance_deltas(spec: PairSpec, events: Iterable[EngineEvent]) -> dict[tuple[str, str], list[int]]:
+    """Return the net movement per (user, asset), ``[available, locked]`` in atoms, of a command's facts.
+
+    The Money rules (API.md): a `FundsReleased` moves locked → available; a `TradeExecuted` settles
+    (buyer: quote locked −quote_amount, base available +(base_amount − buyer_fee); seller: base locked
+    −base_amount, quote available +(quote_amount − seller_fee); the fee account: +buyer_fee base,
+    +seller_fee quote). `FundsLocked` is left out: the gate moved it already. Entries appear in the
+    order of the facts; a self-trade nets its two sides. Within a command locked amounts only fall and
+    available amounts only rise, so checking the net result against the balances checks every step.
+    """
+    deltas: dict[tuple[str, str], list[int]] = {}
+    base, quote = spec.base_asset, spec.quote_asset
+    for event in events:
+        if isinstance(event, TradeExecuted):
+            buyer, seller = event.buyer_user_id, event.seller_user_id
+            moves = [(buyer, quote, 0, -event.quote_amount),
+                     (buyer, base, event.base_amount - event.buyer_fee, 0),
+                     (seller, base, 0, -event.base_amount),
+                     (seller, quote, event.quote_amount - event.seller_fee, 0)]
+            if event.buyer_fee:
+                moves.append((FEE_ACCOUNT, base, event.buyer_fee, 0))
+            if event.seller_fee:
+                moves.append((FEE_ACCOUNT, quote, event.seller_fee, 0))
+        elif isinstance(event, FundsReleased):
+            moves = [(event.user_id, event.asset, event.amount, -event.amount)]
+        else:
+            continue
+        for user_id, asset, available, locked in moves:
+            delta = deltas.get((user_id, asset))
+            if delta is None:
+                deltas[(user_id, asset)] = [available, locked]
+            else:
+                delta[0] += available
+                delta[1] += locked
+    return deltas

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from tradeengine.engine import FEE_ACCOUNT, EngineEvent, FundsReleased, PairSpec, TradeExecuted
+from tradeengine.engine import EngineEvent, FundsReleased, PairSpec, TradeExecuted, balance_deltas
 
 from .database import storage_errors
 from .facts import PairFacts
@@ -120,27 +120,9 @@ def release_key(symbol: str, sequence: int) -> str:
 
 
 def settlement(spec: PairSpec, trade: TradeExecuted) -> list[Movement]:
-    """Return a trade's settlement, netted per (user, asset) in order of appearance, zeros left out.
-
-    Buyer: quote locked −quote_amount, base available +(base_amount − buyer_fee); seller: base locked
-    −base_amount, quote available +(quote_amount − seller_fee); fee account: +buyer_fee base,
-    +seller_fee quote (API.md, Money). A self-trade nets the buyer's and seller's lines of one asset.
-    """
-    base, quote = spec.base_asset, spec.quote_asset
-    lines = (
-        (trade.buyer_user_id, quote, 0, -trade.quote_amount),
-        (trade.buyer_user_id, base, trade.base_amount - trade.buyer_fee, 0),
-        (trade.seller_user_id, base, 0, -trade.base_amount),
-        (trade.seller_user_id, quote, trade.quote_amount - trade.seller_fee, 0),
-        (FEE_ACCOUNT, base, trade.buyer_fee, 0),
-        (FEE_ACCOUNT, quote, trade.seller_fee, 0),
-    )
-    net: dict[tuple[str, str], list[int]] = {}
-    for user, asset, available, locked in lines:
-        total = net.setdefault((user, asset), [0, 0])
-        total[0] += available
-        total[1] += locked
-    return [(user, asset, available, locked) for (user, asset), (available, locked) in net.items()
+    """Return a trade's settlement (`engine.balance_deltas`: the Money rules), zero nets left out."""
+    return [(user, asset, available, locked)
+            for (user, asset), (available, locked) in balance_deltas(spec, [trade]).items()
             if available or locked]
 
 

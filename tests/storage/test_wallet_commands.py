@@ -11,8 +11,7 @@ import psycopg_pool
 import pytest
 
 from tests.storage.test_rows_scenarios import FullDay, add_users
-from tradeengine.actors.ledger import balance_deltas
-from tradeengine.engine import FEE_ACCOUNT, FundsReleased, TradeExecuted
+from tradeengine.engine import FEE_ACCOUNT, FundsReleased, TradeExecuted, balance_deltas
 from tradeengine.storage import create_pool
 from tradeengine.storage.facts import PairFacts, core_user_id
 from tradeengine.storage.recovery import load_pair_state, load_wallet_reservations, reserved_funds
