@@ -31,9 +31,11 @@ from tradeengine.engine import (
     CancelAll,
     CancelOrder,
     Command,
+    OrderAccepted,
     OrderNotAmendable,
     OrderNotCancellable,
     OrderNotFound,
+    OrderRejected,
     OrderType,
     PairSpec,
     PlaceOrder,
@@ -70,6 +72,9 @@ class OrderDirectory(Protocol):
 
     def find_client_order(self, user_id: int, client_order_id: str) -> int | None:
         """Return the id of the user's order with this client order id, or None."""
+
+    def remember(self, order_id: int, symbol: str, user_id: int) -> None:
+        """Note a placement just committed (a later `locate` may answer from memory)."""
 
 
 class CommandObserver(Protocol):
@@ -158,6 +163,11 @@ class Exchange:
                 except TradeEngineError as exc:
                     pending.append(exc)
             results = [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+        for result in results:
+            if isinstance(result, CommandOutcome):
+                placed = result.events[0]
+                if isinstance(placed, OrderAccepted | OrderRejected):
+                    self._orders.remember(int(placed.order_id), result.spec.symbol, user_id)
         if self._observer is not None:
             for request, result in zip(requests, results, strict=True):
                 self._observer.order_placed(request, result)

@@ -37,6 +37,7 @@ takes effect through a restart of that pair, and a halt through a message to it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -118,14 +119,40 @@ class PairRoute:
 
 
 class DatabaseOrders:
-    """The Exchange's view of committed orders, read from PostgreSQL."""
+    """The Exchange's view of committed orders: read from PostgreSQL, with a memory of recent ones.
 
-    def __init__(self, pool: Any) -> None:
+    An order's pair and owner never change once it is committed, so remembering them is always right:
+    the most recent `capacity` orders placed (or looked up) are located without a query, which spares
+    a cancel or amend of a fresh order a database round trip (~0.6 ms of this process's CPU under
+    load). Older ones are read from the database. Thread-safe (the Exchange's callers share it).
+    """
+
+    def __init__(self, pool: Any, *, capacity: int = 200_000) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must not be negative, got {capacity}")
         self._pool = pool
+        self._capacity = capacity
+        # Insertion-ordered: the oldest entry is evicted first. OrderedDict's setitem and
+        # popitem are single C calls, atomic under the GIL, so no lock is needed.
+        self._recent: collections.OrderedDict[int, OrderLocation] = collections.OrderedDict()
 
     def locate(self, order_id: int) -> OrderLocation | None:
         """Return the pair and owner of an order, or None."""
-        return locate_order(self._pool, order_id)
+        location = self._recent.get(order_id)
+        if location is None:
+            location = locate_order(self._pool, order_id)
+            if location is not None:
+                self.remember(order_id, location.symbol, location.user_id)
+        return location
+
+    def remember(self, order_id: int, symbol: str, user_id: int) -> None:
+        """Note where a committed order lives (it never moves)."""
+        if self._capacity == 0:
+            return
+        self._recent[order_id] = OrderLocation(symbol, user_id)
+        if len(self._recent) > self._capacity:
+            with contextlib.suppress(KeyError):  # another thread evicted the last one meanwhile
+                self._recent.popitem(last=False)
 
     def find_client_order(self, user_id: int, client_order_id: str) -> int | None:
         """Return the id of the user's order with this client order id, or None."""
