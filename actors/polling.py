@@ -8,7 +8,10 @@ and once when it ends (`Outages`, shared by every incarnation so metrics see it)
 the table does not have: a restarted one resumes from the table.
 
 Scheduling: one `_Poll` per generation; a timer or a nudge starts a new generation, so a stale poll (an
-old timer firing late) is ignored, and at most one poll waits in the inbox.
+old timer firing late) is ignored, and at most one poll waits in the inbox. The timed waits share one
+`_Alarm` thread per incarnation (a `threading.Timer` per wait started a thread per idle pass: hundreds
+a second under load, when every commit nudges the relay); it wakes once per deadline it reaches, not
+once per pass.
 """
 
 from __future__ import annotations
@@ -72,6 +75,59 @@ class Outages:
         return part not in self._down
 
 
+class _Alarm:
+    """One thread that tells an actor `_Poll(generation)` once a deadline passes; one deadline at a time.
+
+    `set` replaces the deadline; the thread is woken only when the new one is earlier than the one it
+    waits for (a later one is found when it wakes: one wake-up per idle interval, not one per pass under
+    load). `close` ends the thread. The thread starts with the first `set` and is a daemon.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._changed = threading.Condition(threading.Lock())
+        self._due: tuple[float, pykka.ActorRef[Any], int] | None = None  # (monotonic time, actor, generation)
+        self._wakes_at: float | None = None  # when the thread wakes by itself (None: only when notified)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def set(self, ref: pykka.ActorRef[Any], delay: float, generation: int) -> None:
+        """Tell `ref` `_Poll(generation)` in `delay` seconds (instead of what was set before)."""
+        due = time.monotonic() + delay
+        with self._changed:
+            if self._closed:
+                return
+            self._due = (due, ref, generation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            elif self._wakes_at is None or due < self._wakes_at:
+                self._changed.notify()
+
+    def close(self) -> None:
+        """End the thread (at once: it only ever waits)."""
+        with self._changed:
+            self._closed = True
+            self._due = None
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._closed:
+                    now = time.monotonic()
+                    if self._due is not None and self._due[0] <= now:
+                        break
+                    self._wakes_at = None if self._due is None else self._due[0]
+                    self._changed.wait(None if self._due is None else self._due[0] - now)
+                if self._closed or self._due is None:
+                    return
+                _, ref, generation = self._due
+                self._due = self._wakes_at = None
+            with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile
+                ref.tell(_Poll(generation))
+
+
 class PollingActor(SupervisedActor):
     """Passes over a table with nudges, an idle interval and backoff (see the module docstring).
 
@@ -91,7 +147,7 @@ class PollingActor(SupervisedActor):
         self._backoff = backoff
         self._generation = 0
         self._queued = False  # a _Poll of the current generation is in the inbox
-        self._timer: threading.Timer | None = None
+        self._alarm = _Alarm(f"{self.what.replace(' ', '-')}-timer-{link.incarnation}")
         self._failures = 0  # passes failed in a row (the backoff attempt)
 
     def pass_once(self) -> bool | None:
@@ -99,8 +155,8 @@ class PollingActor(SupervisedActor):
         raise NotImplementedError
 
     def shut(self) -> None:
-        """Release what the actor holds (the timer; subclasses add theirs)."""
-        self._cancel_timer()
+        """Release what the actor holds (the alarm thread; subclasses add theirs)."""
+        self._alarm.close()
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -134,7 +190,6 @@ class PollingActor(SupervisedActor):
         if isinstance(message, _Poll):
             if message.generation == self._generation:
                 self._queued = False
-                self._timer = None
                 self._run_pass()
         elif isinstance(message, Nudge):
             if self._failures == 0:
@@ -181,28 +236,12 @@ class PollingActor(SupervisedActor):
         """Queue a pass behind what is in the inbox (one at a time)."""
         if self._queued:
             return
-        self._cancel_timer()
-        self._generation += 1
+        self._generation += 1  # the alarm set for the previous generation, if it fires, is ignored
         self._queued = True
         self.actor_ref.tell(_Poll(self._generation))
 
     def _wake_in(self, delay: float) -> None:
         """Queue a pass in `delay` seconds (a nudge may bring it forward)."""
-        self._cancel_timer()
         self._generation += 1
         self._queued = False
-        timer = threading.Timer(delay, self._fire, (self.actor_ref, self._generation))
-        timer.daemon = True
-        timer.name = f"{self.what.replace(' ', '-')}-timer-{self.link.incarnation}"
-        self._timer = timer
-        timer.start()
-
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
-
-    @staticmethod
-    def _fire(ref: pykka.ActorRef[Any], generation: int) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):  # stopped meanwhile
-            ref.tell(_Poll(generation))
+        self._alarm.set(self.actor_ref, delay, self._generation)
