@@ -12,7 +12,7 @@ rounded.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 
 from .errors import DomainError, ValidationError
 
@@ -53,22 +53,17 @@ def from_atoms(atoms: int) -> Decimal:
 
 
 def format_decimal(value: Decimal) -> str:
-    """Render a Decimal as a plain string without exponent and without trailing fractional zeros."""
+    """Render a Decimal as a plain string without exponent and without trailing fractional zeros.
+
+    `normalize` strips the trailing zeros (in a context wide enough never to round or clamp) and the
+    ``f`` format writes the digits without exponent: the API's, the events' and the writer's one rendering.
+    """
     if not value.is_finite():
         raise ValidationError(f"cannot format non-finite decimal {value}")
-    if value == 0:
-        return "0"
-    sign, digits, exponent = value.as_tuple()
-    assert isinstance(exponent, int)
-    text = "".join(map(str, digits))
-    if exponent >= 0:
-        text = text + "0" * exponent
-    else:
-        places = -exponent
-        if len(text) <= places:
-            text = "0" * (places - len(text) + 1) + text
-        text = f"{text[:-places]}.{text[-places:]}".rstrip("0").rstrip(".")
-    return ("-" if sign else "") + text
+    return f"{value.normalize(_EXACT):f}" if value else "0"
+
+
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def format_atoms(atoms: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import pytest
@@ -140,6 +141,33 @@ def test_average_price_is_cumulative_quote_over_filled_base() -> None:
 )
 def test_decimals_render_without_exponent_or_trailing_zeros(value: str, text: str) -> None:
     assert format_decimal(Decimal(value)) == text
+
+
+def _digit_by_digit(value: Decimal) -> str:
+    """A plain rendering from the digits and the exponent: the reference for format_decimal."""
+    if value == 0:
+        return "0"
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    if exponent >= 0:
+        text += "0" * exponent
+    else:
+        places = -exponent
+        text = text.rjust(places + 1, "0")
+        text = f"{text[:-places]}.{text[-places:]}".rstrip("0").rstrip(".")
+    return ("-" if sign else "") + text
+
+
+def test_decimals_render_digit_for_digit_whatever_their_size_or_exponent() -> None:
+    rng = random.Random(7)
+    values = [Decimal("-0.000"), Decimal("1E+30"), Decimal("1E-30"), Decimal("9" * 60 + "." + "1" * 60)]
+    for _ in range(5000):
+        digits = rng.randrange(-10**rng.randint(1, 60), 10**rng.randint(1, 60))
+        values.append(Decimal(digits).scaleb(rng.randint(-60, 40)))
+    assert [format_decimal(v) for v in values] == [_digit_by_digit(v) for v in values]
+    with pytest.raises(ValidationError, match="non-finite"):
+        format_decimal(Decimal("NaN"))
 
 
 def test_atoms_render_as_decimal_strings() -> None:
