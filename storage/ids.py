@@ -34,4 +34,4 @@ def created_at_of(order_id: int) -> datetime:
 
 def datetime_of_us(timestamp_us: int) -> datetime:
     """Return a UTC datetime for microseconds since the Unix epoch (exact, no float)."""
-    return _UNIX_EPOCH + timedelta(microseconds=timestamp_us)
+    return _UNIX_EPOCH + timedelta(0, 0, timestamp_us)  # (days, seconds, microseconds): no keyword parsing
