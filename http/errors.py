@@ -22,6 +22,7 @@ mapping for a subclass overrides it. Resources never build error bodies: they ra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -217,7 +218,7 @@ def error_detail(ex: Exception) -> ErrorDetail:
         status = ex.status_code
         code = ex.code if isinstance(ex.code, str) and ex.code else CODES_BY_STATUS.get(status, "HTTP_ERROR")
         return ErrorDetail(code=code, message=ex.description or ex.title or str(status))
-    mappings = {m.error: m for m in default_error_mappings()}
+    mappings = _default_mappings_by_class()
     for cls in type(ex).__mro__:
         mapping = mappings.get(cls)
         if mapping is not None:
@@ -225,6 +226,12 @@ def error_detail(ex: Exception) -> ErrorDetail:
             return ErrorDetail(code=code, message=message, field=field,
                                details=None if details is None else dict(details))
     return ErrorDetail(code="INTERNAL_ERROR", message=INTERNAL_ERROR_MESSAGE)
+
+
+@functools.cache
+def _default_mappings_by_class() -> dict[type[Exception], ErrorMapping]:
+    """:func:`default_error_mappings` by exception class, built once (a batch may describe 100 errors)."""
+    return {m.error: m for m in default_error_mappings()}
 
 
 class _UnexpectedErrorHandler:

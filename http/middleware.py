@@ -99,11 +99,19 @@ class HttpMetrics:
             "trade_engine_http_request_duration_seconds", "Time to answer an HTTP request, by route.",
             ("route", "method"), buckets=_LATENCY_BUCKETS, registry=registry,
         )
+        # (route, method, status) → its counter and histogram children: ``labels()`` validates, converts
+        # and takes the metric's lock on every call; the label set is bounded (route templates).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and record its latency."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route, method).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.duration.labels(route, method))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class AccessLogMiddleware:
@@ -123,13 +131,25 @@ class AccessLogMiddleware:
         seconds = max(self._clock() - started, 0.0) if started is not None else 0.0
         route = route_of(req)
         status = resp.status_code
-        self._metrics.observe(route, req.method, status, seconds)
+        method = req.method
+        self._metrics.observe(route, method, status, seconds)
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        path = req.path
         fields: dict[str, Any] = {
-            "method": req.method,
+            "method": method,
             "route": route,
-            "path": req.path,
+            "path": path,
             "status": status,
             "latency_ms": round(seconds * 1000.0, 3),
             "request_id": request_id_of(req),
         }
-        self._logger.info("%s %s %d", req.method, req.path, status, extra=fields)
+        # logger.info(...) without its findCaller() (a walk up the stack per line): the record names this
+        # method as its source, which it is.
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, _ACCESS_LOG_LINE,
+                                        "%s %s %d", (method, path, status), None, "process_response",
+                                        fields))
+
+
+_ACCESS_LOG_LINE = AccessLogMiddleware.process_response.__code__.co_firstlineno

@@ -65,13 +65,21 @@ def user_of(req: falcon.Request) -> int:
 def order_request(order: NewOrder) -> OrderRequest:
     """A decoded API order → the Exchange's request (decimals parsed; the engine checks the rules)."""
     return OrderRequest(
-        symbol=order.symbol, side=Side(order.side), type=OrderType(order.type),
+        symbol=order.symbol, side=_SIDES[order.side], type=_ORDER_TYPES[order.type],
         quantity=_decimal(order.quantity), quote_quantity=_decimal(order.quote_quantity),
         price=_decimal(order.price), stop_price=_decimal(order.stop_price),
-        time_in_force=None if order.time_in_force is None else TimeInForce(order.time_in_force),
-        post_only=order.post_only, self_trade_prevention=SelfTradePrevention(order.self_trade_prevention),
+        time_in_force=None if order.time_in_force is None else _TIMES_IN_FORCE[order.time_in_force],
+        post_only=order.post_only, self_trade_prevention=_STPS[order.self_trade_prevention],
         client_order_id=order.client_order_id,
     )
+
+
+# The engine's enums by their API names (the model's Literals are exactly these values): a dict lookup
+# instead of an Enum call per field.
+_SIDES = {member.value: member for member in Side}
+_ORDER_TYPES = {member.value: member for member in OrderType}
+_TIMES_IN_FORCE = {member.value: member for member in TimeInForce}
+_STPS = {member.value: member for member in SelfTradePrevention}
 
 
 def _decimal(value: str | None) -> Decimal | None:

@@ -1,8 +1,9 @@
 """Stored and freshly committed rows → the API's response objects.
 
 Orders and trades are rendered from the rows the writer stores (:mod:`tradeengine.storage.rows`):
-a command's outcome is folded into rows by ``build_rows`` exactly as the writer folds it, and history
-reads return the same row types, so a new order and the same order read back later render identically.
+a command's outcome is folded into rows exactly as the writer folds it (``build_order_rows``: the fold of
+``build_rows`` without the ledger, balances and outbox events an answer does not need), and history reads
+return the same row types, so a new order and the same order read back later render identically.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from decimal import Decimal
 from tradeengine.actors.pair import CommandOutcome
 from tradeengine.engine.units import format_decimal
 from tradeengine.storage.facts import PairFacts
-from tradeengine.storage.rows import OrderRow, TradeRow, build_rows, rfc3339
+from tradeengine.storage.rows import OrderRow, TradeRow, build_order_rows, rfc3339
 
 from .models import Order, OrderResult, Trade
 
@@ -72,7 +73,7 @@ def placed(outcome: CommandOutcome, order_id: str) -> OrderResult:
     Trades of other orders in the same command (stops the order's trades triggered) are not the
     caller's and are left out.
     """
-    rows = build_rows([PairFacts(outcome.spec, outcome.events)])
+    rows = build_order_rows(PairFacts(outcome.spec, outcome.events))
     oid = int(order_id)
     (row,) = (r for r in rows.orders if r.id == oid)
     trades = [trade(t) for t in rows.trades if oid in (t.buyer_order_id, t.seller_order_id)]
