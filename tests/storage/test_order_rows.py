@@ -9,6 +9,7 @@ the RFC 3339 rendering, field by field.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,6 +19,7 @@ import pytest
 
 from tests.engine.ledger import RichLedger
 from tests.engine.streams import StreamSettings, random_commands
+from tests.storage.test_rows_scenarios import BTC_USDT
 from tradeengine.engine import (
     AmendOrder,
     CancelAll,
@@ -29,7 +31,6 @@ from tradeengine.engine import (
     OrderAmended,
     OrderExpired,
     OrderRejected,
-    PairSpec,
     PlaceOrder,
     StopTriggered,
     TradeExecuted,
@@ -38,11 +39,7 @@ from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.ids import ID_EPOCH_US
 from tradeengine.storage.rows import RowSet, build_order_rows, build_rows, rfc3339
 
-SPEC = PairSpec(
-    symbol="BTC-USDT", base_asset="BTC", quote_asset="USDT", tick_size=Decimal("0.01"),
-    lot_size=Decimal("0.00001"), min_quantity=Decimal("0.00001"), max_quantity=Decimal(9000),
-    min_notional=Decimal(0), maker_fee=Decimal("0.0008"), taker_fee=Decimal("0.001"),
-)
+SPEC = dataclasses.replace(BTC_USDT, min_notional=Decimal(0))  # tiny random orders are valid
 START_US = 1_795_000_000_000_000  # 2026-11-18
 
 
