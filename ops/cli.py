@@ -154,6 +154,7 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
     shown = 0
     events = follow_events(settings.broker_url, settings.broker_exchange, keys, on_ready=listening)
     try:
+        _stop_on_interrupt_or_term()
         for body in events:
             if args.limit is not None and shown >= args.limit:
                 break
@@ -172,6 +173,21 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         events.close()
     return 0
+
+
+def _stop_on_interrupt_or_term() -> None:
+    """Make Ctrl-C (SIGINT) and SIGTERM raise KeyboardInterrupt, the tail's quiet way out.
+
+    Set explicitly: a process started with SIGINT ignored (a background job of a shell without job
+    control) inherits that, and Python then installs no KeyboardInterrupt handler, so Ctrl-C, the
+    stop this command promises, would do nothing. Only in the main thread, where handlers can be set.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _event_line(event: dict[str, object]) -> str:

@@ -37,12 +37,15 @@ def _env(cwd: Path, **settings: str) -> dict[str, str]:
 class Tail:
     """``trade-engine events tail ARGS`` running in the background."""
 
-    def __init__(self, cwd: Path, args: list[str], **settings: str) -> None:
+    def __init__(self, cwd: Path, args: list[str], *, sigint: Any = signal.SIG_DFL, **settings: str) -> None:
+        """``sigint``: the SIGINT disposition the process inherits (SIG_IGN: started like a background job
+        of a shell without job control)."""
         self.stderr_path = cwd / f"tail-{uuid.uuid4().hex[:6]}.stderr"
         with self.stderr_path.open("w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tradeengine.ops.cli", "events", "tail", *args],
                 env=_env(cwd, **settings), cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
             )
 
     def wait_listening(self, timeout: float = 20.0) -> None:
@@ -59,7 +62,7 @@ class Tail:
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
+        self.process.communicate(timeout=10)  # reaps it and closes its stdout pipe
 
 
 @pytest.fixture
@@ -141,13 +144,17 @@ def test_tail_of_one_kind_binds_only_that_kind_and_prints_readable_lines_without
     assert "SOL-USDT" in lines[0] and "seq 4" in lines[0] and '"id":"SOL-USDT:4"' in lines[0]
 
 
-def test_ctrl_c_ends_the_tail_quietly(
-    broker_url: str, exchange_name: str, tails: list[Tail], tmp_path: Path,
+@pytest.mark.parametrize(("stop", "inherited"), [
+    (signal.SIGINT, signal.SIG_DFL), (signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL),
+], ids=["ctrl-c", "ctrl-c-started-with-sigint-ignored", "sigterm"])
+def test_ctrl_c_or_sigterm_ends_the_tail_quietly(
+    broker_url: str, exchange_name: str, tails: list[Tail], tmp_path: Path, stop: signal.Signals,
+    inherited: Any,
 ) -> None:
-    tail = Tail(tmp_path, [], broker_url=broker_url, broker_exchange=exchange_name)
+    tail = Tail(tmp_path, [], sigint=inherited, broker_url=broker_url, broker_exchange=exchange_name)
     tails.append(tail)
     tail.wait_listening()
-    tail.process.send_signal(signal.SIGINT)
+    tail.process.send_signal(stop)
     status, lines = tail.finish()
     assert status == 0
     assert lines == []
