@@ -150,11 +150,14 @@ def stop_orphaned_test_servers(root: Path | None = None) -> None:
             discard_pg_data_dir(data_dir)
 
 
-def _scratch_database(admin_url: str) -> Iterator[str]:
-    """Create a uniquely named database, yield its URL, drop it afterwards."""
+def _scratch_database(admin_url: str, template: str | None = None) -> Iterator[str]:
+    """Create a uniquely named database (empty, or a copy of ``template``), yield its URL, drop it after."""
     name = f"{TEST_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     try:
         yield url_with_database(admin_url, name)
     finally:
@@ -181,11 +184,41 @@ def pg_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-@pytest.fixture
-def migrated_pg_url(pg_url: str) -> str:
-    """``pg_url`` with every migration applied."""
-    apply_migrations(pg_url)
-    return pg_url
+def _migrated_template(admin_url: str) -> Iterator[str]:
+    """A database with every migration applied, for the session's tests to copy: copying it costs a third
+    of migrating a fresh one (~0.15 s against ~0.4 s, a few hundred times a run). Nobody connects to it
+    once it is migrated (PostgreSQL copies only a database without sessions)."""
+    databases = _scratch_database(admin_url)
+    url = next(databases)
+    try:
+        apply_migrations(url)
+        yield urlsplit(url).path.lstrip("/")
+    finally:
+        databases.close()  # drops it
+
+
+@pytest.fixture(scope="session")
+def machine_migrated_template(machine_pg_admin_url: str) -> Iterator[str]:
+    """The name of a migrated database on the machine's server, to copy (see ``_migrated_template``)."""
+    yield from _migrated_template(machine_pg_admin_url)
+
+
+@pytest.fixture(scope="session")
+def embedded_migrated_template(embedded_pg: EmbeddedPostgres) -> Iterator[str]:
+    """The name of a migrated database on the embedded server, to copy (see ``_migrated_template``)."""
+    yield from _migrated_template(embedded_pg.url("postgres"))
+
+
+@pytest.fixture(params=["machine", "embedded"])
+def migrated_pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database with every migration applied (a copy of the session's migrated template); the
+    test runs once on the machine's server and once on the embedded one, like ``pg_url``."""
+    if request.param == "machine":
+        admin_url: str = request.getfixturevalue("machine_pg_admin_url")
+    else:
+        admin_url = request.getfixturevalue("embedded_pg").url("postgres")
+    template: str = request.getfixturevalue(f"{request.param}_migrated_template")
+    yield from _scratch_database(admin_url, template)
 
 
 @pytest.fixture
