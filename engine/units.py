@@ -67,5 +67,17 @@ _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 def format_atoms(atoms: int) -> str:
-    """Render an atom count as a decimal string (`150000000` → `"1.5"`)."""
-    return format_decimal(from_atoms(atoms))
+    """Render an atom count as a decimal string (`150000000` → `"1.5"`).
+
+    ``format_decimal(from_atoms(atoms))``, written straight from the integer's digits (the writer renders
+    a few per command)."""
+    if not -_ATOMS_EXACT < atoms < _ATOMS_EXACT:
+        return format_decimal(from_atoms(atoms))  # from_atoms rounds to 28 digits: render what it gives
+    digits = str(abs(atoms))
+    whole = digits[:-ATOM_PLACES] or "0"
+    fraction = digits[-ATOM_PLACES:].rjust(ATOM_PLACES, "0").rstrip("0")
+    text = f"{whole}.{fraction}" if fraction else whole
+    return "-" + text if atoms < 0 else text
+
+
+_ATOMS_EXACT = 10**28  # from_atoms (scaleb in the default 28-digit context) is exact below this

@@ -38,7 +38,7 @@ Complexity: O(events) time and memory.
 Cost (the persistence writer builds every group on its one thread): per group, each distinct timestamp
 becomes one datetime object and one RFC 3339 string, each atom count one Decimal, each user id one
 (int, text) pair (memoised); a new order's row is one list updated in place; amounts in payloads are
-rendered straight from atoms where that is exact; event ids come from a leaner uuid5 (`_uuid5`).
+rendered straight from atoms (`format_atoms`); event ids come from a leaner uuid5 (`_uuid5`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from tradeengine.engine import (
     TradeExecuted,
     from_atoms,
 )
-from tradeengine.engine.units import ATOM, ATOM_PLACES, format_decimal
+from tradeengine.engine.units import format_atoms, format_decimal
 from tradeengine.storage.facts import FEE_ACCOUNT_USER_ID, Facts, PairFacts, Transfer, database_user_id
 from tradeengine.storage.ids import datetime_of_us, timestamp_us_of
 from tradeengine.storage.wallet_commands import WalletCommandRow, WalletSettledFacts, wallet_commands_of
@@ -374,7 +374,7 @@ class _RowBuilder:
         self.events: dict[str | None, list[OutboxEvent]] = {}  # per symbol (None: transfers), in order
         self.times: _Memo[int, datetime] = _Memo(datetime_of_us)  # per timestamp (µs)
         self.stamps = _Stamps()  # per timestamp (µs): RFC 3339
-        self.amounts: _Memo[int, Decimal] = _Memo(ATOM.__mul__)  # per atom count: from_atoms, one C call
+        self.amounts: _Memo[int, Decimal] = _Memo(from_atoms)  # per atom count
         self.users: _Memo[str, tuple[int, str]] = _Memo(_user_of)  # per core user id
         self.spec: PairSpec
         self.symbol = ""
@@ -491,10 +491,10 @@ class _RowBuilder:
                 "order_id": order_id, "user_id": user_text, "symbol": symbol, "status": status,
                 "sequence": sequence, "timestamp": self.stamps[event.timestamp],
                 "client_order_id": client_order_id, "side": side, "type": order_type,
-                "price": None if price is None else _text(price),
-                "stop_price": None if stop_price is None else _text(stop_price),
-                "quantity": None if quantity is None else _text(quantity),
-                "quote_quantity": None if quote_quantity is None else _text(quote_quantity),
+                "price": None if price is None else format_decimal(price),
+                "stop_price": None if stop_price is None else format_decimal(stop_price),
+                "quantity": None if quantity is None else format_decimal(quantity),
+                "quote_quantity": None if quote_quantity is None else format_decimal(quote_quantity),
                 "time_in_force": tif, "post_only": event.post_only, "self_trade_prevention": stp,
                 "reject_reason": reason,
             },
@@ -533,8 +533,8 @@ class _RowBuilder:
         payload = {
             "order_id": order_id, "user_id": self.users[event.user_id][1], "symbol": self.symbol,
             "status": status, "sequence": sequence, "timestamp": self.stamps[event.timestamp],
-            "filled_quantity": self._quantity(filled), "filled_quote": _atoms_text(quote),
-            "average_price": None if average is None else _text(average),
+            "filled_quantity": self._quantity(filled), "filled_quote": format_atoms(quote),
+            "average_price": None if average is None else format_decimal(average),
             "remaining_quantity": self._quantity(event.remaining_quantity),
         }
         if expired:
@@ -566,7 +566,7 @@ class _RowBuilder:
             return
         self._order_event("order.amended", order_id, status, sequence, {
             **self._head(order_id, event.user_id, status, sequence, event.timestamp),
-            "price": _text(row[_PRICE]), "quantity": _text(row[_QUANTITY]),
+            "price": format_decimal(row[_PRICE]), "quantity": format_decimal(row[_QUANTITY]),
             "remaining_quantity": self._quantity(event.remaining_quantity),
             "requeued": event.requeued,
         })
@@ -601,19 +601,20 @@ class _RowBuilder:
             self._order_event("order.traded", order_id, status, sequence, {
                 "order_id": order_id, "user_id": self.users[user_id][1], "symbol": symbol, "status": status,
                 "sequence": sequence, "timestamp": self.stamps[timestamp], "trade_id": trade_id,
-                "filled_quantity": self._quantity(filled), "filled_quote": _atoms_text(quote),
-                "average_price": None if average is None else _text(average),
+                "filled_quantity": self._quantity(filled), "filled_quote": format_atoms(quote),
+                "average_price": None if average is None else format_decimal(average),
             })
         if not complete:
             return
         self._settle(event, trade_id, buyer, seller, buyer_order, seller_order)
         self._events.append(OutboxEvent(
             _uuid5(f"{symbol}:{sequence}:trade"), "trade.executed", f"trade.{symbol}", sequence, {
-                "id": trade_id, "symbol": symbol, "price": _text(row.price), "quantity": _text(row.quantity),
-                "quote_quantity": _text(row.quote_quantity), "buyer_order_id": str(buyer_order),
+                "id": trade_id, "symbol": symbol, "price": format_decimal(row.price),
+                "quantity": format_decimal(row.quantity),
+                "quote_quantity": format_decimal(row.quote_quantity), "buyer_order_id": str(buyer_order),
                 "seller_order_id": str(seller_order), "buyer_user_id": buyer_text,
                 "seller_user_id": seller_text, "taker_side": row.taker_side,
-                "buyer_fee": _text(row.buyer_fee), "seller_fee": _text(row.seller_fee),
+                "buyer_fee": format_decimal(row.buyer_fee), "seller_fee": format_decimal(row.seller_fee),
                 "executed_at": self.stamps[timestamp], "sequence": sequence,
             },
         ))
@@ -677,38 +678,25 @@ class _RowBuilder:
     def _balance_events(self, first: int, symbol: str | None, sequence: int | None, kind_prefix: str,
                         timestamp: int) -> None:
         """Add one balance event per (user, asset) the movements since `first` changed."""
-        movements = self.movements
-        count = len(movements) - first
-        if not count:
+        if len(self.movements) == first:
             return
-        if count == 1:  # most commands: one lock or one release
-            user_id, asset, _, _, available, locked, _, _, _ = movements[first]
-            changes = [((user_id, asset), [available, locked])] if available or locked else []
-        else:
-            changes = _balance_sums(movements[first:])
         stamp = self.stamps[timestamp]
-        sums = self.balance_sums
-        for (user_id, asset), (available, locked) in changes:
-            total = sums.get((user_id, asset))  # the group's sums: its balance deltas
-            if total is None:
-                sums[(user_id, asset)] = [available, locked]
-            else:
-                total[0] += available
-                total[1] += locked
+        for (user_id, asset), (available, locked) in _balance_sums(self.movements[first:]):
+            _add(self.balance_sums, (user_id, asset), available, locked)  # the group's balance deltas
             self._events.append(OutboxEvent(
                 _uuid5(f"{kind_prefix}:balance:{user_id}:{asset}"), "balance.changed", f"balance.{asset}",
                 sequence, {
-                    "user_id": str(user_id), "asset": asset, "available_delta": _atoms_text(available),
-                    "locked_delta": _atoms_text(locked), "symbol": symbol, "sequence": sequence,
+                    "user_id": str(user_id), "asset": asset, "available_delta": format_atoms(available),
+                    "locked_delta": format_atoms(locked), "symbol": symbol, "sequence": sequence,
                     "timestamp": stamp,
                 },
             ))
 
     def _price(self, ticks: int) -> str:
-        return _text(self.spec.ticks_to_price(ticks))
+        return format_decimal(self.spec.ticks_to_price(ticks))
 
     def _quantity(self, lots: int) -> str:
-        return _text(self.spec.lots_to_quantity(lots))
+        return format_decimal(self.spec.lots_to_quantity(lots))
 
 
 _HANDLERS: dict[type, Any] = {
@@ -728,32 +716,17 @@ def _balance_sums(movements: list[_Movement]) -> list[tuple[tuple[int, str], lis
     """Sum movements per (user, asset) in atoms; leave out the zero sums; sort by (user, asset)."""
     sums: dict[tuple[int, str], list[int]] = {}
     for user_id, asset, _, _, available, locked, _, _, _ in movements:
-        total = sums.get((user_id, asset))
-        if total is None:
-            sums[(user_id, asset)] = [available, locked]
-        else:
-            total[0] += available
-            total[1] += locked
+        _add(sums, (user_id, asset), available, locked)
     return [item for item in sorted(sums.items()) if item[1][0] or item[1][1]]
 
 
-_ATOMS_EXACT = 10**28  # from_atoms (scaleb in the default 28-digit context) is exact below this
-
-
-def _atoms_text(atoms: int) -> str:
-    """`_text(from_atoms(atoms))`, straight from the integer (plain, no trailing zeros)."""
-    sign = ""
-    if atoms < 0:
-        sign, atoms = "-", -atoms
-    if atoms >= _ATOMS_EXACT:
-        return _text(from_atoms(-atoms if sign else atoms))  # rounded to 28 digits: render that
-    digits = str(atoms)
-    cut = len(digits) - ATOM_PLACES
-    if cut > 0:
-        whole, fraction = digits[:cut], digits[cut:].rstrip("0")
+def _add(sums: dict[tuple[int, str], list[int]], key: tuple[int, str], available: int, locked: int) -> None:
+    """Add (available, locked) atoms to the sums of `key`."""
+    total = sums.get(key)
+    if total is None:
+        sums[key] = [available, locked]
     else:
-        whole, fraction = "0", ("0" * -cut + digits).rstrip("0")
-    return f"{sign}{whole}.{fraction}" if fraction else sign + whole
+        total[0] += available
+        total[1] += locked
 
 
-_text = format_decimal

@@ -15,6 +15,7 @@ from tradeengine.engine import (
     ValidationError,
     format_atoms,
     format_decimal,
+    from_atoms,
     require_decimal,
 )
 
@@ -172,6 +173,13 @@ def test_decimals_render_digit_for_digit_whatever_their_size_or_exponent() -> No
 
 def test_atoms_render_as_decimal_strings() -> None:
     assert format_atoms(150_000_000) == "1.5"
+
+
+def test_atoms_render_exactly_like_the_decimal_they_stand_for() -> None:
+    rng = random.Random(3)
+    values = [0, 1, -1, 10**8, -(10**8), 123_456_789, 10**28 - 1, 10**28, -(10**28), 10**40 + 7]
+    values += [rng.randrange(-10**rng.randrange(1, 40), 10**rng.randrange(1, 40)) for _ in range(5000)]
+    assert [format_atoms(v) for v in values] == [format_decimal(from_atoms(v)) for v in values]
 
 
 def test_floats_are_never_accepted_as_money() -> None:

@@ -353,13 +353,3 @@ def test_a_command_without_events_writes_nothing_but_counts_as_a_fact() -> None:
     spec: PairSpec = FullDay().scenario.spec
     rows = build_rows([PairFacts(spec, [])])
     assert (rows.facts, rows.row_count) == (1, 0)
-
-
-def test_amounts_in_payloads_render_from_atoms_exactly_like_the_api_format() -> None:
-    from tradeengine.engine import format_decimal, from_atoms
-    from tradeengine.storage.rows import _atoms_text
-
-    rng = random.Random(3)
-    values = [0, 1, -1, 10**8, -(10**8), 123_456_789, 10**28 - 1, 10**28, -(10**28), 10**40 + 7]
-    values += [rng.randrange(-10**rng.randrange(1, 40), 10**rng.randrange(1, 40)) for _ in range(5000)]
-    assert [_atoms_text(v) for v in values] == [format_decimal(from_atoms(v)) for v in values]
