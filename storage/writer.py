@@ -240,19 +240,19 @@ def _copy_escape(text: str) -> str:
     return text.translate(_COPY_ESCAPES)
 
 
-def _needs_copy_escape(texts: Iterable[str | None]) -> bool:
+def _contains_any(texts: Iterable[str | None], characters: str) -> bool:
+    """Whether any of `texts` (None ones skipped) holds one of `characters`: one scan of them all."""
     joined = "".join(filter(None, texts))
-    return "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined
+    return any(character in joined for character in characters)
+
+
+_COPY_SPECIAL = "\\\t\n\r"  # what a COPY text field escapes
+_ELEMENT_SPECIAL = '\\"'  # what an array literal element escapes
 
 
 def _element(text: str) -> str:
     """A text element of an array literal: double-quoted, backslash and double quote escaped."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _needs_element_escape(texts: Iterable[str | None]) -> bool:
-    joined = "".join(filter(None, texts))
-    return "\\" in joined or '"' in joined
 
 
 class _Renderer:
@@ -289,9 +289,9 @@ class _Renderer:
         if kind == "B":
             return ["t" if value else "f" for value in column]
         if kind == "T":
-            return map(_copy_escape, column) if _needs_copy_escape(column) else column
+            return map(_copy_escape, column) if _contains_any(column, _COPY_SPECIAL) else column
         if kind == "t":
-            if _needs_copy_escape(column):
+            if _contains_any(column, _COPY_SPECIAL):
                 return ["\\N" if value is None else _copy_escape(value) for value in column]
             return ["\\N" if value is None else value for value in column]
         return ["\\N" if value is None else str(value) for value in column]  # i, n
@@ -300,7 +300,7 @@ class _Renderer:
         if kind == "D":
             return "{" + ",".join(self._datetimes(column)) + "}"
         if kind == "T" or kind == "t":
-            if _needs_element_escape(column):
+            if _contains_any(column, _ELEMENT_SPECIAL):
                 elements = ["NULL" if value is None else _element(value) for value in column]
             elif None in column:
                 elements = ["NULL" if value is None else f'"{value}"' for value in column]
