@@ -1,9 +1,10 @@
 """gunicorn's configuration for ``trade-engine serve``, from the settings.
 
 Fixed by the design: ONE worker of class ``gthread`` (the actor system lives in it; two workers would
-run every pair twice), its threads from ``TRADE_ENGINE_HTTP_THREADS``; no control socket (gunicorn 27
-opens one by default); no gunicorn access log (the app logs each request itself); the error log
-formatted like every other record (:class:`~tradeengine.ops.logconfig.GunicornLogger`).
+run every pair twice), as :class:`~tradeengine.ops.http_worker.KeepAliveThreadWorker` (gthread keeping
+a busy keep-alive connection on its thread), its threads from ``TRADE_ENGINE_HTTP_THREADS``; no control
+socket (gunicorn 27 opens one by default); no gunicorn access log (the app logs each request itself); the
+error log formatted like every other record (:class:`~tradeengine.ops.logconfig.GunicornLogger`).
 
 The hooks run in the worker: ``post_fork`` lets the application object (``server.app``) drop what the
 worker must not inherit from the master (the data-folder lock); ``post_worker_init`` makes every stop
@@ -23,6 +24,8 @@ GRACEFUL_TIMEOUT = 10
 #: Seconds without a heartbeat from the worker before the master restarts it.
 WORKER_TIMEOUT = 30
 KEEPALIVE = 5
+#: gthread, answering a keep-alive client's next request on the same thread (see ops/http_worker.py).
+WORKER_CLASS = "tradeengine.ops.http_worker.KeepAliveThreadWorker"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -66,7 +69,7 @@ def single_worker_options(*, host: str, port: int, threads: int, log_level: str,
     return {
         "bind": [bind_address(host, port)],
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASS,
         "threads": threads,
         "timeout": WORKER_TIMEOUT,
         "graceful_timeout": GRACEFUL_TIMEOUT,

@@ -17,7 +17,7 @@ def test_gunicorn_config_has_one_gthread_worker_no_control_socket_and_no_access_
     application = EngineApplication(settings, "postgresql://unused@127.0.0.1/x")
     cfg = application.cfg
     assert cfg.workers == 1
-    assert cfg.worker_class_str == "gthread"
+    assert cfg.worker_class_str == "tradeengine.ops.http_worker.KeepAliveThreadWorker"  # a gthread worker
     assert cfg.threads == 7
     assert cfg.control_socket_disable is True
     assert cfg.accesslog is None
