@@ -1,11 +1,14 @@
 """`PollingActor`: the shape the outbox relay and the wallet settler share.
 
 Both work a table in passes (`pass_once`): a pass follows at once while work waits (`pass_once` returns
-True), else after ``idle_interval`` seconds or when a `Nudge` comes (new rows committed). A failed pass
-(`failed(part, error)`) is retried after an exponential backoff with jitter, nudges ignored meanwhile,
-and the outage of each part ("broker", "database", "wallet service", ...) is logged once when it begins
-and once when it ends (`Outages`, shared by every incarnation so metrics see it). The actor holds nothing
-the table does not have: a restarted one resumes from the table.
+True), else after ``idle_interval`` seconds or when a `Nudge` comes (new rows committed), but no sooner
+than ``nudge_interval`` seconds after the previous pass began: under load, when every commit nudges,
+the nudges then gather several commits into one pass (each pass has fixed costs: its queries, the
+broker's round trip), for at most that much delay. A failed pass (`failed(part, error)`) is retried
+after an exponential backoff with jitter, nudges ignored meanwhile, and the outage of each part
+("broker", "database", "wallet service", ...) is logged once when it begins and once when it ends
+(`Outages`, shared by every incarnation so metrics see it). The actor holds nothing the table does not
+have: a restarted one resumes from the table.
 
 Scheduling: one `_Poll` per generation; a timer or a nudge starts a new generation, so a stale poll (an
 old timer firing late) is ignored, and at most one poll waits in the inbox. The timed waits share one
@@ -139,16 +142,19 @@ class PollingActor(SupervisedActor):
     waiting = "work waits"
 
     def __init__(self, link: ChildLink, *, log: logging.Logger, outages: Outages, idle_interval: float,
-                 backoff: Backoff) -> None:
+                 backoff: Backoff, nudge_interval: float = 0.0) -> None:
         super().__init__(link)
         self._log = log
         self.outages = outages
         self._idle_interval = idle_interval
+        self._nudge_interval = nudge_interval
+        self._last_pass = float("-inf")  # monotonic time the last pass began
         self._backoff = backoff
         self._generation = 0
         self._queued = False  # a _Poll of the current generation is in the inbox
         self._alarm = _Alarm(f"{self.what.replace(' ', '-')}-timer-{link.incarnation}")
         self._failures = 0  # passes failed in a row (the backoff attempt)
+        self._soon_generation = -1  # the generation of a pass a nudge scheduled for the end of its interval
 
     def pass_once(self) -> bool | None:
         """Do one pass; return True when more work waits, False when idle, None after `failed`."""
@@ -193,7 +199,7 @@ class PollingActor(SupervisedActor):
                 self._run_pass()
         elif isinstance(message, Nudge):
             if self._failures == 0:
-                self._wake_now()
+                self._wake_after_nudge()
         else:
             return super().on_receive(message)
         return None
@@ -201,6 +207,7 @@ class PollingActor(SupervisedActor):
     # -- outcomes -----------------------------------------------------------------------------------
 
     def _run_pass(self) -> None:
+        self._last_pass = time.monotonic()
         more = self.pass_once()
         if more is None:  # failed: the backoff is scheduled
             return
@@ -239,6 +246,15 @@ class PollingActor(SupervisedActor):
         self._generation += 1  # the alarm set for the previous generation, if it fires, is ignored
         self._queued = True
         self.actor_ref.tell(_Poll(self._generation))
+
+    def _wake_after_nudge(self) -> None:
+        """Queue a pass now, or `nudge_interval` after the last one began if that is later."""
+        delay = self._last_pass + self._nudge_interval - time.monotonic()
+        if delay <= 0:
+            self._wake_now()
+        elif not self._queued and self._soon_generation != self._generation:
+            self._wake_in(delay)
+            self._soon_generation = self._generation  # nudges until that pass add nothing
 
     def _wake_in(self, delay: float) -> None:
         """Queue a pass in `delay` seconds (a nudge may bring it forward)."""

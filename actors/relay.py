@@ -12,7 +12,9 @@ state the database does not have). Each pass:
    with a message nacked, or unconfirmed when the connection failed or ``confirm_timeout`` ran out).
 
 Passes follow one another at once while rows are waiting; when the outbox is empty the relay waits for a
-`Nudge` (the system sends one after every commit of the writer) or ``idle_interval`` seconds. When the
+`Nudge` (the system sends one after every commit of the writer; the pass it asks for starts at the
+earliest ``nudge_interval`` after the previous one began, so under load one pass takes several commits)
+or ``idle_interval`` seconds. When the
 broker (or the database) fails, the rows fully published so far are stamped, the relay logs ONCE for
 the outage and tries again after an exponential backoff (``backoff``, capped, with jitter), ignoring
 nudges meanwhile; the first pass that succeeds logs the recovery. Orders keep being accepted all along:
@@ -71,6 +73,10 @@ class RelaySettings:
     and their stamps written in one statement (a pass is about 1,000 messages with rows of 4 events)."""
     idle_interval: float = 1.0
     """Seconds between two looks at an empty outbox when no nudge comes."""
+    nudge_interval: float = 0.01
+    """Seconds at least from the start of one pass to a pass a nudge asks for: under load, when every
+    commit nudges, one pass then takes the rows of several commits (each pass has fixed costs: two
+    queries, the broker's round trip); events leave at most that much later."""
     backoff: Backoff = dataclasses.field(default_factory=lambda: Backoff(initial=0.2, factor=2.0, cap=10.0))
     """Delay before the next try while the broker (or the database) fails; jittered down by up to half."""
     connect_timeout: float = 2.0
@@ -82,8 +88,10 @@ class RelaySettings:
     def __post_init__(self) -> None:
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {self.batch_rows}")
-        if not self.idle_interval > 0 or self.retention < 0:
-            raise ValueError("idle_interval must be greater than 0 and retention at least 0")
+        intervals_ok = self.idle_interval > 0 and 0 <= self.nudge_interval < self.idle_interval
+        if not intervals_ok or self.retention < 0:
+            raise ValueError("idle_interval must be greater than 0, nudge_interval at least 0 and less than "
+                             "idle_interval, and retention at least 0")
 
     @property
     def stop_timeout(self) -> float:
@@ -151,7 +159,7 @@ class OutboxRelay(PollingActor):
                  stats: RelayStats | None = None, publisher: EventPublisher | None = None) -> None:
         self.stats = stats if stats is not None else RelayStats()
         super().__init__(link, log=_log, outages=self.stats.outages, idle_interval=settings.idle_interval,
-                         backoff=settings.backoff)
+                         backoff=settings.backoff, nudge_interval=settings.nudge_interval)
         self._pool = pool
         self._conn: psycopg.Connection[Any] | None = None  # held between passes (see _connection)
         self._held_since = 0.0
