@@ -19,8 +19,10 @@ Reported: acknowledged commands per second (wall clock, first send to last reply
 acknowledged commands in ms, rows per commit and commands per commit (from the writer's `on_batch`
 reports during the timed window), the mean commit time and the share of the wall time the writer spent
 committing, and refusals; and CPU time per acknowledged command during the timed window, in µs: of the
-engine process (every thread) and, when the server runs on this machine, of the PostgreSQL server (the
-postmaster and all its children: backends, WAL writer, checkpointer, ...). With --json the last printed
+engine process (every thread), split by thread (`engine_cpu_us_by_thread`: the callers, the writer, the
+pair actors, the wallet, and the rest of the process: the main thread, the supervisor, ...) and, when
+the server runs on this machine, of the PostgreSQL server (the postmaster and all its children:
+backends, WAL writer, checkpointer, ...). With --json the last printed
 line is one JSON object with `orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
 """
 
@@ -84,10 +86,11 @@ class Step:
 
 @dataclass(slots=True)
 class Tally:
-    """What the callers saw: latencies of acknowledged commands, refusals by code."""
+    """What the callers saw: latencies of acknowledged commands, refusals by code; their CPU seconds."""
 
     latencies: list[float] = field(default_factory=list)
     refused: dict[str, int] = field(default_factory=dict)
+    cpu: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -132,7 +135,16 @@ def build_scripts(specs: list[PairSpec], callers: int, orders: int, seed: int) -
 
 
 def run_caller(system: ActorSystem, user: int, script: list[Step], tally: Tally, seed: int) -> None:
-    """Send the script's commands one after the other, waiting for each reply."""
+    """Send the script's commands one after the other, waiting for each reply; add up its CPU time."""
+    started = time.thread_time()
+    try:
+        _call(system, user, script, tally, seed)
+    finally:
+        with tally.lock:
+            tally.cpu += time.thread_time() - started
+
+
+def _call(system: ActorSystem, user: int, script: list[Step], tally: Tally, seed: int) -> None:
     exchange = system.exchange
     rng = random.Random(seed)
     resting: list[str] = []
@@ -217,6 +229,21 @@ class CpuMeter:
         return usage.ru_utime + usage.ru_stime, _server_cpu(self._server)
 
 
+# The engine's threads by name (pykka names an actor's thread after its class, then "-N").
+THREAD_GROUPS = {"PersistenceActor": "writer", "PairActor": "pairs", "WalletActor": "wallet"}
+
+
+def actor_threads_cpu() -> dict[str, float]:
+    """CPU seconds so far of the live actor threads (`THREAD_GROUPS`), per group, from each thread's clock."""
+    groups = dict.fromkeys(THREAD_GROUPS.values(), 0.0)
+    for thread in threading.enumerate():
+        group = THREAD_GROUPS.get(thread.name.rsplit("-", 1)[0])
+        if group is not None and thread.ident is not None:
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                groups[group] += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return groups
+
+
 def _local_postmaster(url: str) -> psutil.Process | None:
     """The postmaster of the server behind `url` when it runs on this machine (its backend's parent)."""
     try:
@@ -261,11 +288,15 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namespace,
-              cpu: tuple[float, float | None] = (0.0, None)) -> dict[str, Any]:
-    """The figures of one run; `cpu` is the (engine, server) CPU seconds of the timed window."""
+              cpu: tuple[float, float | None] = (0.0, None),
+              threads: dict[str, float] | None = None) -> dict[str, Any]:
+    """The figures of one run; `cpu` is the (engine, server) CPU seconds of the timed window, `threads`
+    the actor threads' CPU seconds in it per group (`actor_threads_cpu`)."""
     ok = [report for report in batches.reports if report.ok and report.rows]
     acked = len(tally.latencies)
     engine_cpu, server_cpu = cpu
+    by_thread = {"callers": tally.cpu, **(threads or {})}
+    by_thread["other"] = max(engine_cpu - sum(by_thread.values()), 0.0)
     return {
         "orders_per_sec": round(acked / wall) if wall > 0 else 0,
         "p50_ms": round(percentile(tally.latencies, 0.50) * 1000, 3),
@@ -279,6 +310,8 @@ def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namesp
         "failed_commits": sum(1 for report in batches.reports if not report.ok),
         "engine_cpu_us": round(engine_cpu / acked * 1e6) if acked else 0,
         "server_cpu_us": round(server_cpu / acked * 1e6) if acked and server_cpu is not None else None,
+        "engine_cpu_us_by_thread": {name: round(seconds / acked * 1e6) if acked else 0
+                                    for name, seconds in by_thread.items()},
         "acknowledged": acked,
         "refused": dict(sorted(tally.refused.items())),
         "seconds": round(wall, 3),
@@ -309,18 +342,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meter = CpuMeter(url)
             batches.timing = True
             cpu_before = meter.read()
+            threads_before = actor_threads_cpu()
             started = time.perf_counter()
             with ThreadPoolExecutor(args.callers) as callers:
                 for n, (user, script) in enumerate(zip(users, scripts, strict=True)):
                     callers.submit(run_caller, system, user, script, tally, args.seed + n)
             wall = time.perf_counter() - started
             cpu_after = meter.read()
+            threads = {name: seconds - threads_before[name] for name, seconds in actor_threads_cpu().items()}
             batches.timing = False
         finally:
             system.stop()
             pool.close()
     server_cpu = None if cpu_before[1] is None or cpu_after[1] is None else cpu_after[1] - cpu_before[1]
-    return summarise(tally, batches, wall, args, (cpu_after[0] - cpu_before[0], server_cpu))
+    return summarise(tally, batches, wall, args, (cpu_after[0] - cpu_before[0], server_cpu), threads)
 
 
 def main(argv: list[str]) -> int:
@@ -343,8 +378,9 @@ def main(argv: list[str]) -> int:
           f"orders/s; latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
           f"{result['rows_per_commit']} rows and {result['commands_per_commit']} commands per commit "
           f"({result['commits']} commits, {result['commit_ms']} ms each, writer busy "
-          f"{result['writer_busy']:.0%}); CPU per command: engine {result['engine_cpu_us']} µs, "
-          f"server {_or_unknown(result['server_cpu_us'], ' µs')}; refused {result['refused'] or 'none'}")
+          f"{result['writer_busy']:.0%}); CPU per command: engine {result['engine_cpu_us']} µs ("
+          + ", ".join(f"{name} {us}" for name, us in result["engine_cpu_us_by_thread"].items())
+          + f"), server {_or_unknown(result['server_cpu_us'], ' µs')}; refused {result['refused'] or 'none'}")
     if args.json:
         print(json.dumps(result))
     return 0

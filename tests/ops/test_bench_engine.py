@@ -32,6 +32,10 @@ def test_bench_engine_prints_its_figures_as_json_on_the_last_line_and_drops_its_
     assert 0 < result["acknowledged"] <= 120
     assert result["rows_per_commit"] > 0 and result["failed_commits"] == 0
     assert set(result["refused"]) <= {"ORDER_NOT_CANCELLABLE"}  # a cancel that lost the race to a fill
+    by_thread = result["engine_cpu_us_by_thread"]
+    assert set(by_thread) == {"callers", "writer", "pairs", "wallet", "other"}
+    assert by_thread["callers"] > 0 and by_thread["writer"] > 0 and by_thread["pairs"] > 0
+    assert sum(by_thread.values()) >= result["engine_cpu_us"] - len(by_thread)  # the parts cover the whole
     assert bench_databases(machine_pg_admin_url) <= before
 
 
