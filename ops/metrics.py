@@ -7,7 +7,8 @@ Two kinds of sources feed one ``CollectorRegistry`` (the one ``/metrics`` expose
 - collectors evaluated at scrape time, each bounded in time so a scrape never hangs on a busy engine:
   :class:`ActorCollector` (the supervisor's list, and every pair's status and depth asked all at once with
   one short deadline), :class:`OutboxCollector` (PostgreSQL with a statement timeout, cached a few
-  seconds) and :class:`PoolCollector` (psycopg_pool's counters, in process).
+  seconds), :class:`PoolCollector` (psycopg_pool's counters, in process) and :class:`ThreadCpuCollector`
+  (each thread's CPU clock, by role: `ops.threadcpu`).
 
 The HTTP request counter and latency histogram live with the middleware (`http.middleware.HttpMetrics`).
 
@@ -64,6 +65,12 @@ trade_engine_db_pool_waiting_requests               gauge                      c
 trade_engine_db_pool_requests_total                 counter                    connections asked for
 trade_engine_db_pool_wait_seconds_total             counter                    time callers waited
 trade_engine_db_pool_errors_total                   counter                    requests that got none
+trade_engine_thread_cpu_seconds_total               counter   role             CPU time of this process's
+                                                                               threads by role: writer,
+                                                                               pairs, wallet, relay,
+                                                                               settler, mirror, http
+                                                                               (request threads), main
+                                                                               (gunicorn's poller), other
 =================================================== ========= ================ ==============================
 
 Request tracing: :class:`EngineMetrics` also remembers the request id (`http.middleware.current_request_id`)
@@ -114,6 +121,7 @@ from tradeengine.engine import (
     TradeExecuted,
 )
 from tradeengine.http.middleware import current_request_id
+from tradeengine.ops.threadcpu import ThreadCpu
 from tradeengine.storage.outbox import BACKLOG_CAP, OutboxBacklog
 from tradeengine.storage.outbox import read_backlog as read_outbox_backlog
 from tradeengine.storage.wallet_commands import WalletBacklog
@@ -282,6 +290,7 @@ class EngineMetrics:
         if system.settler_figures(backlog=False) is not None:  # a remote wallet
             self.registry.register(WalletCommandsCollector(pool, ttl=outbox_ttl, errors=self.scrape_errors))
         self.registry.register(PoolCollector(pool, errors=self.scrape_errors))
+        self.registry.register(ThreadCpuCollector())
         self.registry.register(self.scrape_errors)  # collected after them: a scrape shows its own errors
 
     def set_breaker_state(self, breaker: str, state: str) -> None:
@@ -639,6 +648,21 @@ class WalletCommandsCollector(_CachedReadCollector):
                                     "refused, parked for an operator (never expected).")
         refused.add_metric([], backlog.refused)
         yield from (pending, lag, refused)
+
+
+class ThreadCpuCollector(Collector):
+    """``trade_engine_thread_cpu_seconds_total{role}``: this process's CPU time by thread role
+    (`ops.threadcpu`: writer, pairs, wallet, relay, settler, mirror, http, main, other)."""
+
+    def __init__(self, threads: ThreadCpu | None = None) -> None:
+        self._threads = threads if threads is not None else ThreadCpu()
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("trade_engine_thread_cpu_seconds", "CPU time of this process's "
+                                     "threads (user and system), by what they do.", labels=["role"])
+        for role, seconds in self._threads.read().items():
+            family.add_metric([role], seconds)
+        yield family
 
 
 class PoolCollector(Collector):

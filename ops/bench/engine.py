@@ -65,6 +65,7 @@ from tradeengine.engine import (
     Side,
     TradeEngineError,
 )
+from tradeengine.ops.threadcpu import ThreadCpu
 from tradeengine.storage import EmbeddedPostgres, apply_migrations, create_pool
 from tradeengine.storage.recovery import load_pair_specs
 
@@ -229,19 +230,8 @@ class CpuMeter:
         return usage.ru_utime + usage.ru_stime, _server_cpu(self._server)
 
 
-# The engine's threads by name (pykka names an actor's thread after its class, then "-N").
-THREAD_GROUPS = {"PersistenceActor": "writer", "PairActor": "pairs", "WalletActor": "wallet"}
-
-
-def actor_threads_cpu() -> dict[str, float]:
-    """CPU seconds so far of the live actor threads (`THREAD_GROUPS`), per group, from each thread's clock."""
-    groups = dict.fromkeys(THREAD_GROUPS.values(), 0.0)
-    for thread in threading.enumerate():
-        group = THREAD_GROUPS.get(thread.name.rsplit("-", 1)[0])
-        if group is not None and thread.ident is not None:
-            with contextlib.suppress(OSError):  # it ended meanwhile
-                groups[group] += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-    return groups
+# The actor threads whose CPU the bench reports apart (the callers' own is counted in `Tally`).
+ACTOR_ROLES = ("writer", "pairs", "wallet")
 
 
 def _local_postmaster(url: str) -> psutil.Process | None:
@@ -291,7 +281,7 @@ def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namesp
               cpu: tuple[float, float | None] = (0.0, None),
               threads: dict[str, float] | None = None) -> dict[str, Any]:
     """The figures of one run; `cpu` is the (engine, server) CPU seconds of the timed window, `threads`
-    the actor threads' CPU seconds in it per group (`actor_threads_cpu`)."""
+    the actor threads' CPU seconds in it per role (`ACTOR_ROLES`)."""
     ok = [report for report in batches.reports if report.ok and report.rows]
     acked = len(tally.latencies)
     engine_cpu, server_cpu = cpu
@@ -342,14 +332,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             meter = CpuMeter(url)
             batches.timing = True
             cpu_before = meter.read()
-            threads_before = actor_threads_cpu()
+            thread_cpu = ThreadCpu()
+            threads_before = thread_cpu.read()
             started = time.perf_counter()
             with ThreadPoolExecutor(args.callers) as callers:
                 for n, (user, script) in enumerate(zip(users, scripts, strict=True)):
                     callers.submit(run_caller, system, user, script, tally, args.seed + n)
             wall = time.perf_counter() - started
             cpu_after = meter.read()
-            threads = {name: seconds - threads_before[name] for name, seconds in actor_threads_cpu().items()}
+            threads_after = thread_cpu.read()
+            threads = {role: threads_after[role] - threads_before[role] for role in ACTOR_ROLES}
             batches.timing = False
         finally:
             system.stop()

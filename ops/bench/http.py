@@ -82,6 +82,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 PHASES = ("health", "orders", "batch")
 ORDERS_PATH = "/api/v1/orders"
@@ -477,12 +478,14 @@ def summarise(phases: dict[str, dict[str, Any]], args: argparse.Namespace, setup
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CpuReading:
-    """CPU seconds so far: the machine's busy time, and the server's processes when known."""
+    """CPU seconds so far: the machine's busy time, the server's processes when known, and the server's
+    threads by role (its ``trade_engine_thread_cpu_seconds_total``) when its /metrics answered."""
 
     at: float
     machine_busy: float
     server: float | None
     database: float | None
+    threads: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -493,13 +496,21 @@ class CpuSample:
     machine_busy: float
     server: float | None
     database: float | None
+    threads: dict[str, float] | None = None
 
     def figures(self, answers: int, orders: int) -> dict[str, Any]:
-        """CPU shares in cores, and the server's µs per answer and per order."""
+        """CPU shares in cores, the server's µs per answer and per order, and per order (per answer for
+        /health) the µs of each role of the server's threads that used any."""
         def cores(value: float | None) -> float | None:
             return None if value is None or self.seconds <= 0 else round(value / self.seconds, 3)
 
+        per = orders or answers
+        by_thread = None
+        if self.threads is not None and per:
+            by_thread = {role: round(seconds / per * 1e6, 1) for role, seconds in self.threads.items()
+                         if seconds / per >= 0.5e-6}
         return {
+            "server_cpu_us_by_thread": by_thread,
             "machine_busy_cores": cores(self.machine_busy),
             "server_cpu_cores": cores(self.server),
             "database_cpu_cores": cores(self.database),
@@ -514,9 +525,11 @@ class CpuMeter:
     """Reads the machine's CPU time and that of the server's process tree (gunicorn and its children,
     split into PostgreSQL processes and the rest) when the server runs on this machine."""
 
-    def __init__(self, root: psutil.Process | None, database_dir: Path | None = None) -> None:
+    def __init__(self, root: psutil.Process | None, database_dir: Path | None = None,
+                 metrics: tuple[str, int] | None = None) -> None:
         self._root = root
         self._database_dir = str(database_dir.resolve()) if database_dir else None
+        self._metrics = metrics  # (host, port) of the server whose /metrics gives its threads' CPU
 
     def read(self) -> CpuReading:
         """The CPU seconds used so far."""
@@ -524,7 +537,26 @@ class CpuMeter:
         idle = sum(getattr(times, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
         busy = sum(times) - idle  # guest time is already counted in user time
         server, database = self._server_times()
-        return CpuReading(time.perf_counter(), busy, server, database)
+        return CpuReading(time.perf_counter(), busy, server, database, self._thread_times())
+
+    def _thread_times(self) -> dict[str, float] | None:
+        """The server's CPU seconds by thread role, from its /metrics (None when that does not answer)."""
+        if self._metrics is None:
+            return None
+        connection = http.client.HTTPConnection(*self._metrics, timeout=5.0)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            text = response.read().decode()
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            connection.close()
+        if response.status != 200:
+            return None
+        return {sample.labels["role"]: sample.value
+                for family in text_string_to_metric_families(text) if family.name == THREAD_CPU_METRIC
+                for sample in family.samples if sample.name.endswith("_total")} or None
 
     def _server_times(self) -> tuple[float | None, float | None]:
         if self._root is None:
@@ -554,11 +586,16 @@ class CpuMeter:
         def delta(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else max(0.0, b - a)
 
+        threads = None
+        if before.threads is not None and after.threads is not None:
+            threads = {role: max(0.0, seconds - before.threads.get(role, 0.0))
+                       for role, seconds in after.threads.items()}
         return CpuSample(after.at - before.at, after.machine_busy - before.machine_busy,
-                         delta(before.server, after.server), delta(before.database, after.database))
+                         delta(before.server, after.server), delta(before.database, after.database), threads)
 
 
 DATABASE_NAMES = ("postgres", "postmaster")
+THREAD_CPU_METRIC = "trade_engine_thread_cpu_seconds"
 
 
 def _tree(root: psutil.Process) -> dict[int, psutil.Process]:
@@ -1160,7 +1197,7 @@ def target_server(args: argparse.Namespace, progress: Progress) -> Iterator[tupl
         if parts.scheme != "http" or not parts.hostname:
             raise BenchError(f"--url {args.url}: only http://HOST[:PORT] is supported")
         host, port = parts.hostname, parts.port or 80
-        yield host, port, args.admin_key, CpuMeter(listening_process(host, port)), None
+        yield host, port, args.admin_key, CpuMeter(listening_process(host, port), metrics=(host, port)), None
         return
     server = OwnServer()
     progress.note(f"starting trade-engine serve in {server.folder} (embedded PostgreSQL) ...")
@@ -1169,7 +1206,8 @@ def target_server(args: argparse.Namespace, progress: Progress) -> Iterator[tupl
             seconds = server.wait_ready(probe)
         progress.note(f"server ready on 127.0.0.1:{server.port} in {seconds:.1f} s")
         root = psutil.Process(server.process.pid)
-        yield "127.0.0.1", server.port, server.admin_key, CpuMeter(root, server.database_dir), server
+        meter = CpuMeter(root, server.database_dir, metrics=("127.0.0.1", server.port))
+        yield "127.0.0.1", server.port, server.admin_key, meter, server
     finally:
         server.stop()
 
@@ -1228,6 +1266,9 @@ def _phase_line(phase: str, figures: dict[str, Any], rate: int) -> str:
     cpu = (f"; CPU: generator {figures['generator_cpu_cores']} cores "
            f"({figures['generator_cpu_us_per_request']} µs/request)"
            + (f", server {server} cores" if server is not None else "")
+           + (" (µs per " + ("request" if phase == "health" else "order") + ": "
+              + ", ".join(f"{role} {us:g}" for role, us in figures["server_cpu_us_by_thread"].items()) + ")"
+              if figures.get("server_cpu_us_by_thread") else "")
            + (f", database {figures['database_cpu_cores']} cores"
               if figures.get("database_cpu_cores") is not None else "")
            + (f", machine {figures['machine_busy_cores']} cores busy"

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import psycopg
 
+from tradeengine.ops.bench.http import CpuMeter
+from tradeengine.ops.threadcpu import ROLES
+
 from .conftest import (
     Engines,
     engine_env,
@@ -29,6 +32,11 @@ def test_serve_starts_the_embedded_database_answers_within_15_s_and_sigterm_leav
     assert engine.get("/ready").json() == {"status": "ready", "checks": {"database": "ok", "actors": "ok"}}
     assert engine.get("/health").json()["status"] == "ok"
     assert "trade_engine_http_requests_total" in engine.get("/metrics").text
+    # The worker's CPU by thread role, as `bench http` reads it from /metrics: the request threads are
+    # the keep-alive worker's, named for their role.
+    threads = CpuMeter(None, metrics=("127.0.0.1", engine.port)).read().threads
+    assert threads is not None and set(threads) == set(ROLES)
+    assert threads["http"] > 0 and threads["pairs"] > 0 and threads["writer"] > 0
     (worker,) = engine.worker_pids()
     assert postgres_processes(data_dir)
 

@@ -205,7 +205,8 @@ def test_the_json_object_carries_the_headline_figures_the_phases_and_the_errors(
     phases = {
         "health": bench.phase_figures("health", _result(40_000, 40_000, 10.0, 2.0)),
         "orders": bench.phase_figures("orders", _result(30_000, 30_000, 10.0, 5.0),
-                                      bench.CpuSample(10.0, 19.0, 8.0, 3.0)),
+                                      bench.CpuSample(10.0, 19.0, 8.0, 3.0,
+                                                      {"http": 4.5, "writer": 2.0, "wallet": 0.0})),
         "batch": bench.phase_figures("batch", _result(2_000, 199_990, 10.0, 80.0, statuses={"429": 3},
                                                       codes={"RATE_LIMITED": 3},
                                                       item_errors={"INSUFFICIENT_BALANCE": 10})),
@@ -222,6 +223,7 @@ def test_the_json_object_carries_the_headline_figures_the_phases_and_the_errors(
     orders = line["phases"]["orders"]
     assert orders["server_cpu_cores"] == 0.8 and orders["database_cpu_cores"] == 0.3
     assert orders["machine_busy_cores"] == 1.9 and orders["server_cpu_us_per_order"] == 266.7
+    assert orders["server_cpu_us_by_thread"] == {"http": 150.0, "writer": 66.7}  # idle roles left out
     # the rest of the machine: 1.9 busy - 0.8 server - 0.3 database - 0.05 generator
     assert orders["generator_cpu_cores"] == 0.05 and orders["other_cpu_cores"] == 0.75
     assert "other_cpu_cores" not in line["phases"]["health"]  # no server CPU known: nothing to subtract

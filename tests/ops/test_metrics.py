@@ -30,6 +30,7 @@ from tradeengine.http.app import create_app
 from tradeengine.http.middleware import REQUEST_ID_HEADER, RequestIdLogFilter, current_request_id
 from tradeengine.ops.cli import engine_version
 from tradeengine.ops.metrics import ActorCollector, EngineMetrics, OutboxCollector, ScrapeErrors
+from tradeengine.ops.threadcpu import ROLES
 from tradeengine.storage.outbox import OutboxBacklog
 from tradeengine.storage.outbox import read_backlog as read_outbox_backlog
 from tradeengine.storage.wallet_commands import read_backlog as read_wallet_backlog
@@ -143,6 +144,11 @@ def test_the_health_figures_are_exported_from_the_first_scrape(engine: Engine) -
     assert value(samples, "trade_engine_db_pool_connections") >= 1
     assert value(samples, "trade_engine_db_pool_requests_total") >= 1
     assert value(samples, "trade_engine_db_pool_waiting_requests") == 0
+    # CPU by thread role: every role is exported; the actors that started have run
+    for role in ROLES:
+        assert ("trade_engine_thread_cpu_seconds_total", frozenset({("role", role)})) in samples
+    for role in ("writer", "pairs", "wallet", "main"):
+        assert value(samples, "trade_engine_thread_cpu_seconds_total", role=role) > 0
 
 
 def test_the_outbox_backlog_counts_committed_unpublished_rows_and_the_age_of_the_oldest(
