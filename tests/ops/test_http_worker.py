@@ -119,28 +119,20 @@ def test_a_request_read_ahead_by_the_parser_is_answered_without_waiting(
     assert handled == [0, 1]
 
 
-def test_the_thread_lets_go_of_a_busy_client_while_another_connection_waits_for_a_thread(
-    monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket],
+@pytest.mark.parametrize("why", ["another connection waits for a thread", "the worker is stopping"])
+def test_the_thread_answers_one_request_and_lets_go_of_a_busy_client_when(
+    why: str, monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server, client = pair
     worker, handled = _worker(monkeypatch, [True, True])
-    worker._queued = 2  # this connection, and one more waiting in the pool's queue
-    client.sendall(b"GET /1")
-    client.sendall(b"GET /2")
-    assert worker.handle(_Conn(server)) is True
-    assert handled == [0]  # its next request goes through the poller, behind the waiting connection
-    assert worker._queued == 1
-
-
-def test_a_stopping_worker_answers_one_request_per_turn(
-    monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, client = pair
-    worker, handled = _worker(monkeypatch, [True, True])
-    worker.alive = False
-    client.sendall(b"GET /1GET /2")
-    assert worker.handle(_Conn(server)) is True
+    if why.startswith("another"):
+        worker._queued = 2  # this connection, and one more waiting in the pool's queue
+    else:
+        worker.alive = False
+    client.sendall(b"GET /1GET /2")  # its next request is here already
+    assert worker.handle(_Conn(server)) is True  # it goes through the poller (gthread answers it later)
     assert handled == [0]
+    assert worker._queued == (1 if why.startswith("another") else 0)
 
 
 # -- a real gunicorn --------------------------------------------------------------------------------------
