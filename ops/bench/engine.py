@@ -22,8 +22,8 @@ committing, and refusals; and CPU time per acknowledged command during the timed
 engine process (every thread), split by thread (`engine_cpu_us_by_thread`: the callers, the writer, the
 pair actors, the wallet, and the rest of the process: the main thread, the supervisor, ...) and, when
 the server runs on this machine, of the PostgreSQL server (the postmaster and all its children:
-backends, WAL writer, checkpointer, ...). With --json the last printed
-line is one JSON object with `orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
+backends, WAL writer, checkpointer, ...). With --json the last printed line is one JSON object with
+`orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ MIDS = {
 }
 QUOTE_FUNDS = 10**12  # units of USDT per user: never the limit
 BASE_NOTIONAL = 10**9  # quote value of each base asset deposited per user
+ACTOR_ROLES = ("writer", "pairs", "wallet")  # threads whose CPU is reported apart (`ops.threadcpu` roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,10 +229,6 @@ class CpuMeter:
         """Return (engine process CPU s, server CPU s or None) so far."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime, _server_cpu(self._server)
-
-
-# The actor threads whose CPU the bench reports apart (the callers' own is counted in `Tally`).
-ACTOR_ROLES = ("writer", "pairs", "wallet")
 
 
 def _local_postmaster(url: str) -> psutil.Process | None:
