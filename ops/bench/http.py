@@ -40,6 +40,9 @@ is reported (`generator_cpu_cores`, `generator_cpu_us_per_request`), and so is t
 (`machine_busy_cores`) and, when the server runs on this machine, the server's (gunicorn's process tree:
 `server_cpu_cores`; its embedded PostgreSQL: `database_cpu_cores`) and what other processes took
 meanwhile (`other_cpu_cores`: on a shared machine, a run with a large one measured a crowded machine).
+The server's own CPU per order (per request for /health) by thread role, `server_cpu_us_by_thread`
+(request threads "http", "writer", "relay", "pairs", ...), comes from its /metrics
+(`trade_engine_thread_cpu_seconds_total`, read at the start and the end of each counted window).
 
 Errors: every non-2xx answer is counted by status and error code (warmup included), and so is every
 failed item of a 200 batch answer and every broken connection; a run with any error says so on stderr
