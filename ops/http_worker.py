@@ -33,8 +33,9 @@ from gunicorn.workers.gthread import ThreadWorker
 
 __all__ = ["KEEP_WAIT", "KeepAliveThreadWorker"]
 
-KEEP_WAIT = 0.02
-"""Seconds a thread waits for the next request of the keep-alive connection it just answered."""
+KEEP_WAIT = 0.01
+"""Seconds a thread waits for the next request of the keep-alive connection it just answered: at most
+that much delay for a connection queued meanwhile (5 and 20 ms measured alike with 16 and 64 clients)."""
 
 
 class KeepAliveThreadWorker(ThreadWorker):  # type: ignore[misc]
