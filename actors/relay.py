@@ -14,13 +14,13 @@ state the database does not have). Each pass:
 Passes follow one another at once while rows are waiting; when the outbox is empty the relay waits for a
 `Nudge` (the system sends one after every commit of the writer; the pass it asks for starts at the
 earliest ``nudge_interval`` after the previous one began, so under load one pass takes several commits)
-or ``idle_interval`` seconds. When the
-broker (or the database) fails, the rows fully published so far are stamped, the relay logs ONCE for
-the outage and tries again after an exponential backoff (``backoff``, capped, with jitter), ignoring
-nudges meanwhile; the first pass that succeeds logs the recovery. Orders keep being accepted all along:
-the backlog simply grows in the table. Nothing is held in memory across passes, so a crashed relay is
-restarted by the supervisor and resumes from the table, and so does a restarted engine. (It holds one
-database connection, in autocommit, while passes follow one another; see `OutboxRelay._connection`.)
+or ``idle_interval`` seconds. When the broker (or the database) fails, the rows fully published so far
+are stamped, the relay logs ONCE for the outage and tries again after an exponential backoff
+(``backoff``, capped, with jitter), ignoring nudges meanwhile; the first pass that succeeds logs the
+recovery. Orders keep being accepted all along: the backlog simply grows in the table. Nothing is held
+in memory across passes, so a crashed relay is restarted by the supervisor and resumes from the table,
+and so does a restarted engine. (It holds one database connection, in autocommit, while passes follow
+one another; see `OutboxRelay._connection`.)
 
 Delivery is at least once: a row stamped late (a crash, a lost connection between a confirm and the
 stamp) is published again, events with the same ``event_id``. Consumers de-duplicate on it; per pair
