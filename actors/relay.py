@@ -84,8 +84,13 @@ class RelaySettings:
     database_timeout: float = 2.0
     retention: float = 86_400.0
     """Seconds a published row is kept before the periodic maintenance prunes it."""
+    process: bool = False
+    """Run the relay in a process of its own (`actors.relay_process`), off the engine's GIL."""
 
     def __post_init__(self) -> None:
+        if self.process and self.broker_url.startswith("memory://"):
+            raise ValueError("a relay process needs a broker of its own (amqp://): memory:// reaches one "
+                             "process only")
         if self.batch_rows < 1:
             raise ValueError(f"batch_rows must be at least 1, got {self.batch_rows}")
         intervals_ok = self.idle_interval > 0 and 0 <= self.nudge_interval < self.idle_interval
@@ -128,6 +133,7 @@ class RelayStats:
         self._events = 0
         self._rows = 0
         self._last: float | None = None
+        self._sources: dict[object, dict[str, int]] = {}  # per relay process: its last reported counts
         self.outages = Outages()  # "broker" / "database"
 
     def published(self, events: int) -> None:
@@ -140,6 +146,22 @@ class RelayStats:
         """Count `rows` stamped published."""
         with self._lock:
             self._rows += rows
+
+    def absorb(self, source: object, figures: dict[str, Any]) -> None:
+        """Take the figures a relay process reported (`ops.relay_main`): counted since that process
+        started, so what is added is what grew since its previous report; its outages become ours."""
+        with self._lock:
+            seen = self._sources.setdefault(source, {"events": 0, "rows": 0})
+            self._events += max(figures["events"] - seen["events"], 0)
+            self._rows += max(figures["rows"] - seen["rows"], 0)
+            seen.update(events=figures["events"], rows=figures["rows"])
+            if figures["last"] is not None:
+                self._last = max(self._last or 0.0, figures["last"])
+        for part in ("broker", "database"):
+            if figures[part]:
+                self.outages.recovered(part)
+            else:
+                self.outages.failed(part)
 
     def figures(self, backlog: OutboxBacklog | None = None) -> RelayFigures:
         """The figures now, with `backlog` attached."""

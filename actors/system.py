@@ -8,7 +8,9 @@ It lives in the gunicorn worker only: created and started when the worker builds
                   ├── wallet      WalletActor        ONE_FOR_ALL  (its ledger and the books go together)
                   └── pair:SYM …  PairActor          ONE_FOR_ONE  (a crash restarts that pair alone)
                relay              OutboxRelay        ONE_FOR_ONE  (when given ``relay`` settings; no group:
-                                                                   it resumes from the outbox table)
+                                                                   it resumes from the outbox table;
+                                                                   RelayProcess with ``process=True``:
+                                                                   the same relay in a child process)
                settler            WalletSettler      ONE_FOR_ONE  (when given ``wallet`` settings; no group:
                                                                    it resumes from wallet_commands)
 
@@ -72,9 +74,10 @@ from .mirror import MarketDataMirror, MirrorSettings
 from .pair import PairActor, SetTrading, StatusQuery
 from .polling import Nudge
 from .relay import OutboxRelay, RelayFigures, RelaySettings, RelayStats
+from .relay_process import RelayProcess
 from .remote_wallet import RemoteWallet, RemoteWalletActor, RemoteWalletSettings
 from .settler import SettlerFigures, SettlerStats, WalletSettler
-from .supervision import ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
+from .supervision import ChildFactory, ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
 from .writer import BatchReport, Commit, PersistenceActor
@@ -290,11 +293,8 @@ class ActorSystem:
         )
         relay = self._relay_settings
         if relay is not None:
-            self._relay = supervisor.add(ChildSpec(
-                "relay",
-                lambda link: OutboxRelay.start(link, pool=self.pool, settings=relay, stats=self.relay_stats),
-                stop_timeout=relay.stop_timeout,
-            ))
+            self._relay = supervisor.add(ChildSpec("relay", self._relay_starter(relay),
+                                                   stop_timeout=relay.stop_timeout))
         wallet, client = self._wallet_settings, self.wallet_client
         if wallet is not None and client is not None:
             self._settler = supervisor.add(ChildSpec(
@@ -320,6 +320,13 @@ class ActorSystem:
         if settler is not None:
             with contextlib.suppress(EngineUnavailable):  # restarting: it looks at the table first
                 settler.tell(Nudge())
+
+    def _relay_starter(self, relay: RelaySettings) -> ChildFactory:
+        """How the supervisor starts the relay: in this process, or as a process of its own."""
+        if relay.process:
+            return lambda link: RelayProcess.start(link, conninfo=self.pool.conninfo, settings=relay,
+                                                   stats=self.relay_stats)
+        return lambda link: OutboxRelay.start(link, pool=self.pool, settings=relay, stats=self.relay_stats)
 
     def _batch_committed(self, report: BatchReport) -> None:
         """The writer's report of a flush (its thread): nudge the relay and settler, then the hook."""

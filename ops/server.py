@@ -212,7 +212,8 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
                                 interval=settings.market_data_interval)
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
-    relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention)
+    relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention,
+                          process=settings.relay_process)
     wallet = None
     if settings.wallet_url:
         wallet = RemoteWalletSettings(

@@ -196,6 +196,10 @@ class Settings:
     broker_exchange: str = _field(
         _exchange_name, "trade-engine", "the durable topic exchange the outbox relay publishes events to"
     )
+    relay_process: bool = _field(
+        _bool, False, "run the outbox relay in a process of its own, off the engine's GIL (amqp:// brokers "
+        "only; recommended with RabbitMQ)"
+    )
     outbox_retention: float = _field(
         _positive_float, 86400,
         "seconds a published outbox row is kept before the hourly maintenance prunes it",
@@ -260,6 +264,9 @@ class Settings:
             values[field.name] = field.metadata["parse"](name, raw)
         if not values.get("log_format"):
             values["log_format"] = "text" if sys.stderr.isatty() else "json"
+        if values.get("relay_process") and str(values.get("broker_url") or "memory://").startswith("memory:"):
+            raise SettingsError(f"{PREFIX}RELAY_PROCESS=true needs a broker of its own ({PREFIX}BROKER_URL="
+                                "amqp://...): memory:// reaches one process only")
         return cls(**values)
 
     @property

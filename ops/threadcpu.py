@@ -23,6 +23,8 @@ _PREFIXES = (
     ("WalletActor", "wallet"),
     ("OutboxRelay", "relay"),
     ("outbox-relay-timer", "relay"),
+    ("RelayProcess", "relay"),  # the relay's stand-in when it runs in a process of its own
+    ("relay-process", "relay"),
     ("WalletSettler", "settler"),
     ("wallet-settler-timer", "settler"),
     ("market-data-mirror", "mirror"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import psycopg_pool
 import pytest
@@ -55,9 +57,10 @@ def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
 
 
 def start_engine(engines: Engines, tmp_path: Path, database_url: str, broker_url: str, exchange: str,
-                 name: str = "data") -> Engine:
+                 name: str = "data", **settings: str) -> Engine:
     engine = engines.start(tmp_path / name, database_url=database_url, broker_url=broker_url,
-                           broker_exchange=exchange, bootstrap_admin_key=ADMIN_KEY, request_timeout="10")
+                           broker_exchange=exchange, bootstrap_admin_key=ADMIN_KEY, request_timeout="10",
+                           **settings)
     engine.wait_ready(limit=30)
     return engine
 
@@ -179,9 +182,11 @@ def consume(url: str, exchange: str, queue_name: str, handle: Any, stop: threadi
                 connection.drain_events(timeout=1)
 
 
+@pytest.mark.parametrize("relay_process", ["false", "true"],
+                         ids=["relay in the engine", "relay in its own process"])
 def test_how_another_service_consumes_the_events(
     engines: Engines, tmp_path: Path, machine_pg_url: str, pool: psycopg_pool.ConnectionPool,
-    broker_url: str, exchange_name: str,
+    broker_url: str, exchange_name: str, relay_process: str,
 ) -> None:
     queue_name = f"{exchange_name}.settlement"
     trades: list[dict[str, Any]] = []
@@ -192,7 +197,10 @@ def test_how_another_service_consumes_the_events(
     try:
         with Connection(broker_url) as connection:  # the consumer's queue exists before trading starts
             wait_until(lambda: _queue_exists(connection, queue_name), 10, "the consumer's queue")
-        engine = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name)
+        engine = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name,
+                              relay_process=relay_process)
+        relays = relay_processes(engine)
+        assert len(relays) == (1 if relay_process == "true" else 0)
         alice, bob = Trader(engine, "alice"), Trader(engine, "bob")
         for price in ("50000", "50010"):
             sell = {"symbol": "BTC-USDT", "side": "SELL", "type": "LIMIT", "quantity": "0.1", "price": price}
@@ -202,6 +210,9 @@ def test_how_another_service_consumes_the_events(
         assert requests.post(f"{engine.base}/api/v1/orders", json=buy, headers=bob.headers,
                              timeout=10).status_code == 201
         wait_until(lambda: len(trades) == 2, 20, "both trades consumed")
+        engine.signal(signal.SIGTERM)
+        assert engine.wait_exit() == 0
+        assert not [relay for relay in relays if relay.is_running() and relay.status() != "zombie"]
     finally:
         stop.set()
         consumer.join(10)
@@ -216,6 +227,13 @@ def test_how_another_service_consumes_the_events(
     with psycopg.connect(machine_pg_url) as conn:
         assert sorted(row[0] for row in conn.execute("SELECT id FROM trades").fetchall()) == sorted(
             t["payload"]["id"] for t in trades)
+
+
+def relay_processes(engine: Engine) -> list[psutil.Process]:
+    """The relay processes (`ops.relay_main`) under the engine's worker."""
+    return [process for worker in engine.worker_pids()
+            for process in psutil.Process(worker).children()
+            if "tradeengine.ops.relay_main" in process.cmdline()]
 
 
 def _queue_exists(connection: Connection, name: str) -> bool:

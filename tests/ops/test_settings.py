@@ -31,6 +31,7 @@ def test_every_documented_variable_is_read() -> None:
         "TRADE_ENGINE_LOG_FORMAT": "TEXT",
         "TRADE_ENGINE_CORS_ORIGINS": "https://a.example, https://b.example",
         "TRADE_ENGINE_DATABASE_PREPARE": "false",
+        "TRADE_ENGINE_RELAY_PROCESS": "yes",
     })
     assert settings.database_url == "postgresql://u@db:5432/x"
     assert settings.redis_url == "redis://cache:6379/0"
@@ -41,6 +42,7 @@ def test_every_documented_variable_is_read() -> None:
     assert settings.log_format == "text"
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.database_prepare is False
+    assert settings.relay_process is True
 
 
 @pytest.mark.parametrize(
@@ -64,6 +66,8 @@ def test_every_documented_variable_is_read() -> None:
         ("RATE_BURST", "0", "at least 1"),
         ("PUBLIC_RATE_LIMIT", "-5", "must be 0 (off)"),
         ("PUBLIC_RATE_BURST", "0", "at least 1"),
+        ("RELAY_PROCESS", "sometimes", "true or false"),
+        ("RELAY_PROCESS", "true", "memory:// reaches one process only"),  # with the default broker
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
