@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import threading
@@ -245,22 +246,33 @@ def _queue_exists(connection: Connection, name: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("relay_process", ["false", "true"],
+                         ids=["relay in the engine", "relay in its own process"])
 def test_after_kill_9_mid_run_and_a_restart_every_committed_event_arrives_in_order(
     engines: Engines, tmp_path: Path, machine_pg_url: str, pool: psycopg_pool.ConnectionPool,
-    broker_url: str, tap: BrokerTap, exchange_name: str,
+    broker_url: str, tap: BrokerTap, exchange_name: str, relay_process: str,
 ) -> None:
-    first = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name, name="first")
+    first = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name, name="first",
+                         relay_process=relay_process)
     traders = [Trader(first, "alice"), Trader(first, "bob"), Trader(first, "carol")]
     load = HttpLoad(first, traders, seed=17)
     try:
         wait_until(lambda: len(load.accepted) > 300, 60, "a busy engine")
-        first.kill_everything()  # kill -9 of the master and its worker, mid-run
+        relays = relay_processes(first)
+        assert bool(relays) == (relay_process == "true")
+        if relays:  # kill -9 of the master and its worker only: the relay process must end by itself
+            for pid in (first.pid, *first.worker_pids()):
+                os.kill(pid, signal.SIGKILL)
+            _, alive = psutil.wait_procs(relays, timeout=30)
+            assert not alive, "the relay process outlived the engine it belonged to"
+        first.kill_everything()  # kill -9 of the master and its worker (and what is left), mid-run
     finally:
         load.stop()
     accepted = list(load.accepted)
     unpublished = backlog_rows(pool)
 
-    second = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name, name="second")
+    second = start_engine(engines, tmp_path, machine_pg_url, broker_url, exchange_name, name="second",
+                          relay_process=relay_process)
     load = HttpLoad(second, traders, seed=18)
     try:
         wait_until(lambda: len(load.accepted) > 100, 60, "trading again after the restart")
