@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 import psycopg_pool
+import pytest
 
 from tradeengine.storage import run_partition_maintenance
 
@@ -145,3 +146,27 @@ def test_maintenance_on_a_connection_commits_its_work(migrated_pg_url: str) -> N
     with psycopg.connect(migrated_pg_url) as conn:
         assert set(created) <= partitions_of(conn, "orders")
         assert len(created) == 2  # months 4 and 5; 0-3 exist since the migrations
+
+
+def test_a_run_that_crosses_midnight_copies_a_template_migrated_that_day(
+    machine_pg_admin_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The migrations create the partitions of the day they run and ahead (above): the tests' migrated
+    # template (tests/conftest.py) is one per UTC day, or the checks above fail after midnight.
+    from tests import conftest
+
+    templates = conftest._MigratedTemplates(machine_pg_admin_url)
+    try:
+        today = templates.today()
+        assert templates.today() == today
+
+        class Tomorrow(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> Tomorrow:
+                moment = datetime.now(tz) + timedelta(days=1)
+                return cls.fromtimestamp(moment.timestamp(), tz)
+
+        monkeypatch.setattr(conftest, "datetime", Tomorrow)
+        assert templates.today() != today  # migrated anew (by the database's clock: today's partitions)
+    finally:
+        templates.close()
