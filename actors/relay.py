@@ -98,6 +98,11 @@ class RelaySettings:
             raise ValueError("idle_interval must be greater than 0, nudge_interval at least 0 and less than "
                              "idle_interval, and retention at least 0")
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RelaySettings:
+        """Settings from `dataclasses.asdict` of settings (how a relay process receives them)."""
+        return cls(**{**values, "backoff": Backoff(**values["backoff"])})
+
     @property
     def stop_timeout(self) -> float:
         """How long a pass may take at most (so how long a stop may have to wait for one)."""
@@ -147,18 +152,19 @@ class RelayStats:
         with self._lock:
             self._rows += rows
 
-    def absorb(self, source: object, figures: dict[str, Any]) -> None:
+    def absorb(self, source: object, figures: RelayFigures) -> None:
         """Take the figures a relay process reported (`ops.relay_main`): counted since that process
         started, so what is added is what grew since its previous report; its outages become ours."""
         with self._lock:
             seen = self._sources.setdefault(source, {"events": 0, "rows": 0})
-            self._events += max(figures["events"] - seen["events"], 0)
-            self._rows += max(figures["rows"] - seen["rows"], 0)
-            seen.update(events=figures["events"], rows=figures["rows"])
-            if figures["last"] is not None:
-                self._last = max(self._last or 0.0, figures["last"])
-        for part in ("broker", "database"):
-            if figures[part]:
+            self._events += max(figures.published_events - seen["events"], 0)
+            self._rows += max(figures.published_rows - seen["rows"], 0)
+            seen.update(events=figures.published_events, rows=figures.published_rows)
+            if figures.last_published_at is not None:
+                self._last = max(self._last or 0.0, figures.last_published_at)
+        parts = (("broker", figures.broker_available), ("database", figures.database_available))
+        for part, available in parts:
+            if available:
                 self.outages.recovered(part)
             else:
                 self.outages.failed(part)

@@ -5,7 +5,7 @@ supervisor's child "relay" is this actor instead of `OutboxRelay`: it starts ``p
 tradeengine.ops.relay_main`` (the same relay, see there) and stands for it. It holds nothing the table
 does not have either, so it is supervised the same way: one-for-one, in no group.
 
-- start: the child gets its configuration as the first line of its stdin (`config`); its stderr is the
+- start: the child gets its configuration as the first line of its stdin (`relay_config`); its stderr is the
   engine's, its stdout reports its figures, which a reader thread adds into the shared `RelayStats`
   (metrics and `ActorSystem.relay_figures` read them as with the in-process relay);
 - `Nudge` (the system sends one after every commit): one byte to the child's stdin, never blocking (a
@@ -31,18 +31,24 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from .polling import Nudge
-from .relay import RelaySettings, RelayStats
+from .relay import RelayFigures, RelaySettings, RelayStats
 from .supervised import ChildLink, SupervisedActor
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["RELAY_COMMAND", "RelayProcess"]
+__all__ = ["RELAY_COMMAND", "RelayProcess", "relay_config"]
 
 RELAY_COMMAND = (sys.executable, "-m", "tradeengine.ops.relay_main")
 """The child's command line."""
 
 _log = logging.getLogger(__name__)
+
+
+def relay_config(conninfo: str, settings: RelaySettings) -> dict[str, Any]:
+    """A relay process's configuration (the first line of its stdin, as JSON): where the database is,
+    and the relay's settings (`RelaySettings.from_dict` reads them back)."""
+    return {"conninfo": conninfo, "relay": dataclasses.asdict(settings)}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,16 +72,6 @@ class RelayProcess(SupervisedActor):
         self._reader: threading.Thread | None = None
         self._stopping = False
 
-    def config(self) -> dict[str, Any]:
-        """The child's configuration (the first line of its stdin)."""
-        s = self.settings
-        return {"conninfo": self._conninfo, "broker_url": s.broker_url, "exchange": s.exchange,
-                "batch_rows": s.batch_rows, "idle_interval": s.idle_interval,
-                "nudge_interval": s.nudge_interval, "backoff": [s.backoff.initial, s.backoff.factor,
-                                                                s.backoff.cap],
-                "connect_timeout": s.connect_timeout, "confirm_timeout": s.confirm_timeout,
-                "database_timeout": s.database_timeout}
-
     @property
     def pid(self) -> int | None:
         """The child's process id (None before it started)."""
@@ -88,7 +84,7 @@ class RelayProcess(SupervisedActor):
         child = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert child.stdin is not None
         self._child = child
-        child.stdin.write(json.dumps(self.config()).encode() + b"\n")
+        child.stdin.write(json.dumps(relay_config(self._conninfo, self.settings)).encode() + b"\n")
         child.stdin.flush()
         os.set_blocking(child.stdin.fileno(), False)
         self._reader = threading.Thread(target=self._read, args=(child,), daemon=True,
@@ -145,7 +141,7 @@ class RelayProcess(SupervisedActor):
         with child.stdout:
             for line in child.stdout:
                 try:
-                    self.stats.absorb(child.pid, json.loads(line))
+                    self.stats.absorb(child.pid, RelayFigures(**json.loads(line)))
                 except (ValueError, KeyError, TypeError):
                     _log.warning("the relay process %d wrote an unreadable line: %r", child.pid, line[:200])
         status = child.wait()

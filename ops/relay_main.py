@@ -6,12 +6,12 @@ the server's CPU per order on RabbitMQ) no longer competes for the engine's GIL.
 outbox table does not have, so it can run anywhere the database and the broker are.
 
 Protocol with the parent (`actors.relay_process.RelayProcess`), over the child's stdin and stdout:
-- stdin: the first line is the configuration, one JSON object (`RelayProcess.config`); every byte after
-  it is a nudge (new rows were committed); end of file means the parent is stopping or gone: the child
-  finishes its current pass and exits with status 0. It never outlives its parent. SIGINT is ignored
-  (Ctrl-C reaches the whole process group; the engine's stop closes stdin); SIGTERM ends it too.
-- stdout: the relay's figures (`RelayStats.figures`) as one JSON object per line, whenever they change
-  (at most every `REPORT_INTERVAL` seconds), and once more before exiting.
+- stdin: the first line is the configuration, one JSON object (`actors.relay_process.relay_config`);
+  every byte after it is a nudge (new rows were committed); end of file means the parent is stopping or
+  gone: the child finishes its current pass and exits with status 0. It never outlives its parent. SIGINT
+  is ignored (Ctrl-C reaches the whole process group; the engine's stop closes stdin); SIGTERM ends it.
+- stdout: the relay's figures (`RelayFigures`' fields but the backlog) as one JSON object per line,
+  whenever they change (at most every `REPORT_INTERVAL` seconds), and once more before exiting.
 - stderr: the log, formatted as the engine's (the parent's environment carries the log settings).
 Exit status 1 when the relay actor itself broke (the parent's supervisor starts a new process).
 
@@ -22,6 +22,7 @@ connection of its own while it runs, so a new child waits for an old one that is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -37,10 +38,11 @@ import pykka
 from tradeengine.actors.polling import Nudge
 from tradeengine.actors.relay import OutboxRelay, RelaySettings, RelayStats
 from tradeengine.actors.supervised import ChildLink, ChildNotice, NoticeKind
-from tradeengine.actors.supervision import Backoff
 from tradeengine.ops.logconfig import configure_logging
 from tradeengine.ops.settings import Settings, SettingsError
 from tradeengine.storage import create_pool
+from tradeengine.storage.database import storage_errors
+from tradeengine.storage.errors import StorageUnavailable
 
 __all__ = ["RELAY_LOCK", "REPORT_INTERVAL", "main"]
 
@@ -50,17 +52,6 @@ REPORT_INTERVAL = 0.2
 """Seconds between two looks at the figures (written to stdout when they changed)."""
 
 log = logging.getLogger("tradeengine.ops.relay_main")
-
-
-def relay_settings(config: dict[str, Any]) -> RelaySettings:
-    """The `RelaySettings` of a configuration line (see `actors.relay_process.RelayProcess.config`)."""
-    initial, factor, cap = config["backoff"]
-    return RelaySettings(
-        config["broker_url"], config["exchange"], batch_rows=config["batch_rows"],
-        idle_interval=config["idle_interval"], nudge_interval=config["nudge_interval"],
-        backoff=Backoff(initial=initial, factor=factor, cap=cap), connect_timeout=config["connect_timeout"],
-        confirm_timeout=config["confirm_timeout"], database_timeout=config["database_timeout"],
-    )
 
 
 def main() -> int:
@@ -74,7 +65,7 @@ def main() -> int:
     if not config:
         log.error("relay process: no configuration on stdin")
         return 2
-    settings = relay_settings(config)
+    settings = RelaySettings.from_dict(config["relay"])
     done = threading.Event()
     broken = threading.Event()
     # Ctrl-C at a terminal reaches the whole process group: the engine stops gracefully and then closes
@@ -99,7 +90,7 @@ def main() -> int:
         ref = OutboxRelay.start(ChildLink("relay", 1, on_notice, lambda name, number: True),
                                 pool=pool, settings=settings, stats=stats)
         relay.append(ref)
-        log.info("relay process %d publishing to %s", os.getpid(), config["exchange"])
+        log.info("relay process %d publishing to %s", os.getpid(), settings.exchange)
         reported: dict[str, Any] | None = None
         try:
             while True:
@@ -122,13 +113,13 @@ def _lock_when_available(conninfo: str, settings: RelaySettings,
     attempt = 0
     while not done.is_set():
         try:
-            conn = psycopg.connect(conninfo, autocommit=True,
-                                   connect_timeout=max(2, math.ceil(settings.database_timeout)))
-        except psycopg.OperationalError as exc:
+            with storage_errors("the relay process connecting for its lock"):
+                conn = psycopg.connect(conninfo, autocommit=True,
+                                       connect_timeout=max(2, math.ceil(settings.database_timeout)))
+        except StorageUnavailable as exc:
             attempt += 1
             if attempt == 1:
-                log.warning("relay process: the database is unavailable (%s); retrying with backoff",
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                log.warning("%s; retrying with backoff", exc)
             done.wait(settings.backoff.delay(attempt))
             continue
         conn.execute("SELECT pg_advisory_lock(%s)", (RELAY_LOCK,))  # waits for a relay still finishing
@@ -150,11 +141,10 @@ def _forward_nudges(stdin: Any, relay: list[pykka.ActorRef[Any]], done: threadin
 
 
 def _report(stats: RelayStats, last: dict[str, Any] | None) -> dict[str, Any]:
-    """Write the figures to stdout when they differ from `last`; return them."""
-    figures = stats.figures()
-    now = {"events": figures.published_events, "rows": figures.published_rows,
-           "last": figures.last_published_at, "broker": figures.broker_available,
-           "database": figures.database_available, "outages": figures.outages}
+    """Write the figures (`RelayFigures`' fields, without the backlog) to stdout when they differ from
+    `last`; return them."""
+    now = dataclasses.asdict(stats.figures())
+    del now["backlog"]
     if now != last:
         with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
             sys.stdout.write(json.dumps(now) + "\n")

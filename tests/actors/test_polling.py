@@ -85,12 +85,12 @@ def test_nudges_within_the_interval_gather_into_one_pass_at_its_end(start: Any) 
 
 
 def test_a_nudge_after_the_interval_runs_a_pass_at_once(start: Any) -> None:
-    ref, recorder = start(nudge_interval=0.05)
-    time.sleep(0.1)
+    ref, recorder = start(nudge_interval=0.5)
+    time.sleep(0.6)
     nudged = time.monotonic()
     ref.tell(Nudge())
     passes = wait_passes(recorder, 2)
-    assert passes[1] - nudged < 0.05
+    assert passes[1] - nudged < 0.25  # not another nudge_interval: at once (a slow machine's margin)
 
 
 def test_without_an_interval_every_nudge_runs_a_pass_at_once(start: Any) -> None:

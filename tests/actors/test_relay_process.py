@@ -23,9 +23,9 @@ from tests.actors.test_relay import (
 )
 from tests.broker_harness import BrokerTap
 from tests.e2e.conftest import TcpProxy
-from tradeengine.actors.relay import RelaySettings, RelayStats
-from tradeengine.actors.relay_process import RELAY_COMMAND, RelayProcess
-from tradeengine.actors.supervision import ChildState
+from tradeengine.actors.relay import RelayFigures, RelaySettings, RelayStats
+from tradeengine.actors.relay_process import RELAY_COMMAND, relay_config
+from tradeengine.actors.supervision import Backoff, ChildState
 from tradeengine.actors.system import ActorSystem
 
 
@@ -86,12 +86,10 @@ def test_a_killed_relay_process_is_replaced_by_the_supervisor_and_publishing_goe
 
 def start_child(conninfo: str, broker_url: str, exchange_name: str) -> subprocess.Popen[bytes]:
     """`ops.relay_main` started as `RelayProcess` starts it (its configuration line, then a nudge)."""
-    actor = RelayProcess.__new__(RelayProcess)  # only for its configuration line
-    actor._conninfo = conninfo
-    actor.settings = relay_settings(broker_url, exchange_name)
+    config = relay_config(conninfo, relay_settings(broker_url, exchange_name))
     child = subprocess.Popen(RELAY_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert child.stdin is not None
-    child.stdin.write(json.dumps(actor.config()).encode() + b"\nn")
+    child.stdin.write(json.dumps(config).encode() + b"\nn")
     child.stdin.flush()
     return child
 
@@ -111,7 +109,7 @@ def test_the_relay_process_ends_when_its_stdin_closes_as_when_the_engine_dies(
     child = start_child(pool.conninfo, broker_url, exchange_name)
     assert child.stdout is not None
     figures = json.loads(child.stdout.readline())  # it runs: its first report
-    assert figures["events"] == 0 and figures["broker"] and figures["database"]
+    assert figures["published_events"] == 0 and figures["broker_available"] and figures["database_available"]
     assert end_child(child) == 0
 
 
@@ -127,7 +125,7 @@ def test_a_relay_process_started_while_the_database_is_away_waits_for_it_instead
         proxy.restore()
         assert child.stdout is not None
         figures = json.loads(child.stdout.readline())  # the database answered: it runs
-        assert figures["database"]
+        assert figures["database_available"]
         assert end_child(child) == 0
     finally:
         proxy.cut()
@@ -135,12 +133,18 @@ def test_a_relay_process_started_while_the_database_is_away_waits_for_it_instead
 
 def test_stats_absorb_each_processes_counts_once_and_mirror_its_outages() -> None:
     stats = RelayStats(clock=lambda: 100.0)
-    stats.absorb(1, {"events": 5, "rows": 2, "last": 50.0, "broker": True, "database": True, "outages": 0})
-    stats.absorb(1, {"events": 9, "rows": 3, "last": 60.0, "broker": False, "database": True, "outages": 1})
-    stats.absorb(2, {"events": 4, "rows": 1, "last": 70.0, "broker": True, "database": True, "outages": 0})
+    stats.absorb(1, RelayFigures(5, 2, 50.0, True, True, 0))
+    stats.absorb(1, RelayFigures(9, 3, 60.0, False, True, 1))
+    stats.absorb(2, RelayFigures(4, 1, 70.0, True, True, 0))
     figures = stats.figures()
     assert (figures.published_events, figures.published_rows, figures.last_published_at) == (13, 4, 70.0)
     assert figures.broker_available and figures.outages == 1
+
+
+def test_the_settings_reach_a_relay_process_whole() -> None:
+    settings = RelaySettings("amqp://mq//", "ex", batch_rows=7, nudge_interval=0.02, process=True,
+                             backoff=Backoff(initial=0.3, factor=3.0, cap=4.0))
+    assert RelaySettings.from_dict(json.loads(json.dumps(relay_config("dsn", settings)))["relay"]) == settings
 
 
 def test_a_relay_process_needs_a_broker_of_its_own() -> None:
