@@ -34,6 +34,10 @@ class StorageUnavailable(StorageError, UnavailableInfrastructure):
     code = "UNAVAILABLE"
 
 
+class WriterFenced(StorageError):
+    """A writer process's batch found a newer writer in charge (``writer_fence``): nothing was written."""
+
+
 class MigrationError(StorageError):
     """The schema cannot be brought to the version this code expects."""
 

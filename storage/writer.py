@@ -52,10 +52,10 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from tradeengine.storage.database import storage_errors
-from tradeengine.storage.errors import StorageError
+from tradeengine.storage.errors import StorageError, WriterFenced
 from tradeengine.storage.rows import LEDGER_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, RowSet
 
-__all__ = ["write_batch"]
+__all__ = ["claim_fence", "write_batch"]
 
 _json = msgspec.json.Encoder()
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -157,15 +157,18 @@ _WALLET_COMMAND_KINDS = "TTT"
 
 
 def write_batch(
-    conn: psycopg.Connection[Any], rows: RowSet, *, statement_timeout: float | None = None
+    conn: psycopg.Connection[Any], rows: RowSet, *, statement_timeout: float | None = None,
+    fence: int | None = None,
 ) -> None:
     """Write every row of `rows` in one transaction and commit it (all or nothing).
 
     `conn` must be idle (not inside a transaction), else ValueError: the batch must really commit.
     `statement_timeout` (seconds) bounds each statement, transaction-scoped (``SET LOCAL``, so it also
-    behaves behind PgBouncer). Raises `StorageUnavailable` when the database cannot be reached or a
-    statement times out (the outcome of a commit cut off mid-way is unknown), `StorageError` for any
-    other failure (nothing was written).
+    behaves behind PgBouncer). With `fence` (a writer process's epoch, see `claim_fence`) the batch
+    first reads ``writer_fence`` FOR SHARE and fails with `WriterFenced` unless the epoch is still
+    `fence`: a newer writer has started. Raises `StorageUnavailable` when the database cannot be
+    reached or a statement times out (the outcome of a commit cut off mid-way is unknown),
+    `StorageError` for any other failure (nothing was written).
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("write_batch needs an idle connection: inside a transaction it could not commit")
@@ -177,11 +180,34 @@ def write_batch(
         if statement_timeout is not None:
             cur.execute("SELECT set_config('statement_timeout', %s, true)",
                         (f"{max(1, int(statement_timeout * 1000))}ms",))
+        if fence is not None:
+            cur.execute("SELECT epoch FROM writer_fence FOR SHARE")
+            epoch = cur.fetchone()[0]  # type: ignore[index]
+            if epoch != fence:
+                raise WriterFenced(f"a newer writer (epoch {epoch}) has started; this one (epoch {fence}) "
+                                   "must not commit")
         _copy(cur, _COPY_ORDERS, orders)
         _update_orders(cur, rows, render)
         _copy(cur, _COPY_LEDGER, ledger)
         if statement:
             cur.execute(statement, params, prepare=False)
+
+
+def claim_fence(conn: psycopg.Connection[Any], *, lock_timeout: float) -> int:
+    """Become the writer in charge: increment the fence's epoch and commit; return the new epoch.
+
+    Waits (at most `lock_timeout` seconds, then `StorageUnavailable`) for a batch of the previous writer
+    that is still running: after this returns, no writer with an older epoch can commit.
+    """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError("claim_fence needs an idle connection")
+    with storage_errors("claiming the writer fence"), conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(lock_timeout * 1000))}ms",))
+        cur.execute("UPDATE writer_fence SET epoch = epoch + 1 RETURNING epoch")
+        row = cur.fetchone()
+    if row is None:
+        raise StorageError("the writer_fence row is missing (migration 0009)")
+    return int(row[0])
 
 
 def _copy(cur: psycopg.Cursor[Any], statement: str, data: str) -> None:

@@ -13,10 +13,11 @@ import pytest
 from tests.storage.test_rows_scenarios import ALICE, BOB, CAROL, FullDay, Scenario, add_users
 from tradeengine.engine import Side, TradeExecuted
 from tradeengine.storage import StorageError
+from tradeengine.storage.errors import WriterFenced
 from tradeengine.storage.facts import Facts, Transfer
 from tradeengine.storage.ids import ID_EPOCH_US
 from tradeengine.storage.rows import build_rows
-from tradeengine.storage.writer import write_batch
+from tradeengine.storage.writer import claim_fence, write_batch
 
 D = Decimal
 
@@ -284,3 +285,17 @@ def test_each_batch_writes_one_outbox_message_per_pair_whose_events_read_back_in
     expected = [e for m in (*first, *second) if m.symbol for e in m.events]
     assert events == [(e.event_id, e.sequence, e.event_type, e.routing_key, e.payload) for e in expected]
 
+
+
+def test_a_batch_under_a_stale_writer_fence_fails_whole_and_a_claim_increments_the_epoch(
+    conn: psycopg.Connection[Any],
+) -> None:
+    mine = claim_fence(conn, lock_timeout=2.0)
+    assert one(conn, "SELECT epoch FROM writer_fence") == mine
+    deposit = Transfer("DEPOSIT", ALICE, "ETH", 3 * 10**8, ID_EPOCH_US + 1)
+    write_batch(conn, build_rows([deposit]), fence=mine)  # still in charge: commits
+    assert claim_fence(conn, lock_timeout=2.0) == mine + 1  # a newer writer
+    with pytest.raises(WriterFenced, match="newer writer"):
+        write_batch(conn, build_rows([deposit]), statement_timeout=5.0, fence=mine)
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # rolled back
+    assert one(conn, "SELECT count(*) FROM ledger_entries WHERE user_id = %s AND asset = 'ETH'", ALICE) == 1
