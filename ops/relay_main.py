@@ -38,8 +38,7 @@ import pykka
 from tradeengine.actors.polling import Nudge
 from tradeengine.actors.relay import OutboxRelay, RelaySettings, RelayStats
 from tradeengine.actors.supervised import ChildLink, ChildNotice, NoticeKind
-from tradeengine.ops.logconfig import configure_logging
-from tradeengine.ops.settings import Settings, SettingsError
+from tradeengine.ops.child import begin_child
 from tradeengine.storage import create_pool
 from tradeengine.storage.database import storage_errors
 from tradeengine.storage.errors import StorageUnavailable
@@ -56,21 +55,13 @@ log = logging.getLogger("tradeengine.ops.relay_main")
 
 def main() -> int:
     """Run the relay until stdin ends (status 0) or the relay breaks (status 1)."""
-    try:
-        configure_logging(Settings.from_env(os.environ))
-    except SettingsError:
-        configure_logging(Settings())
-    stdin = sys.stdin.buffer
-    config = json.loads(stdin.readline() or b"{}")
-    if not config:
-        log.error("relay process: no configuration on stdin")
+    config = begin_child(log, "relay process")
+    if config is None:
         return 2
+    stdin = sys.stdin.buffer
     settings = RelaySettings.from_dict(config["relay"])
     done = threading.Event()
     broken = threading.Event()
-    # Ctrl-C at a terminal reaches the whole process group: the engine stops gracefully and then closes
-    # stdin, which ends this process after its pass; ending at once would look like a crash to it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: done.set())
 
     def on_notice(notice: ChildNotice) -> None:

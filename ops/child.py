@@ -1,0 +1,36 @@
+"""What every child process of the engine does first (`ops.relay_main`, `ops.writer_main`).
+
+The engine's worker starts them with a pipe on stdin whose first line is their configuration, and
+stops them by closing it. Their log goes to the engine's stderr in the engine's format (their
+environment is the engine's). Ctrl-C at a terminal reaches the whole process group: the engine stops
+gracefully and then closes stdin, so a child ignores SIGINT; ending at once would look like a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from tradeengine.ops.logconfig import configure_logging
+from tradeengine.ops.settings import Settings, SettingsError
+
+__all__ = ["begin_child"]
+
+
+def begin_child(log: logging.Logger, what: str) -> dict[str, Any] | None:
+    """Configure logging as the engine's, ignore SIGINT, and return the configuration read from the
+    first line of stdin (one JSON object); None, logged, when there is none."""
+    try:
+        configure_logging(Settings.from_env(os.environ))
+    except SettingsError:
+        configure_logging(Settings())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config: dict[str, Any] = json.loads(sys.stdin.buffer.readline() or b"{}")
+    if not config:
+        log.error("%s: no configuration on stdin", what)
+        return None
+    return config
