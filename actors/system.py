@@ -81,11 +81,13 @@ from .supervision import ChildFactory, ChildSpec, ChildStatus, GroupSpec, Strate
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
 from .writer import BatchReport, Commit, PersistenceActor
+from .writer_process import WriterProcess
 
 _log = logging.getLogger(__name__)
 
 DATABASE_GROUP = "database"
 WRITER_COMMIT_TIMEOUT = 10.0
+WRITER_CONNECT_TIMEOUT = 5.0
 TRADING_STATUSES = frozenset({"ACTIVE"})
 
 
@@ -178,8 +180,10 @@ class ActorSystem:
         market_data: MirrorSettings | None = None,
         relay: RelaySettings | None = None,
         wallet: RemoteWalletSettings | None = None,
+        writer_process: bool = False,
     ) -> None:
         self.pool = pool
+        self._writer_process = writer_process  # the writer commits in a process of its own
         self._wallet_settings = wallet  # a remote wallet service, when configured
         self.wallet_client: WalletClient | None = None
         self.settler_stats = SettlerStats()
@@ -271,7 +275,8 @@ class ActorSystem:
         writer = supervisor.add(ChildSpec(
             "writer",
             lambda link: PersistenceActor.start(link, self.pool, on_batch=self._batch_committed,
-                                                commit_timeout=WRITER_COMMIT_TIMEOUT),
+                                                commit_timeout=WRITER_COMMIT_TIMEOUT,
+                                                process=self._writer_process_factory()),
             strategy=Strategy.ONE_FOR_ALL, group=DATABASE_GROUP,
             # on_stop commits what is pending: give it longer than one commit may take.
             stop_timeout=WRITER_COMMIT_TIMEOUT + 5.0,
@@ -305,6 +310,14 @@ class ActorSystem:
                 stop_timeout=30.0,
             ))
             self._nudge_settler()  # the wallet started before the settler existed
+
+    def _writer_process_factory(self) -> Callable[[], WriterProcess] | None:
+        """How the writer makes its process (None: it commits in this one)."""
+        if not self._writer_process:
+            return None
+        conninfo = self.pool.conninfo
+        return lambda: WriterProcess(conninfo, commit_timeout=WRITER_COMMIT_TIMEOUT,
+                                     connect_timeout=WRITER_CONNECT_TIMEOUT)
 
     def _wallet_factory(self, writer: ChildHandle) -> Callable[[Any], Any]:
         client = self.wallet_client

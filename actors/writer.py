@@ -21,6 +21,11 @@ it is past its lifetime). Under load the writer therefore neither waits for the 
 the pool's check of a borrowed connection: a round trip, which took ~4-6 ms under `bench engine` load
 (the thread waits for the GIL and a CPU to come back after each one).
 
+Process: with a `WriterProcess` factory (``TRADE_ENGINE_WRITER_PROCESS``, serve's default) the writer
+holds no connection: each batch's facts go to its child process, which builds the rows and commits them
+(`actors.writer_process`, `ops.writer_main`); the child starts in on_start and ends with the writer.
+Everything above and below (batches, replies, barriers, breaking) is the same in both modes.
+
 Failure: a commit that fails (any error while building or writing the batch) leaves memory (books,
 wallet) ahead of the database. The writer then fails the replies of that batch, of everything still
 pending and of every later Commit with `StorageUnavailable` (nothing of the batch is in the database:
@@ -49,9 +54,10 @@ from tradeengine.storage.database import storage_errors
 from tradeengine.storage.errors import StorageUnavailable
 from tradeengine.storage.facts import Facts
 from tradeengine.storage.rows import build_rows
-from tradeengine.storage.writer import write_batch
+from tradeengine.storage.writer import claim_fence, write_batch
 
 from .supervised import ChildLink, SupervisedActor
+from .writer_process import WriterProcess
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -115,12 +121,15 @@ class PersistenceActor(SupervisedActor):
         commit_timeout: float = 10.0,
         connection_timeout: float = 2.0,
         on_batch: Callable[[BatchReport], None] | None = None,
+        process: Callable[[], WriterProcess] | None = None,
     ) -> None:
         """`pool` is an open pool (borrowed) or a factory called in on_start (owned: closed on the way out).
 
         `commit_timeout` bounds each statement of a batch, `connection_timeout` the wait for a pool
         connection (a database that is gone fails the batch that soon); `on_batch`
-        gets a `BatchReport` after every flush, from the writer's thread (keep it quick).
+        gets a `BatchReport` after every flush, from the writer's thread (keep it quick). With `process`
+        (a factory of `WriterProcess`), batches are built and committed in that child process instead
+        of on a connection of `pool` (see `actors.writer_process`).
         """
         super().__init__(link)
         if max_batch < 1:
@@ -137,16 +146,30 @@ class PersistenceActor(SupervisedActor):
         self._flush_scheduled = False
         self._broken: StorageUnavailable | None = None
         self._held_since = 0.0
+        self._process_factory = process
+        self._process: WriterProcess | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        """Open the pool when given a factory (a database that does not answer fails the start)."""
+        """Open the pool when given a factory and claim the writer fence, or start the writer process,
+        which claims it (a database that does not answer fails the start)."""
+        if self._process_factory is not None:
+            self._process = self._process_factory()
+            self._process.start()  # the child claims the writer fence
+            return
         if isinstance(self._pool_source, ConnectionPool):
             self._pool = self._pool_source
         else:
             self._pool = self._pool_source()
             self._owns_pool = True
+        # In charge from now on: a writer process of an engine that died (kill -9) commits nothing more.
+        try:
+            claim_fence(self._connection(), lock_timeout=self._commit_timeout)
+            self._give_back_connection()
+        except BaseException:
+            self._release()
+            raise
 
     def on_stop(self) -> None:
         """Commit what is pending, fail what cannot be, release the pool, report the exit."""
@@ -254,6 +277,8 @@ class PersistenceActor(SupervisedActor):
 
     def _write(self, commits: list[Commit]) -> int:
         """Write the facts of `commits` in one transaction; return the number of rows written."""
+        if self._process is not None:
+            return self._process.write([commit.facts for commit in commits])
         rows = build_rows([commit.facts for commit in commits])
         if rows.row_count == 0:
             return 0
@@ -330,7 +355,10 @@ class PersistenceActor(SupervisedActor):
             log.exception("writer %s: the on_batch hook failed", self.link)
 
     def _release(self) -> None:
-        """Give the connection back, then release the pool (close it if owned)."""
+        """Give the connection back, then release the pool (close it if owned); end the writer process."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.close(timeout=self._commit_timeout)
         self._give_back_connection()
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:

@@ -223,7 +223,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             breaker_listeners=(metrics.breaker_listener("wallet"),))
     system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror, relay=relay,
                          wallet=wallet, on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch,
-                         observer=metrics)
+                         observer=metrics, writer_process=settings.writer_process)
     _stamp_request_ids()
     try:
         if settings.bootstrap_admin_key and UserRepository(pool).ensure_admin(settings.bootstrap_admin_key):

@@ -178,6 +178,10 @@ class Settings:
     database_prepare: bool = _field(
         _bool, True, "server-side prepared statements; set false behind PgBouncer (transaction mode)"
     )
+    writer_process: bool = _field(
+        _bool, True, "the persistence writer builds and commits its batches in a process of its own, off "
+        "the engine's GIL (worth it with a core to spare)"
+    )
     redis_url: str | None = _field(
         _url("redis", "rediss", "unix"), None, "Redis URL for the market-data mirror and rate limits"
     )

@@ -14,6 +14,13 @@ from tests.actors.system_harness import database_pool, fund, prepare_database, r
 from tradeengine.actors.system import ActorSystem
 
 
+@pytest.fixture(params=[False, True], ids=["writer-thread", "writer-process"])
+def writer_process(request: pytest.FixtureRequest) -> bool:
+    """Both ways the writer commits: on the engine's thread, or in a process of its own (serve's default);
+    a durability test that asks for this fixture runs in both."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def pool(machine_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
     """A pool on a fresh migrated database with the harness's traders."""

@@ -46,10 +46,11 @@ class InjectedFault(RuntimeError):
 
 
 @pytest.fixture
-def system(machine_pg_url: str) -> Iterator[tuple[ActorSystem, psycopg_pool.ConnectionPool]]:
+def system(machine_pg_url: str,
+           writer_process: bool) -> Iterator[tuple[ActorSystem, psycopg_pool.ConnectionPool]]:
     prepare_database(machine_pg_url)
     pool = create_pool(machine_pg_url, min_size=2, max_size=8)
-    system = ActorSystem(pool, request_timeout=5.0)
+    system = ActorSystem(pool, request_timeout=5.0, writer_process=writer_process)
     system.start()
     try:
         fund(system)

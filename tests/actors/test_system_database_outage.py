@@ -95,12 +95,12 @@ Proxied = tuple[ActorSystem, psycopg_pool.ConnectionPool]
 
 
 @pytest.fixture
-def proxied(machine_pg_url: str, proxy: TcpProxy) -> Iterator[Proxied]:
+def proxied(machine_pg_url: str, proxy: TcpProxy, writer_process: bool) -> Iterator[Proxied]:
     """A running system whose database connections all go through the proxy the test can cut."""
     prepare_database(machine_pg_url)
     pool = create_pool(proxy.url(machine_pg_url), min_size=2, max_size=8, timeout=2.0,
                        connect_timeout=2.0)
-    system = ActorSystem(pool, request_timeout=REQUEST_TIMEOUT)
+    system = ActorSystem(pool, request_timeout=REQUEST_TIMEOUT, writer_process=writer_process)
     system.start()
     try:
         yield system, pool

@@ -72,9 +72,11 @@ def observe(system: ActorSystem) -> dict[str, Any]:
     }
 
 
-def test_a_new_system_on_the_same_database_has_the_same_books_sequences_prices_and_balances(url: str) -> None:
+def test_a_new_system_on_the_same_database_has_the_same_books_sequences_prices_and_balances(
+    url: str, writer_process: bool,
+) -> None:
     with database_pool(url) as pool:
-        with running_system(pool) as first:
+        with running_system(pool, writer_process=writer_process) as first:
             fund(first)
             first.withdraw(1004, "USDT", 1_000 * ATOMS)  # money checks count withdrawals too
             trade_a_little(first)
@@ -82,7 +84,7 @@ def test_a_new_system_on_the_same_database_has_the_same_books_sequences_prices_a
         assert all(top.last_price is not None for top in before["tops"].values())
         assert all(top.sequence > 0 for top in before["tops"].values())
 
-    with database_pool(url) as pool, running_system(pool) as second:
+    with database_pool(url) as pool, running_system(pool, writer_process=writer_process) as second:
         assert observe(second) == before
         assert_consistent(second.exchange, pool)
         # ... and it trades on from there: the next event continues the pair's sequence.

@@ -28,7 +28,7 @@ SYMBOLS = (("BTC-USDT", "50000", "0.001"), ("ETH-USDT", "3000", "0.01"), ("SOL-U
 
 
 def test_stopping_mid_stream_commits_every_acknowledged_order_and_leaves_no_caller_waiting(
-    machine_pg_url: str,
+    machine_pg_url: str, writer_process: bool,
 ) -> None:
     prepare_database(machine_pg_url)
     acked: list[int] = []
@@ -39,7 +39,7 @@ def test_stopping_mid_stream_commits_every_acknowledged_order_and_leaves_no_call
     stop_calling = threading.Event()
 
     with database_pool(machine_pg_url) as pool:
-        with running_system(pool, request_timeout=REQUEST_TIMEOUT) as system:
+        with running_system(pool, request_timeout=REQUEST_TIMEOUT, writer_process=writer_process) as system:
             fund(system)
             exchange = system.exchange
 

@@ -123,11 +123,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("ack_file")
     parser.add_argument("seed", type=int)
     parser.add_argument("--threads", type=int, default=6)
+    parser.add_argument("--writer-process", action="store_true", help="the writer commits in its own process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pool = create_pool(args.database_url, min_size=2, max_size=8)
-    system = ActorSystem(pool, request_timeout=10.0)
+    system = ActorSystem(pool, request_timeout=10.0, writer_process=args.writer_process)
     system.start()
     acks = AckLog(args.ack_file)
     print("ready", flush=True)
