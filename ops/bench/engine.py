@@ -19,8 +19,9 @@ Reported: acknowledged commands per second (wall clock, first send to last reply
 acknowledged commands in ms, rows per commit and commands per commit (from the writer's `on_batch`
 reports during the timed window), the mean commit time and the share of the wall time the writer spent
 committing, and refusals; and CPU time per acknowledged command during the timed window, in µs: of the
-engine process (every thread), split by thread (`engine_cpu_us_by_thread`: the callers, the writer, the
-pair actors, the wallet, and the rest of the process: the main thread, the supervisor, ...) and, when
+engine process (every thread) and its writer process, split (`engine_cpu_us_by_thread`: the callers, the
+writer's thread, the pair actors, the wallet, the rest of the process: the main thread, the
+supervisor, ...; and the writer process, with `--writer process`, the default) and, when
 the server runs on this machine, of the PostgreSQL server (the postmaster and all its children:
 backends, WAL writer, checkpointer, ...). With --json the last printed line is one JSON object with
 `orders_per_sec`, `p50_ms`, `p99_ms`, `rows_per_commit`, and the rest.
@@ -220,15 +221,22 @@ def fund_users(system: ActorSystem, users: list[int], specs: list[PairSpec]) -> 
 
 
 class CpuMeter:
-    """CPU seconds spent by this process and by the local PostgreSQL server (None when not local)."""
+    """CPU seconds spent by this process, by its live child processes (the writer's) and by the local
+    PostgreSQL server (None when not local)."""
 
     def __init__(self, url: str) -> None:
         self._server = _local_postmaster(url)
+        self._self = psutil.Process()
 
-    def read(self) -> tuple[float, float | None]:
-        """Return (engine process CPU s, server CPU s or None) so far."""
+    def read(self) -> tuple[float, float, float | None]:
+        """Return (engine process CPU s, its child processes' CPU s, server CPU s or None) so far."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime, _server_cpu(self._server)
+        children = 0.0
+        for child in self._self.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                children += times.user + times.system
+        return usage.ru_utime + usage.ru_stime, children, _server_cpu(self._server)
 
 
 def _local_postmaster(url: str) -> psutil.Process | None:
@@ -305,6 +313,7 @@ def summarise(tally: Tally, batches: Batches, wall: float, args: argparse.Namesp
         "orders": args.orders,
         "callers": args.callers,
         "seed": args.seed,
+        "writer": args.writer,
     }
 
 
@@ -317,7 +326,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         create_users(url, users)
         pool = create_pool(url, min_size=2, max_size=args.pool_size)
         batches = Batches()
-        system = ActorSystem(pool, request_timeout=30.0, on_batch=batches)
+        system = ActorSystem(pool, request_timeout=30.0, on_batch=batches,
+                             writer_process=args.writer == "process")
         try:
             system.start()
             specs = [spec for spec, status in load_pair_specs(pool) if status == "ACTIVE"]
@@ -343,8 +353,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             system.stop()
             pool.close()
-    server_cpu = None if cpu_before[1] is None or cpu_after[1] is None else cpu_after[1] - cpu_before[1]
-    return summarise(tally, batches, wall, args, (cpu_after[0] - cpu_before[0], server_cpu), threads)
+    server_cpu = None if cpu_before[2] is None or cpu_after[2] is None else cpu_after[2] - cpu_before[2]
+    threads["writer process"] = cpu_after[1] - cpu_before[1]
+    engine_cpu = cpu_after[0] - cpu_before[0] + threads["writer process"]
+    return summarise(tally, batches, wall, args, (engine_cpu, server_cpu), threads)
 
 
 def main(argv: list[str]) -> int:
@@ -358,6 +370,9 @@ def main(argv: list[str]) -> int:
                         help="a PostgreSQL server to create the bench database on (default: "
                              "TRADE_ENGINE_DATABASE_URL, else an embedded server in a temp folder)")
     parser.add_argument("--pool-size", type=int, default=8, help="database connections at most")
+    parser.add_argument("--writer", choices=("process", "thread"), default="process",
+                        help="where the writer commits: a process of its own (serve's default, "
+                             "TRADE_ENGINE_WRITER_PROCESS=true) or its thread in the engine process")
     parser.add_argument("--keep-database", action="store_true", help="do not drop the bench database")
     args = parser.parse_args(argv)
     if args.orders <= 0 or args.callers <= 0 or args.pool_size < 2:

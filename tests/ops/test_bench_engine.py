@@ -18,12 +18,13 @@ def bench_databases(admin_url: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+@pytest.mark.parametrize("writer", ["process", "thread"])
 def test_bench_engine_prints_its_figures_as_json_on_the_last_line_and_drops_its_database(
-    machine_pg_admin_url: str, capsys: pytest.CaptureFixture[str],
+    machine_pg_admin_url: str, capsys: pytest.CaptureFixture[str], writer: str,
 ) -> None:
     before = bench_databases(machine_pg_admin_url)
     status = engine.main(["--json", "--orders", "120", "--callers", "4", "--seed", "7",
-                          "--database-url", machine_pg_admin_url])
+                          "--database-url", machine_pg_admin_url, "--writer", writer])
     assert status == 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last_line)
@@ -33,8 +34,10 @@ def test_bench_engine_prints_its_figures_as_json_on_the_last_line_and_drops_its_
     assert result["rows_per_commit"] > 0 and result["failed_commits"] == 0
     assert set(result["refused"]) <= {"ORDER_NOT_CANCELLABLE"}  # a cancel that lost the race to a fill
     by_thread = result["engine_cpu_us_by_thread"]
-    assert set(by_thread) == {"callers", "writer", "pairs", "wallet", "other"}
+    assert set(by_thread) == {"callers", "writer", "pairs", "wallet", "writer process", "other"}
     assert by_thread["callers"] > 0 and by_thread["writer"] > 0 and by_thread["pairs"] > 0
+    assert result["writer"] == writer
+    assert (by_thread["writer process"] > 0) == (writer == "process")  # its rows and psycopg are there
     assert sum(by_thread.values()) >= result["engine_cpu_us"] - len(by_thread)  # the parts cover the whole
     assert bench_databases(machine_pg_admin_url) <= before
 
