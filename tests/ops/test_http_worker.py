@@ -56,8 +56,11 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     client.close()
 
 
-def _worker(monkeypatch: pytest.MonkeyPatch, answers: list[Any]) -> tuple[Any, list[int]]:
-    """A worker whose gthread `handle` reads one request and answers `answers` in turn (True: keep-alive)."""
+def _worker(
+    monkeypatch: pytest.MonkeyPatch, answers: list[Any], read: threading.Semaphore | None = None,
+) -> tuple[Any, list[int]]:
+    """A worker whose gthread `handle` reads one request and answers `answers` in turn (True: keep-alive);
+    `read`, if given, is released after each request is read."""
     worker = object.__new__(KeepAliveThreadWorker)  # no gunicorn arbiter, config or pool: only the loop
     worker._queued = 1  # the connection this handle call was submitted for
     worker._queued_lock = threading.Lock()
@@ -69,6 +72,8 @@ def _worker(monkeypatch: pytest.MonkeyPatch, answers: list[Any]) -> tuple[Any, l
         conn.sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             conn.sock.recv(4096)  # what the parser would read: the request
+        if read is not None:
+            read.release()
         return answers[len(handled) - 1]
 
     monkeypatch.setattr(ThreadWorker, "handle", one_request)
@@ -79,12 +84,17 @@ def test_the_next_request_of_a_keep_alive_client_is_answered_on_the_same_thread(
     monkeypatch: pytest.MonkeyPatch, pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server, client = pair
-    worker, handled = _worker(monkeypatch, [True, True, False])
+    read = threading.Semaphore(0)
+    worker, handled = _worker(monkeypatch, [True, True, False], read)
+    # The client's next requests arrive while the thread waits for them: each one after the previous was
+    # read (two sends before one read would be one request to the recorder), within a wait long enough
+    # that a loaded machine's scheduling cannot make them late.
+    monkeypatch.setattr(http_worker, "KEEP_WAIT", 5.0)
     client.sendall(b"GET /1")
-    # The client's next requests arrive while the thread waits for them (well within KEEP_WAIT).
+
     def send_more() -> None:
         for n in (2, 3):
-            time.sleep(http_worker.KEEP_WAIT / 10)
+            assert read.acquire(timeout=10)
             client.sendall(f"GET /{n}".encode())
 
     sender = threading.Thread(target=send_more)
