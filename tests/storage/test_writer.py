@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -167,25 +168,47 @@ def test_a_duplicate_client_order_id_never_fails_a_batch(conn: psycopg.Connectio
     assert one(conn, "SELECT count(*) FROM client_order_ids") == 1
 
 
-# Text the writer renders itself (COPY fields, array literal elements) must read back unchanged, whatever
-# it holds: the schema's CHECKs keep today's text columns tame; the rendering does not rely on that.
+# Text the writer renders itself (array literal elements) must read back unchanged, whatever it holds:
+# the schema's CHECKs keep today's text columns tame; the rendering does not rely on that.
 AWKWARD_TEXTS = ['"quoted"', "back\\slash", "tab\there", "new\nline", "cr\rhere", "a,b", "{braces}", "NULL",
                  "\\N", "'single'", "ünï©ødé €", " padded ", "", "x" * 200]
 
 
 @pytest.mark.parametrize("texts", [AWKWARD_TEXTS, ["plain", "text"]], ids=["awkward", "plain"])
-def test_text_reads_back_exactly_through_copy_and_through_array_literals(
+def test_text_reads_back_exactly_through_array_literals(
     conn: psycopg.Connection[Any], texts: list[str],
 ) -> None:
-    from tradeengine.storage.writer import _copy, _Renderer
+    from tradeengine.storage.writer import _Renderer
 
     rows = [(text, None if i % 3 == 0 else text) for i, text in enumerate(texts)]  # kinds T and t
-    conn.execute("CREATE TEMP TABLE awkward (position serial, always text NOT NULL, maybe text)")
     with conn.cursor() as cur:
-        _copy(cur, "COPY awkward (always, maybe) FROM STDIN", _Renderer().copy_text(rows, "Tt"))
-        assert all_rows(conn, "SELECT always, maybe FROM awkward ORDER BY position") == rows
         cur.execute("SELECT * FROM unnest(%s::text[], %s::text[])", _Renderer().arrays(rows, "Tt"))
         assert cur.fetchall() == rows
+
+
+def test_a_batch_is_one_round_trip_to_the_server(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    s = Scenario()
+    s.deposit(ALICE, "USDT", "10000")
+    s.deposit(BOB, "BTC", "1")
+    write(conn, s.facts)
+    resting, _ = s.place(ALICE, Side.BUY, "0.2", "40000")
+    write(conn, s.facts[-1:])
+    start = len(s.facts)
+    s.place(BOB, Side.SELL, "0.1", "40000")  # trades, updates the resting order, moves balances
+    s.place(ALICE, Side.BUY, "0.01", "39000", client_order_id="one-trip")
+    fence = claim_fence(conn, lock_timeout=5.0)
+    trace = tmp_path / "libpq.trace"
+    with trace.open("w") as sink:
+        conn.pgconn.trace(sink.fileno())
+        try:
+            write_batch(conn, build_rows(s.facts[start:]), statement_timeout=5.0, fence=fence)
+        finally:
+            conn.pgconn.untrace()
+    # libpq's trace: a line per message, "time<TAB>F|B<TAB>length<TAB>message<TAB>contents".
+    messages = [fields[3] for line in trace.read_text().splitlines() if len(fields := line.split("\t")) > 3]
+    assert messages.count("Sync") == 1  # everything is sent, then the answers are read: one round trip
+    assert messages.count("ReadyForQuery") == 1
+    assert one(conn, "SELECT status FROM orders WHERE id = %s", resting) == "PARTIALLY_FILLED"
 
 
 def test_an_update_of_an_order_the_database_does_not_hold_fails_the_batch(
@@ -198,6 +221,8 @@ def test_an_update_of_an_order_the_database_does_not_hold_fails_the_batch(
     s.cancel(order_id, ALICE)
     with pytest.raises(StorageError, match="disagree"):
         write(conn, s.facts[-1:])
+    # Rolled back, and the connection as it was given: idle, not in autocommit.
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
     assert one(conn, "SELECT count(*) FROM ledger_entries") == 1
 
 
