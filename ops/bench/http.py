@@ -42,7 +42,10 @@ is reported (`generator_cpu_cores`, `generator_cpu_us_per_request`), and so is t
 meanwhile (`other_cpu_cores`: on a shared machine, a run with a large one measured a crowded machine).
 The server's own CPU per order (per request for /health) by thread role, `server_cpu_us_by_thread`
 (request threads "http", "writer", "relay", "pairs", ...), comes from its /metrics
-(`trade_engine_thread_cpu_seconds_total`, read at the start and the end of each counted window).
+(`trade_engine_thread_cpu_seconds_total`, read at the start and the end of each counted window), and so
+do the means of the engine's stages over the window, `engine_stages`: per command, its time from the
+Exchange to its answer (`command_ms`), in its pair (`in_pair_ms`) and waiting for the commit
+(`commit_wait_ms`); per commit, its commands (`commands_per_commit`) and time (`commit_ms`).
 
 Errors: every non-2xx answer is counted by status and error code (warmup included), and so is every
 failed item of a 200 batch answer and every broken connection; a run with any error says so on stderr
@@ -481,25 +484,28 @@ def summarise(phases: dict[str, dict[str, Any]], args: argparse.Namespace, setup
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CpuReading:
-    """CPU seconds so far: the machine's busy time, the server's processes when known, and the server's
-    threads by role (its ``trade_engine_thread_cpu_seconds_total``) when its /metrics answered."""
+    """CPU seconds so far: the machine's busy time, the server's processes when known, and, when its
+    /metrics answered, the server's threads by role (``trade_engine_thread_cpu_seconds_total``) and its
+    engine's stage histograms (`ENGINE_STAGES`: sum and count, over every label)."""
 
     at: float
     machine_busy: float
     server: float | None
     database: float | None
     threads: dict[str, float] | None = None
+    stages: dict[str, tuple[float, float]] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CpuSample:
-    """CPU used between two readings."""
+    """CPU used between two readings (and the engine's stage histograms filled meanwhile)."""
 
     seconds: float
     machine_busy: float
     server: float | None
     database: float | None
     threads: dict[str, float] | None = None
+    stages: dict[str, tuple[float, float]] | None = None
 
     def figures(self, answers: int, orders: int) -> dict[str, Any]:
         """CPU shares in cores, the server's µs per answer and per order, and per order (per answer for
@@ -514,6 +520,7 @@ class CpuSample:
                          if seconds / per >= 0.5e-6}
         return {
             "server_cpu_us_by_thread": by_thread,
+            "engine_stages": self._stage_means(),
             "machine_busy_cores": cores(self.machine_busy),
             "server_cpu_cores": cores(self.server),
             "database_cpu_cores": cores(self.database),
@@ -522,6 +529,15 @@ class CpuSample:
             "server_cpu_us_per_order": round(self.server / orders * 1e6, 1)
             if self.server is not None and orders else None,
         }
+
+
+    def _stage_means(self) -> dict[str, float] | None:
+        """The mean of each engine stage histogram over the window (ms for times), the idle ones left out."""
+        if self.stages is None:
+            return None
+        means = {name: round(total / count * (1000.0 if name.endswith("_ms") else 1.0), 3)
+                 for name, (total, count) in self.stages.items() if count > 0}
+        return means or None
 
 
 class CpuMeter:
@@ -540,26 +556,24 @@ class CpuMeter:
         idle = sum(getattr(times, name, 0.0) for name in ("idle", "iowait", "guest", "guest_nice"))
         busy = sum(times) - idle  # guest time is already counted in user time
         server, database = self._server_times()
-        return CpuReading(time.perf_counter(), busy, server, database, self._thread_times())
+        return CpuReading(time.perf_counter(), busy, server, database, *self._server_metrics())
 
-    def _thread_times(self) -> dict[str, float] | None:
-        """The server's CPU seconds by thread role, from its /metrics (None when that does not answer)."""
+    def _server_metrics(self) -> tuple[dict[str, float] | None, dict[str, tuple[float, float]] | None]:
+        """The server's thread CPU and stage histograms from its /metrics (None when that does not answer)."""
         if self._metrics is None:
-            return None
+            return None, None
         connection = http.client.HTTPConnection(*self._metrics, timeout=5.0)
         try:
             connection.request("GET", "/metrics")
             response = connection.getresponse()
             text = response.read().decode()
         except (OSError, http.client.HTTPException):
-            return None
+            return None, None
         finally:
             connection.close()
         if response.status != 200:
-            return None
-        return {sample.labels["role"]: sample.value
-                for family in text_string_to_metric_families(text) if family.name == THREAD_CPU_METRIC
-                for sample in family.samples if sample.name.endswith("_total")} or None
+            return None, None
+        return server_metrics(text)
 
     def _server_times(self) -> tuple[float | None, float | None]:
         if self._root is None:
@@ -589,16 +603,45 @@ class CpuMeter:
         def delta(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else max(0.0, b - a)
 
-        threads = None
+        threads = stages = None
         if before.threads is not None and after.threads is not None:
             threads = {role: max(0.0, seconds - before.threads.get(role, 0.0))
                        for role, seconds in after.threads.items()}
+        if before.stages is not None and after.stages is not None:
+            stages = {name: (total - before.stages.get(name, (0.0, 0.0))[0],
+                             count - before.stages.get(name, (0.0, 0.0))[1])
+                      for name, (total, count) in after.stages.items()}
         return CpuSample(after.at - before.at, after.machine_busy - before.machine_busy,
-                         delta(before.server, after.server), delta(before.database, after.database), threads)
+                         delta(before.server, after.server), delta(before.database, after.database), threads,
+                         stages)
 
 
 DATABASE_NAMES = ("postgres", "postmaster")
 THREAD_CPU_METRIC = "trade_engine_thread_cpu_seconds"
+ENGINE_STAGES = {  # figure name (mean per observation; "_ms": of seconds, in ms) -> the server's histogram
+    "command_ms": "trade_engine_command_duration_seconds",  # Exchange sending a command -> its answer
+    "in_pair_ms": "trade_engine_match_duration_seconds",  # ... -> its pair handing the facts to the writer
+    "commit_wait_ms": "trade_engine_commit_wait_seconds",  # handed to the writer -> the commit answering
+    "commit_ms": "trade_engine_commit_duration_seconds",  # one batch: write and commit
+    "commands_per_commit": "trade_engine_commit_batch_commands",
+}
+
+
+def server_metrics(text: str) -> tuple[dict[str, float] | None, dict[str, tuple[float, float]] | None]:
+    """From a /metrics page: CPU seconds by thread role, and (sum, count) of each `ENGINE_STAGES`
+    histogram over all its labels (None for what the page does not hold)."""
+    threads: dict[str, float] = {}
+    stages: dict[str, tuple[float, float]] = {}
+    figure_of = {metric: figure for figure, metric in ENGINE_STAGES.items()}
+    for family in text_string_to_metric_families(text):
+        if family.name == THREAD_CPU_METRIC:
+            threads.update({sample.labels["role"]: sample.value for sample in family.samples
+                            if sample.name.endswith("_total")})
+        elif (figure := figure_of.get(family.name)) is not None:
+            total = sum(sample.value for sample in family.samples if sample.name.endswith("_sum"))
+            count = sum(sample.value for sample in family.samples if sample.name.endswith("_count"))
+            stages[figure] = (total, count)
+    return threads or None, stages or None
 
 
 def _tree(root: psutil.Process) -> dict[int, psutil.Process]:
@@ -1280,7 +1323,17 @@ def _phase_line(phase: str, figures: dict[str, Any], rate: int) -> str:
     errors = f"; ERRORS {figures['errors']}" if figures["errors"] else ""
     return (f"{phase:<7} {rate:,} {unit}/s{extra}; latency p50 {figures['p50_ms']} ms, p90 "
             f"{figures['p90_ms']} ms, p99 {figures['p99_ms']} ms, p99.9 {figures['p999_ms']} ms, max "
-            f"{figures['max_ms']} ms; {figures['trades']:,} trades{cpu}{errors}")
+            f"{figures['max_ms']} ms; {figures['trades']:,} trades{cpu}{_stages_text(figures)}{errors}")
+
+
+def _stages_text(figures: dict[str, Any]) -> str:
+    """The engine's stages in the server (means over the phase), when its /metrics gave them."""
+    stages = figures.get("engine_stages") or {}
+    if "command_ms" not in stages or "commit_ms" not in stages:
+        return ""
+    return (f"; engine per command {stages['command_ms']} ms (in its pair {stages.get('in_pair_ms', '-')}, "
+            f"waiting for the commit {stages.get('commit_wait_ms', '-')}), commits of "
+            f"{stages.get('commands_per_commit', '-')} commands taking {stages['commit_ms']} ms")
 
 
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:

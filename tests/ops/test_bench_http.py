@@ -19,6 +19,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -553,3 +554,40 @@ def test_bench_http_runs_against_its_own_server_and_prints_its_figures_as_json_o
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if any(folder.group(1) in part for part in p.info["cmdline"] or ())]
     assert leftovers == []
+
+
+def test_the_engine_stages_are_read_from_the_servers_metrics_page() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tradeengine.actors.writer import BatchReport
+    from tradeengine.ops.metrics import EngineMetrics, ThreadCpuCollector
+
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    registry.register(ThreadCpuCollector())
+    page = generate_latest(registry).decode()
+    threads, before = bench.server_metrics(page)
+    assert threads is not None and "main" in threads  # this test's own thread
+    assert before is not None and before["command_ms"] == (0.0, 0.0)  # every command's label, at zero
+    for command, seconds in (("place", 0.010), ("place", 0.014), ("cancel", 0.006)):
+        metrics.command_duration.labels(command).observe(seconds)
+        metrics.match_duration.labels(command).observe(0.001)
+        metrics.commit_wait.labels(command).observe(seconds - 0.001)
+    metrics.on_batch(BatchReport(commits=2, rows=30, seconds=0.004, ok=True))
+    metrics.on_batch(BatchReport(commits=1, rows=10, seconds=0.006, ok=True))
+    threads, after = bench.server_metrics(generate_latest(registry).decode())
+    sample = bench.CpuMeter.between(bench.CpuReading(0.0, 0.0, None, None, threads, before),
+                                    bench.CpuReading(1.0, 1.0, None, None, threads, after))
+    stages = sample.figures(answers=3, orders=3)["engine_stages"]
+    assert stages == {"command_ms": 10.0, "in_pair_ms": 1.0, "commit_wait_ms": 9.0, "commit_ms": 5.0,
+                      "commands_per_commit": 1.5}  # means over every label: all commands together
+    line = bench._phase_line("orders", {**_figures_for_line(), "engine_stages": stages}, 3)
+    assert ("engine per command 10.0 ms (in its pair 1.0, waiting for the commit 9.0), commits of 1.5 "
+            "commands taking 5.0 ms") in line
+    assert bench.server_metrics("# nothing of ours\n") == (None, None)
+
+
+def _figures_for_line() -> dict[str, Any]:
+    return {"requests_per_sec": 3, "generator_cpu_cores": 0.1, "generator_cpu_us_per_request": 10.0,
+            "errors": {}, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "p999_ms": 1.0, "max_ms": 1.0,
+            "trades": 0}
