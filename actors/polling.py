@@ -170,12 +170,9 @@ class PollingActor(SupervisedActor):
         """Look at the table at once: what an earlier run left goes first."""
         self._wake_now()
 
-    def on_stop(self) -> None:
-        """Shut, then report the exit."""
-        try:
-            self.shut()
-        finally:
-            super().on_stop()
+    def release(self) -> None:
+        """Shut (on a stop and on a crash alike)."""
+        self.shut()
 
     def on_failure(
         self,
@@ -183,11 +180,11 @@ class PollingActor(SupervisedActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """A bug: log it, shut, report the crash (the supervisor restarts us; we resume from the table)."""
+        """A bug: log it, then shut and report the crash (the supervisor restarts us; we resume from the
+        table)."""
         try:
             self._log.error("%s %s crashed; the supervisor restarts it and it resumes from the table",
                             self.what, self.link, exc_info=exception_value)
-            self.shut()
         finally:
             super().on_failure(exception_type, exception_value, traceback)
 

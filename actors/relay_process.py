@@ -26,16 +26,13 @@ import os
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 
 from .polling import Nudge
 from .relay import RelayFigures, RelaySettings, RelayStats
 from .supervised import ChildLink, SupervisedActor
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 __all__ = ["RELAY_COMMAND", "RelayProcess", "relay_config"]
 
@@ -91,24 +88,9 @@ class RelayProcess(SupervisedActor):
                                         name=f"relay-process-reader-{self.link.incarnation}")
         self._reader.start()
 
-    def on_stop(self) -> None:
-        """Let the child finish (or kill it after stop_timeout), then report the exit."""
-        try:
-            self._end()
-        finally:
-            super().on_stop()
-
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """A bug here: end the child too, then report the crash."""
-        try:
-            self._end()
-        finally:
-            super().on_failure(exception_type, exception_value, traceback)
+    def release(self) -> None:
+        """Let the child finish (or kill it after stop_timeout), on a stop and on a crash alike."""
+        self._end()
 
     # -- messages -----------------------------------------------------------------------------------
 

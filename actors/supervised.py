@@ -109,18 +109,28 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self.link = link
 
+    def release(self) -> None:
+        """Let go of what this incarnation holds (a process, a connection); called when it ends, stopped
+        or crashed, before the supervisor hears of it. Nothing by default."""
+
     def on_failure(
         self,
         exception_type: type[BaseException] | None,
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Report the crash (pykka has already marked this actor stopped)."""
-        self.link.report_crash(exception_value)
+        """Release, then report the crash (pykka has already marked this actor stopped)."""
+        try:
+            self.release()
+        finally:
+            self.link.report_crash(exception_value)
 
     def on_stop(self) -> None:
-        """Report the normal end; a stop the supervisor asked for is recognised and not acted on."""
-        self.link.report_exit()
+        """Release, then report the normal end; a stop the supervisor asked for is not acted on."""
+        try:
+            self.release()
+        finally:
+            self.link.report_exit()
 
     def _actor_loop_teardown(self) -> None:
         # pykka answers queued asks when an actor ends but silently drops queued tells. A told message
