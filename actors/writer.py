@@ -22,9 +22,13 @@ the pool's check of a borrowed connection: a round trip, which took ~4-6 ms unde
 (the thread waits for the GIL and a CPU to come back after each one).
 
 Process: with a `WriterProcess` factory (``TRADE_ENGINE_WRITER_PROCESS``, serve's default) the writer
-holds no connection: each batch's facts go to its child process, which builds the rows and commits them
-(`actors.writer_process`, `ops.writer_main`); the child starts in on_start and ends with the writer.
-Everything above and below (batches, replies, barriers, breaking) is the same in both modes.
+holds no connection: it sends the facts of each flush to its child process, which builds the rows and
+commits them (`actors.writer_process`, `ops.writer_main`); the child starts in on_start and ends with
+the writer. The writer does not wait for a commit before it sends the next flush: the child builds the
+next batch while the current one commits (pipelining), and the child's reader thread resolves the
+replies of a committed batch (or fails them) without a hop through this inbox. A Barrier with nothing
+pending rides with the last frame still outstanding. Replies, barriers and breaking mean the same in
+both modes.
 
 Failure: a commit that fails (any error while building or writing the batch) leaves memory (books,
 wallet) ahead of the database. The writer then fails the replies of that batch, of everything still
@@ -48,6 +52,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pykka
 from psycopg_pool import ConnectionPool
 
 from tradeengine.storage.database import storage_errors
@@ -57,7 +62,7 @@ from tradeengine.storage.rows import build_rows
 from tradeengine.storage.writer import claim_fence, write_batch
 
 from .supervised import ChildLink, SupervisedActor
-from .writer_process import WriterProcess
+from .writer_process import Token, WriterProcess
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -94,6 +99,15 @@ class GiveBack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _ProcessEnded:
+    """The writer process failed a batch or is gone (its reader thread tells the writer): `items` were
+    not committed (or their outcome is unknown)."""
+
+    error: Exception
+    items: list[Commit | Barrier]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class BatchReport:
     """What one flush did, for metrics: Commits (facts) in it, rows written, seconds, success."""
 
@@ -126,10 +140,11 @@ class PersistenceActor(SupervisedActor):
         """`pool` is an open pool (borrowed) or a factory called in on_start (owned: closed on the way out).
 
         `commit_timeout` bounds each statement of a batch, `connection_timeout` the wait for a pool
-        connection (a database that is gone fails the batch that soon); `on_batch`
-        gets a `BatchReport` after every flush, from the writer's thread (keep it quick). With `process`
-        (a factory of `WriterProcess`), batches are built and committed in that child process instead
-        of on a connection of `pool` (see `actors.writer_process`).
+        connection (a database that is gone fails the batch that soon); `on_batch` gets a `BatchReport`
+        after every commit, from the writer's thread or its process's reader thread (keep it quick; with
+        a process, `seconds` is the batch's database round trip, not its build). With `process` (a
+        factory of `WriterProcess`), batches are built and committed in that child process instead of on
+        a connection of `pool` (see `actors.writer_process`).
         """
         super().__init__(link)
         if max_batch < 1:
@@ -156,7 +171,7 @@ class PersistenceActor(SupervisedActor):
         which claims it (a database that does not answer fails the start)."""
         if self._process_factory is not None:
             self._process = self._process_factory()
-            self._process.start()  # the child claims the writer fence
+            self._process.start(self._committed_by_process, self._failed_by_process)  # it claims the fence
             return
         if isinstance(self._pool_source, ConnectionPool):
             self._pool = self._pool_source
@@ -210,8 +225,13 @@ class PersistenceActor(SupervisedActor):
         elif isinstance(message, Barrier):
             if self._pending or self._broken is not None:
                 self._enqueue(message, message.reply)
-            else:
+            elif self._process is None or not self._process.attach(message):
                 _resolve(message.reply, None)
+        elif isinstance(message, _ProcessEnded):
+            if self._broken is None:
+                self._break(message.error, message.items)
+            else:
+                self._fail_all(message.items, self._broken)
         else:
             return super().on_receive(message)
         return None
@@ -231,7 +251,13 @@ class PersistenceActor(SupervisedActor):
     # -- group commit -------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Commit the next batch of pending Commits; on failure, break (see the module docstring)."""
+        """Commit the next batch of pending Commits; on failure, break (see the module docstring).
+        With a writer process: send every pending Commit to it."""
+        if self._process is not None:
+            failure = self._send_pending(self._process)
+            if failure is not None:
+                self._break(*failure)
+            return
         batch = self._take_batch()
         if not batch:
             return
@@ -253,12 +279,48 @@ class PersistenceActor(SupervisedActor):
         try:
             rows = self._write(commits)
         except Exception as exc:
-            self._report(commits, 0, started, ok=False)
+            self._report(len(commits), 0, time.perf_counter() - started, ok=False)
             return exc
-        self._report(commits, rows, started, ok=True)
-        for item in batch:
-            _resolve(item.reply, item.result if isinstance(item, Commit) else None)
+        self._report(len(commits), rows, time.perf_counter() - started, ok=True)
+        _resolve_all(batch)
         return None
+
+    def _send_pending(self, process: WriterProcess) -> tuple[Exception, list[Commit | Barrier]] | None:
+        """Send every pending Commit to the writer process, in frames of at most `max_batch` facts;
+        return the error and the batch it was not sent with if the process has ended."""
+        while self._pending:
+            batch = self._take_batch()
+            facts = [item.facts for item in batch if isinstance(item, Commit)]
+            if not facts:  # Barriers only: they ride with the last frame outstanding
+                for item in batch:
+                    if not process.attach(item):
+                        _resolve(item.reply, None)
+                continue
+            try:
+                process.send(facts, batch)  # its token: attach may add Barriers to it
+            except StorageUnavailable as exc:
+                return exc, batch
+        return None
+
+    def _committed_by_process(self, tokens: list[Token], rows: int, seconds: float) -> None:
+        """The writer process committed the frames of `tokens` (called from its reader thread)."""
+        items = [item for token in tokens for item in token]
+        self._report(sum(isinstance(item, Commit) for item in items), rows, seconds, ok=True)
+        _resolve_all(items)
+
+    def _failed_by_process(self, tokens: list[Token], error: Exception) -> None:
+        """The writer process failed the frames of `tokens` or is gone (called from its reader thread):
+        the writer breaks and fails their callers, as after a failed commit on its thread (or, when it
+        is stopping or broken already, their callers fail here)."""
+        items = [item for token in tokens for item in token]
+        if items:
+            self._report(sum(isinstance(item, Commit) for item in items), 0, 0.0, ok=False)
+        try:
+            self.actor_ref.tell(_ProcessEnded(error, items))
+        except pykka.ActorDeadError:
+            failure = StorageUnavailable(f"the commit of {len(items)} message(s) failed: {error}")
+            failure.__cause__ = error
+            self._fail_all(items, failure)
 
     def _take_batch(self) -> list[Commit | Barrier]:
         """Take pending items in order until the batch holds `max_batch` facts."""
@@ -277,8 +339,6 @@ class PersistenceActor(SupervisedActor):
 
     def _write(self, commits: list[Commit]) -> int:
         """Write the facts of `commits` in one transaction; return the number of rows written."""
-        if self._process is not None:
-            return self._process.write([commit.facts for commit in commits])
         rows = build_rows([commit.facts for commit in commits])
         if rows.row_count == 0:
             return 0
@@ -307,7 +367,8 @@ class PersistenceActor(SupervisedActor):
 
     def _break(self, exc: Exception, batch: list[Commit | Barrier]) -> None:
         """Fail the batch, everything pending and everything later; ask for the group's rebuild."""
-        error = StorageUnavailable(f"the commit of {len(batch)} message(s) failed: {exc}")
+        what = f"the commit of {len(batch)} message(s) failed" if batch else "the writer process has ended"
+        error = StorageUnavailable(f"{what}: {exc}")
         error.__cause__ = exc
         self._broken = error
         log.error("writer %s: commit failed; refusing further commits until the group is rebuilt",
@@ -321,6 +382,12 @@ class PersistenceActor(SupervisedActor):
 
     def _stopping(self, error: StorageUnavailable) -> None:
         """Commit what is pending (unless broken); fail what cannot be; refuse what is queued."""
+        if self._process is not None and self._broken is None:
+            # The process commits what it was sent before it exits (_release waits for that).
+            unsent = self._send_pending(self._process)
+            if unsent is not None:
+                self._broken = StorageUnavailable(f"the writer process has ended: {unsent[0]}")
+                self._fail_all(unsent[1], self._broken)
         while self._pending and self._broken is None:
             batch = self._take_batch()
             failure = self._commit(batch)
@@ -335,9 +402,14 @@ class PersistenceActor(SupervisedActor):
         self._release()
 
     def refuse_queued(self, message: Any) -> bool:
-        """Fail a queued Commit or Barrier (the writer is ending); drop a Flush or GiveBack; keep the rest."""
+        """Fail a queued Commit or Barrier, and the items of a _ProcessEnded (the writer is ending); drop a
+        Flush or GiveBack; keep the rest."""
+        error = self._broken or StorageUnavailable(f"writer {self.link} stopped")
         if isinstance(message, Commit | Barrier):
-            _fail(message.reply, self._broken or StorageUnavailable(f"writer {self.link} stopped"))
+            _fail(message.reply, error)
+            return True
+        if isinstance(message, _ProcessEnded):
+            self._fail_all(message.items, error)
             return True
         return isinstance(message, Flush | GiveBack)
 
@@ -345,10 +417,10 @@ class PersistenceActor(SupervisedActor):
         for item in items:
             _fail(item.reply, error)
 
-    def _report(self, commits: list[Commit], rows: int, started: float, *, ok: bool) -> None:
+    def _report(self, commits: int, rows: int, seconds: float, *, ok: bool) -> None:
         if self._on_batch is None:
             return
-        report = BatchReport(len(commits), rows, time.perf_counter() - started, ok)
+        report = BatchReport(commits, rows, seconds, ok)
         try:
             self._on_batch(report)
         except Exception:
@@ -363,6 +435,11 @@ class PersistenceActor(SupervisedActor):
         pool, self._pool = self._pool, None
         if pool is not None and self._owns_pool:
             pool.close(timeout=self._commit_timeout)
+
+
+def _resolve_all(items: list[Commit | Barrier]) -> None:
+    for item in items:
+        _resolve(item.reply, item.result if isinstance(item, Commit) else None)
 
 
 def _resolve(reply: Future[Any] | None, result: object) -> None:

@@ -1,29 +1,40 @@
 """The writer's process: the engine side of ``python -m tradeengine.ops.writer_main``.
 
 With ``TRADE_ENGINE_WRITER_PROCESS=true`` the persistence writer (`actors.writer.PersistenceActor`) keeps
-everything that is about callers (the pending list, group commit, replies after the commit, barriers,
-breaking and the group's rebuild) and sends each batch's facts to a child process, which builds the
-rows and commits them on its own connection (see `ops.writer_main`). The writer's thread then only
-pickles the facts and waits on a pipe, with the GIL released: building rows, rendering them and
-psycopg's work (~2–3 ms of the engine's GIL per commit under load) happen on the other core.
+everything that is about callers (the pending list, replies after the commit, barriers, breaking and the
+group's rebuild) and sends the facts of its flushes to a child process, which builds the rows and
+commits them on its own connection (see `ops.writer_main`). Building rows, rendering them and psycopg's
+work (~100 µs of CPU per command) happen on the other core, outside the engine's GIL.
+
+Pipelined: the writer does not wait for a batch's answer before it sends the next one. The child builds
+the next batch (every frame that came meanwhile, up to ``max_batch`` facts) while the current one
+commits, so the database and the child's CPU work at the same time instead of in turn. A reader thread
+here takes the child's answers and hands them, with the tokens of the frames they cover, to the
+``committed`` / ``failed`` callbacks (in the reader's thread: the writer resolves its callers' replies
+there, without a hop through its inbox).
 
 Protocol, over the child's stdin and stdout:
 - stdin: the first line is the configuration (one JSON object: conninfo, commit_timeout,
-  connect_timeout, lock_timeout); then one frame per batch: the list of its facts (`storage.facts`),
-  pickled. End of file: the engine stops or is gone; the child exits once its batch is committed.
+  connect_timeout, lock_timeout, max_batch); then one frame per flush: the list of its facts
+  (`storage.facts`), pickled. End of file: the engine stops or is gone; the child commits what it was
+  sent, answers, and exits.
 - stdout: one frame per event: ``("ready", pid)`` once connected and in charge (its writer epoch
-  claimed), then per batch ``("ok", rows)`` after its COMMIT, or ``("unavailable" | "error", message)``
-  (the child then exits).
+  claimed), then per committed batch ``("ok", frames, rows, seconds)``: the next `frames` frames, in the
+  order sent, are committed (`seconds`: the commit's round trip); or ``("unavailable" | "error",
+  message)``: the next batch failed, nothing of it or of any later frame is committed, the child exits.
 A frame is a 4-byte big-endian length and that many bytes of pickle (trusted: our own child).
 
-A reply that does not come within `reply_timeout` (the child hangs, or died without a word): the child is
-killed and the batch's outcome is unknown (`StorageUnavailable`); the group's rebuild reads what the
-database holds, after the next child has claimed the writer fence (see `ops.writer_main`): no batch
-of an older writer commits after that.
+A batch whose answer does not come within `reply_timeout` of the previous answer (or of its sending, if
+nothing was outstanding): the child is killed and every frame still outstanding fails as "outcome
+unknown" (`StorageUnavailable`); the group's rebuild reads what the database holds, after the next child
+has claimed the writer fence (see `ops.writer_main`): no batch of an older writer commits after that.
+A child that exits unasked (even with nothing outstanding) is reported the same way.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import pickle
@@ -31,18 +42,29 @@ import select
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from tradeengine.storage.errors import StorageError, StorageUnavailable
 from tradeengine.storage.facts import Facts
 
-__all__ = ["WRITER_COMMAND", "WriterProcess", "read_frame", "reply", "write_frame"]
+__all__ = ["WRITER_COMMAND", "FrameReader", "WriterProcess", "reply", "write_frame"]
 
 WRITER_COMMAND = (sys.executable, "-m", "tradeengine.ops.writer_main")
 """The child's command line."""
 
 _LENGTH = struct.Struct(">I")
+
+Token = list[Any]
+"""What the writer hands in with a frame and gets back with its outcome (its batch of messages)."""
+
+Committed = Callable[[list[Token], int, float], None]
+"""``committed(tokens, rows, seconds)``: the frames of `tokens` are committed, in one transaction."""
+
+Failed = Callable[[list[Token], StorageError], None]
+"""``failed(tokens, error)``: the frames of `tokens` are not committed (or their outcome is unknown)."""
 
 
 def write_frame(stream: IO[bytes], value: object) -> None:
@@ -52,16 +74,40 @@ def write_frame(stream: IO[bytes], value: object) -> None:
     stream.flush()
 
 
-def read_frame(stream: IO[bytes]) -> Any:
-    """Read one frame; None at end of file (also in the middle of a frame: the writer of it is gone)."""
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(head)
-    data = stream.read(length)
-    if len(data) < length:
-        return None
-    return pickle.loads(data)
+class FrameReader:
+    """Frames from a pipe's file descriptor, read in chunks (several frames may come in one)."""
+
+    NOTHING: Any = object()
+    """What `read` returns when no whole frame came within its timeout."""
+
+    def __init__(self, fd: int, buffer: bytes = b"") -> None:
+        self._fd = fd
+        self._buffer = bytearray(buffer)
+        self.ended = False
+
+    def read(self, timeout: float | None = None) -> Any:
+        """The next frame; `NOTHING` if none is whole within `timeout` s (None: wait); None at the end
+        of the pipe (also in the middle of a frame: its writer is gone)."""
+        buffer = self._buffer
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(buffer) >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(buffer)
+                if len(buffer) >= _LENGTH.size + length:
+                    frame = pickle.loads(buffer[_LENGTH.size:_LENGTH.size + length])
+                    del buffer[:_LENGTH.size + length]
+                    return frame
+            if self.ended:
+                return None
+            if deadline is not None:
+                remaining = max(0.0, deadline - time.monotonic())
+                if not select.select([self._fd], [], [], remaining)[0]:
+                    return self.NOTHING
+            chunk = os.read(self._fd, 1 << 16)
+            if not chunk:
+                self.ended = True
+                return None
+            buffer += chunk
 
 
 def reply(exc: BaseException) -> tuple[str, str]:
@@ -71,16 +117,24 @@ def reply(exc: BaseException) -> tuple[str, str]:
 
 
 class WriterProcess:
-    """One writer child: start it, hand it batches, end it."""
+    """One writer child: start it, send it frames of facts, hear their outcome, end it."""
 
     def __init__(self, conninfo: str, *, commit_timeout: float, connect_timeout: float,
-                 command: tuple[str, ...] = WRITER_COMMAND) -> None:
+                 max_batch: int = 2000, command: tuple[str, ...] = WRITER_COMMAND) -> None:
         self._conninfo = conninfo
         self._commit_timeout = commit_timeout
         self._connect_timeout = connect_timeout
+        self._max_batch = max_batch
         self._command = command
         self._child: subprocess.Popen[bytes] | None = None
-        self._buffer = bytearray()
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the four below (the writer's thread and the reader's)
+        self._outstanding: collections.deque[Token] = collections.deque()
+        self._waiting_since = 0.0  # when the oldest outstanding frame began to wait for its answer
+        self._ended: StorageError | None = None  # the child failed or is gone: no more frames
+        self._closing = False
+        self._committed: Committed | None = None
+        self._failed: Failed | None = None
 
     @property
     def pid(self) -> int | None:
@@ -92,51 +146,73 @@ class WriterProcess:
         """Seconds a batch's answer may take: its statements are bounded by commit_timeout each."""
         return 3 * self._commit_timeout + 5.0
 
-    def start(self) -> None:
+    def start(self, committed: Committed, failed: Failed) -> None:
         """Start the child; return once it is in charge (StorageUnavailable/StorageError otherwise).
 
         Its claim of the writer fence waits for a batch of an earlier writer still running: that takes
-        at most one batch's answer, so the wait is bounded by `reply_timeout`.
+        at most one batch's answer, so the wait is bounded by `reply_timeout`. From then on the
+        outcome of every frame sent goes to `committed` or `failed`, called from the reader thread.
         """
+        self._committed, self._failed = committed, failed
         child = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._child = child
-        assert child.stdin is not None
+        assert child.stdin is not None and child.stdout is not None
         config = {"conninfo": self._conninfo, "commit_timeout": self._commit_timeout,
-                  "connect_timeout": self._connect_timeout, "lock_timeout": self.reply_timeout}
+                  "connect_timeout": self._connect_timeout, "lock_timeout": self.reply_timeout,
+                  "max_batch": self._max_batch}
+        frames = FrameReader(child.stdout.fileno())
         try:
             child.stdin.write(json.dumps(config).encode() + b"\n")
             child.stdin.flush()
-            answer = self._answer(self._connect_timeout + self.reply_timeout + 5.0, "start")
+            answer = frames.read(self._connect_timeout + self.reply_timeout + 5.0)
         except BaseException:
-            self.close(timeout=1.0)
+            self._kill()
             raise
-        if answer[0] != "ready":
-            self.close(timeout=1.0)
-            _raise(answer, "the writer process did not start")
+        if answer is FrameReader.NOTHING or answer is None or answer[0] != "ready":
+            self._kill()
+            if answer is FrameReader.NOTHING:
+                raise StorageUnavailable("the writer process did not start in time")
+            if answer is None:
+                raise StorageUnavailable(f"the writer process exited with status {child.wait()}")
+            raise _error(answer, "the writer process did not start")
+        self._reader = threading.Thread(target=self._read, args=(child, frames), daemon=True,
+                                        name=f"writer-process-reader-{child.pid}")
+        self._reader.start()
 
-    def write(self, facts: list[Facts]) -> int:
-        """Commit `facts` in the child; return the rows written. Raises StorageUnavailable (database away,
-        or the outcome unknown: the child is then gone) or StorageError (nothing written)."""
+    def send(self, facts: list[Facts], token: Token) -> None:
+        """Send `facts` to be committed; their outcome comes with `token` to `committed` or `failed`.
+
+        Raises StorageUnavailable, and the token is not taken, when the child has ended (failed, gone,
+        or closed). A write blocks while the pipe is full; a child that stops answering is killed by the
+        reader (after `reply_timeout`), which ends that wait too.
+        """
         child = self._child
-        if child is None or child.stdin is None:
-            raise StorageUnavailable("the writer process is not running")
-        try:
+        with self._lock:
+            if self._ended is not None or child is None or child.stdin is None:
+                raise StorageUnavailable(f"the writer process has ended: {self._ended or 'not started'}")
+            if not self._outstanding:
+                self._waiting_since = time.monotonic()
+            self._outstanding.append(token)
+        with contextlib.suppress(OSError, ValueError):  # the child is gone: the reader fails the frame
             write_frame(child.stdin, facts)
-        except OSError as exc:
-            self.close(timeout=0.0)
-            raise StorageUnavailable(f"the writer process is gone ({exc})") from exc
-        answer = self._answer(self.reply_timeout, "commit")
-        if answer[0] == "ok":
-            return int(answer[1])
-        self.close(timeout=1.0)  # the child exits after a failed batch
-        _raise(answer, "committing a batch of facts")
-        raise AssertionError("unreachable")
+
+    def attach(self, item: object) -> bool:
+        """Add `item` to the token of the last frame still outstanding, so that it comes back with its
+        outcome; False when nothing is outstanding."""
+        with self._lock:
+            if not self._outstanding or self._ended is not None:
+                return False
+            self._outstanding[-1].append(item)
+            return True
 
     def close(self, timeout: float) -> None:
-        """Close the child's stdin (it exits after its batch); kill it after `timeout` seconds."""
-        child, self._child = self._child, None
+        """End the child: close its stdin (it commits what it was sent, answers, exits); kill it after
+        `timeout` s. Returns once every outstanding frame's outcome has been handed out."""
+        child = self._child
         if child is None:
             return
+        with self._lock:
+            self._closing = True
         try:
             if child.stdin is not None:
                 child.stdin.close()
@@ -147,39 +223,78 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+        if self._reader is not None:
+            self._reader.join()
         if child.stdout is not None:
             child.stdout.close()
-        self._buffer.clear()
 
-    def _answer(self, timeout: float, what: str) -> tuple[Any, ...]:
-        """The child's next frame within `timeout` s; else kill it and raise StorageUnavailable."""
-        child = self._child
-        assert child is not None and child.stdout is not None
-        fd = child.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buffer = self._buffer
+    def _kill(self) -> None:
+        """Kill a child that did not start (it is forgotten: `pid` is None again)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+            child.wait()
+            for stream in (child.stdin, child.stdout):
+                if stream is not None:
+                    stream.close()
+
+    def _read(self, child: subprocess.Popen[bytes], frames: FrameReader) -> None:
+        """The reader thread: hand out each answer; kill a child that stops answering; report its end."""
         while True:
-            if len(buffer) >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(buffer)
-                if len(buffer) >= _LENGTH.size + length:
-                    answer = pickle.loads(buffer[_LENGTH.size:_LENGTH.size + length])
-                    del buffer[:_LENGTH.size + length]
-                    return tuple(answer)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                self.close(timeout=0.0)  # killed: it must not commit this batch later
-                raise StorageUnavailable(f"the writer process did not answer within {timeout:g} s "
-                                         f"({what}; the outcome is unknown)")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                self.close(timeout=1.0)
-                raise StorageUnavailable(f"the writer process exited with status {child.returncode} "
-                                         f"({what}; the outcome is unknown)")
-            buffer += chunk
+            with self._lock:
+                waiting = self._waiting_since + self.reply_timeout - time.monotonic() \
+                    if self._outstanding else None
+            answer = frames.read(1.0 if waiting is None else max(0.0, waiting))
+            if answer is FrameReader.NOTHING:
+                with self._lock:
+                    late = bool(self._outstanding) and \
+                        time.monotonic() - self._waiting_since >= self.reply_timeout
+                if late:
+                    child.kill()  # it must not commit these later
+                    child.wait()
+                    self._end(StorageUnavailable(
+                        f"the writer process did not answer within {self.reply_timeout:g} s "
+                        "(the outcome is unknown)"))
+                    return
+                continue
+            if answer is None:
+                status = child.wait()
+                with self._lock:
+                    quiet = self._closing and not self._outstanding
+                if not quiet:
+                    self._end(StorageUnavailable(f"the writer process exited with status {status} "
+                                                 "(the outcome is unknown)"))
+                return
+            if answer[0] == "ok":
+                self._hand_out_committed(int(answer[1]), int(answer[2]), float(answer[3]))
+            else:  # the child exits after a failed batch
+                self._end(_error(answer, "committing a batch of facts"))
+                try:
+                    child.wait(timeout=self.reply_timeout)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                return
+
+    def _hand_out_committed(self, frames: int, rows: int, seconds: float) -> None:
+        with self._lock:
+            tokens = [self._outstanding.popleft() for _ in range(frames)]
+            self._waiting_since = time.monotonic()
+        assert self._committed is not None
+        self._committed(tokens, rows, seconds)
+
+    def _end(self, error: StorageError) -> None:
+        """The child failed or is gone: no frame is taken any more; the outstanding ones fail."""
+        with self._lock:
+            self._ended = self._ended or error
+            tokens = list(self._outstanding)
+            self._outstanding.clear()
+        assert self._failed is not None
+        self._failed(tokens, error)
 
 
-def _raise(answer: tuple[Any, ...], action: str) -> None:
+def _error(answer: tuple[Any, ...], action: str) -> StorageError:
     kind, message = answer[0], str(answer[1]) if len(answer) > 1 else ""
     if kind == "unavailable":
-        raise StorageUnavailable(f"{action}: {message}")
-    raise StorageError(f"{action}: {message}")
+        return StorageUnavailable(f"{action}: {message}")
+    return StorageError(f"{action}: {message}")

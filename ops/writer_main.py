@@ -1,10 +1,19 @@
 """The persistence writer's own process: ``python -m tradeengine.ops.writer_main``, started by the writer.
 
-With ``TRADE_ENGINE_WRITER_PROCESS=true`` the writer actor (`actors.writer.PersistenceActor`) keeps its
-group commit (what joins a batch, replies, barriers, breaking) but hands each batch's facts to this
-process, which turns them into rows (`storage.rows.build_rows`) and commits them (`storage.writer.
-write_batch`) on a connection of its own: the rows' Python and psycopg's no longer take the engine's
-GIL. The protocol is `actors.writer_process` (frames over this process's stdin and stdout).
+With ``TRADE_ENGINE_WRITER_PROCESS=true`` the writer actor (`actors.writer.PersistenceActor`) keeps
+everything about its callers (replies, barriers, breaking) but sends the facts of its flushes to this
+process, which turns them into rows (`storage.rows.build_rows`), renders them into the batch statement
+(`storage.writer.render_batch`) and commits them (`storage.writer.commit_batch`) on a connection of its
+own: the rows' Python and psycopg's no longer take the engine's GIL. The protocol is
+`actors.writer_process` (frames over this process's stdin and stdout).
+
+Pipelined, in two threads: the builder reads the frames and makes the next batch of every frame that
+came while the current batch commits (at least one frame, up to ``max_batch`` facts), rows rendered and
+ready; the main thread commits one batch after the other and answers for each the number of frames it
+held. Building is Python (it holds this process's GIL) and committing is mostly a wait for PostgreSQL
+(it does not), so the two overlap: a batch's commit is no longer followed by its successor's build.
+The queue between them holds one batch, so at most one is built ahead: a batch that fails ends the
+process before the next is written, and nothing after a failed batch is committed.
 
 Fencing: before it reports ready, this process claims the writer fence (`storage.writer.claim_fence`:
 a new epoch in ``writer_fence``, migration 0009), and every batch it commits checks that the epoch is
@@ -20,23 +29,37 @@ stop closes stdin once the last batch is committed).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import queue
 import sys
+import threading
+import time
 from typing import Any
 
 import psycopg
 
-from tradeengine.actors.writer_process import read_frame, reply, write_frame
+from tradeengine.actors.writer_process import FrameReader, reply, write_frame
 from tradeengine.ops.child import begin_child
 from tradeengine.storage.database import connection_kwargs, storage_errors
 from tradeengine.storage.errors import StorageError
 from tradeengine.storage.rows import build_rows
-from tradeengine.storage.writer import claim_fence, write_batch
+from tradeengine.storage.writer import RenderedBatch, claim_fence, commit_batch, render_batch
 
 __all__ = ["main"]
 
 log = logging.getLogger("tradeengine.ops.writer_main")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Built:
+    """The next batch for the committer: the frames it covers, and its statement (or why it failed)."""
+
+    frames: int
+    facts: int
+    batch: RenderedBatch | None
+    error: Exception | None = None
 
 
 def main() -> int:
@@ -44,7 +67,7 @@ def main() -> int:
     config = begin_child(log, "writer process")
     if config is None:
         return 2
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout = sys.stdout.buffer
     commit_timeout = float(config["commit_timeout"])
     try:
         conn, epoch = _connect_and_claim(config)
@@ -54,18 +77,51 @@ def main() -> int:
     with conn:
         if not _tell(stdout, ("ready", os.getpid())):
             return 0
-        while (facts := read_frame(stdin)) is not None:
+        # The engine sends frames only after "ready": begin_child's buffered readline of the configuration
+        # has nothing of them in its buffer, and the builder reads stdin's descriptor itself.
+        built: queue.Queue[_Built | None] = queue.Queue(maxsize=1)
+        threading.Thread(target=_build, name="writer-builder", daemon=True,
+                         args=(FrameReader(sys.stdin.buffer.fileno()), built,
+                               int(config.get("max_batch", 2000)))).start()
+        while (batch := built.get()) is not None:
             try:
-                rows = build_rows(facts)
-                if rows.row_count:
-                    write_batch(conn, rows, statement_timeout=commit_timeout, fence=epoch)
+                if batch.error is not None:
+                    raise batch.error
+                assert batch.batch is not None
+                started = time.perf_counter()
+                if batch.batch.row_count:
+                    commit_batch(conn, batch.batch, statement_timeout=commit_timeout, fence=epoch)
+                seconds = time.perf_counter() - started
             except Exception as exc:
-                log.error("writer process: the commit of %d fact(s) failed", len(facts), exc_info=exc)
+                log.error("writer process: the commit of %d fact(s) failed", batch.facts, exc_info=exc)
                 _tell(stdout, reply(exc))
                 return 1
-            if not _tell(stdout, ("ok", rows.row_count)):
+            if not _tell(stdout, ("ok", batch.frames, batch.batch.row_count, seconds)):
                 return 0
     return 0
+
+
+def _build(frames: FrameReader, built: queue.Queue[_Built | None], max_batch: int) -> None:
+    """The builder thread: the next batch is every frame that came, in order, up to `max_batch` facts
+    (at least one frame), as rows rendered into its statement; at the end of stdin, None."""
+    carried = None  # a frame read that did not fit in the batch before
+    while (first := carried if carried is not None else frames.read()) is not None:
+        facts, count, carried = list(first), 1, None
+        while len(facts) < max_batch:
+            more = frames.read(0.0)
+            if more is None or more is FrameReader.NOTHING:
+                break
+            if len(facts) + len(more) > max_batch:
+                carried = more
+                break
+            facts += more
+            count += 1
+        try:
+            built.put(_Built(count, len(facts), render_batch(build_rows(facts))))
+        except Exception as exc:  # a bug in building: this batch fails, and the child ends with it
+            built.put(_Built(count, len(facts), None, exc))
+            return
+    built.put(None)
 
 
 def _tell(stdout: Any, frame: object) -> bool:

@@ -50,6 +50,7 @@ per-value adaptation of rows and lists; each datetime of the batch is rendered o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +63,7 @@ from tradeengine.storage.database import storage_errors
 from tradeengine.storage.errors import StorageError, WriterFenced
 from tradeengine.storage.rows import LEDGER_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, RowSet
 
-__all__ = ["claim_fence", "write_batch"]
+__all__ = ["RenderedBatch", "claim_fence", "commit_batch", "render_batch", "write_batch"]
 
 _json = msgspec.json.Encoder()
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -190,11 +191,35 @@ _INSERT_WALLET_COMMANDS = """wallet_commands_inserted AS (
 _WALLET_COMMAND_KINDS = "TTT"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RenderedBatch:
+    """A batch's ONE statement and its parameters, ready to commit (`render_batch`, `commit_batch`)."""
+
+    statement: str  # "" when the batch has no rows
+    params: list[Any]
+    row_count: int
+
+
+def render_batch(rows: RowSet) -> RenderedBatch:
+    """Render `rows` as the batch statement (no I/O: the writer process does it while the previous batch
+    commits)."""
+    statement, params = _batch_statement(rows, _Renderer())
+    return RenderedBatch(statement, params, rows.row_count)
+
+
 def write_batch(
     conn: psycopg.Connection[Any], rows: RowSet, *, statement_timeout: float | None = None,
     fence: int | None = None,
 ) -> None:
-    """Write every row of `rows` in one transaction and commit it (all or nothing), in one round trip.
+    """Write every row of `rows` in one transaction and commit it: `commit_batch` of `render_batch`."""
+    commit_batch(conn, render_batch(rows), statement_timeout=statement_timeout, fence=fence)
+
+
+def commit_batch(
+    conn: psycopg.Connection[Any], batch: RenderedBatch, *, statement_timeout: float | None = None,
+    fence: int | None = None,
+) -> None:
+    """Write every row of `batch` in one transaction and commit it (all or nothing), in one round trip.
 
     `conn` must be idle (not inside a transaction), else ValueError: the batch must really commit.
     `statement_timeout` (seconds) bounds each statement, transaction-scoped (``SET LOCAL``, so it also
@@ -206,7 +231,7 @@ def write_batch(
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("write_batch needs an idle connection: inside a transaction it could not commit")
-    statement, params = _batch_statement(rows, _Renderer())
+    statement, params = batch.statement, batch.params
     autocommit = conn.autocommit
     try:
         with storage_errors("committing a batch of facts"):

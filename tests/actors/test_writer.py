@@ -1,7 +1,9 @@
 """PersistenceActor against real PostgreSQL: group commit, replies after commit, barrier, failure.
 
 Every test runs the real actor (a pykka ThreadingActor) on a real pool; the supervisor is a recording
-`ChildLink`, except in the test that lets a real `Supervisor` rebuild the writer.
+`ChildLink`, except in the test that lets a real `Supervisor` rebuild the writer. Tests of what callers
+see run in both modes (``mode``): committing on the writer's thread, and through its writer process
+(pipelined: `actors.writer_process`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from tradeengine.actors import writer as writer_module
 from tradeengine.actors.supervised import ChildLink, ChildNotice, NoticeKind
 from tradeengine.actors.supervisor import ChildSpec, GroupSpec, Strategy, Supervisor
 from tradeengine.actors.writer import Barrier, BatchReport, Commit, PersistenceActor
+from tradeengine.actors.writer_process import WriterProcess
 from tradeengine.engine import PairSpec, Side
 from tradeengine.engine.errors import StorageUnavailable as EngineStorageUnavailable
-from tradeengine.storage import PairRepository, StorageUnavailable, create_pool
+from tradeengine.storage import PairRepository, StorageError, StorageUnavailable, create_pool
 from tradeengine.storage.facts import Facts, PairFacts, Transfer
 from tradeengine.storage.rows import build_rows
 from tradeengine.storage.writer import write_batch
@@ -60,12 +63,26 @@ def reader(migrated_pg_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+@pytest.fixture(params=["thread", "process"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Where the writer commits: on its thread, or in its writer process (``start_writer(mode=mode)``)."""
+    return str(request.param)
+
+
+def process_factory(url: str, max_batch: int = 2000) -> Callable[[], WriterProcess]:
+    return lambda: WriterProcess(url, commit_timeout=5.0, connect_timeout=2.0, max_batch=max_batch)
+
+
 @pytest.fixture
-def start_writer(pool: psycopg_pool.ConnectionPool) -> Iterator[Callable[..., tuple[Any, Recorder]]]:
+def start_writer(
+    pool: psycopg_pool.ConnectionPool, migrated_pg_url: str,
+) -> Iterator[Callable[..., tuple[Any, Recorder]]]:
     refs: list[pykka.ActorRef[Any]] = []
 
-    def start(**options: Any) -> tuple[Any, Recorder]:
+    def start(mode: str = "thread", **options: Any) -> tuple[Any, Recorder]:
         recorder = Recorder()
+        if mode == "process":
+            options["process"] = process_factory(migrated_pg_url, options.get("max_batch", 2000))
         ref = PersistenceActor.start(recorder.link, options.pop("pool", pool), **options)
         refs.append(ref)
         return ref, recorder
@@ -111,9 +128,10 @@ def tell_commit(ref: Any, fact: Facts, result: object = None) -> Future[Any]:
 
 def test_concurrent_callers_are_answered_only_after_their_facts_are_committed_and_batches_group_them(
     pool: psycopg_pool.ConnectionPool, migrated_pg_url: str, start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
     reports: list[BatchReport] = []
-    ref, _ = start_writer(on_batch=reports.append)
+    ref, _ = start_writer(mode=mode, on_batch=reports.append)
     pairs = specs(pool)[:8]
     fund(pool, Transfer("DEPOSIT", ALICE, "USDT", 10**16, 1_795_000_000_000_000))
 
@@ -150,9 +168,10 @@ def test_concurrent_callers_are_answered_only_after_their_facts_are_committed_an
 
 def test_a_burst_told_without_waiting_is_written_in_few_large_batches_capped_at_max_batch(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
     reports: list[BatchReport] = []
-    ref, _ = start_writer(on_batch=reports.append, max_batch=100)
+    ref, _ = start_writer(mode=mode, on_batch=reports.append, max_batch=100)
     s = Scenario()
     fund(pool, s.deposit(ALICE, "USDT", "100000000"))
     replies, order_ids = [], []
@@ -168,8 +187,9 @@ def test_a_burst_told_without_waiting_is_written_in_few_large_batches_capped_at_
 
 def test_replies_resolve_in_the_order_their_commits_arrived(
     pool: psycopg_pool.ConnectionPool, start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, _ = start_writer(max_batch=7)
+    ref, _ = start_writer(mode=mode, max_batch=7)
     s = Scenario()
     fund(pool, s.deposit(ALICE, "USDT", "100000000"))
     resolved: list[int] = []
@@ -226,8 +246,9 @@ def test_after_max_hold_seconds_the_writer_takes_a_fresh_connection_for_its_next
 
 def test_a_barrier_resolves_once_everything_told_before_it_is_committed(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, _ = start_writer()
+    ref, _ = start_writer(mode=mode)
     s = Scenario()
     fund(pool, s.deposit(BOB, "BTC", "100"))
     for _ in range(300):
@@ -244,8 +265,9 @@ def test_a_barrier_resolves_once_everything_told_before_it_is_committed(
 
 def test_a_cancelled_reply_or_an_empty_command_does_not_disturb_the_writer(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, recorder = start_writer()
+    ref, recorder = start_writer(mode=mode)
     s = Scenario()
     fund(pool, s.deposit(ALICE, "USDT", "100000"))
     cancelled: Future[Any] = Future()
@@ -270,7 +292,8 @@ def writer_waiting_pid(reader: psycopg.Connection[Any]) -> int:
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         row = reader.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+            "SELECT pid FROM pg_stat_activity WHERE application_name IN (%s, 'trade-engine-writer') "
+            "AND wait_event_type = 'Lock'",
             (APP,),
         ).fetchone()
         if row is not None:
@@ -282,8 +305,9 @@ def writer_waiting_pid(reader: psycopg.Connection[Any]) -> int:
 def test_a_commit_violating_a_balance_check_fails_its_batch_and_every_later_commit_and_reports_broken(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], migrated_pg_url: str,
     start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, recorder = start_writer()
+    ref, recorder = start_writer(mode=mode)
     s = Scenario()
     fund(pool, s.deposit(ALICE, "USDT", "1000"), s.deposit(BOB, "BTC", "1"))
     blocker = lock_balance_row(migrated_pg_url, BOB, "BTC")
@@ -310,8 +334,9 @@ def test_a_commit_violating_a_balance_check_fails_its_batch_and_every_later_comm
 def test_a_connection_lost_mid_commit_fails_the_batch_and_everything_queued_behind_it_and_writes_nothing(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], migrated_pg_url: str,
     start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, recorder = start_writer()
+    ref, recorder = start_writer(mode=mode)
     s = Scenario()
     fund(pool, s.deposit(ALICE, "USDT", "100000"), s.deposit(CAROL, "USDT", "100000"))
     blocker = lock_balance_row(migrated_pg_url, ALICE, "USDT")
@@ -339,8 +364,9 @@ def test_a_connection_lost_mid_commit_fails_the_batch_and_everything_queued_behi
 
 def test_facts_that_cannot_be_turned_into_rows_break_the_writer_like_a_failed_commit(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, recorder = start_writer()
+    ref, recorder = start_writer(mode=mode)
     s = Scenario()
     s.place(ALICE, Side.BUY, "0.1", "40000")
     accepted = s.facts[-1].events[0]  # type: ignore[union-attr]
@@ -348,15 +374,17 @@ def test_facts_that_cannot_be_turned_into_rows_break_the_writer_like_a_failed_co
     reply = tell_commit(ref, broken, "never")
     with pytest.raises(StorageUnavailable, match="not-a-number"):
         reply.result(timeout=WAIT)
+    # The writer process reports the ValueError it met as an error message (StorageError).
     assert [(n.kind, n.scope, type(n.error)) for n in recorder.notices] == [
-        (NoticeKind.BROKEN, "group", ValueError)]
+        (NoticeKind.BROKEN, "group", ValueError if mode == "thread" else StorageError)]
     assert count(reader, "SELECT count(*) FROM orders") == 0
 
 
 def test_stopping_the_writer_commits_what_is_pending_and_refuses_what_comes_after(
     pool: psycopg_pool.ConnectionPool, reader: psycopg.Connection[Any], start_writer: Callable[..., Any],
+    mode: str,
 ) -> None:
-    ref, recorder = start_writer()
+    ref, recorder = start_writer(mode=mode)
     s = Scenario()
     fund(pool, s.deposit(BOB, "BTC", "100"))
     replies = []

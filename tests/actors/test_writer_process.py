@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import psycopg
@@ -24,6 +26,7 @@ from tradeengine.storage import StorageError, StorageUnavailable
 from tradeengine.storage.facts import Transfer
 
 ALICE = 1001
+WAIT = 10.0
 T0 = 1_795_000_000_000_000  # µs since the Unix epoch (2026-11-19)
 
 
@@ -33,20 +36,61 @@ def url(machine_pg_url: str) -> str:
     return machine_pg_url
 
 
+class Outcomes:
+    """A writer process's `committed` and `failed` callbacks: each frame's token is ``[Future]``, resolved
+    with the rows of the batch that held it; the frames of each batch are kept."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.failures: list[StorageError] = []
+
+    def committed(self, tokens: list[list[Any]], rows: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.batches.append([token[0] for token in tokens])
+        for token in tokens:
+            token[0].set_result(rows)
+            for barrier in token[1:]:
+                barrier.set_result(None)
+
+    def failed(self, tokens: list[list[Any]], error: StorageError) -> None:
+        self.failures.append(error)
+        for token in tokens:
+            for future in token:
+                future.set_exception(error)
+
+
+class Writer:
+    """A started `WriterProcess` with its `Outcomes`; `write` sends one frame and waits for it."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.outcomes = Outcomes()
+        self.process = WriterProcess(url, commit_timeout=options.pop("commit_timeout", 5.0),
+                                     connect_timeout=options.pop("connect_timeout", 2.0), **options)
+        self.process.start(self.outcomes.committed, self.outcomes.failed)
+
+    def send(self, facts: list[Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.process.send(facts, [future])
+        return future
+
+    def write(self, facts: list[Any]) -> int:
+        return int(self.send(facts).result(timeout=WAIT))
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.process.close(timeout=timeout)
+
+
 @pytest.fixture
-def writer(url: str) -> Iterator[WriterProcess]:
-    process = started(url)
+def writer(url: str) -> Iterator[Writer]:
+    process = Writer(url)
     try:
         yield process
     finally:
-        process.close(timeout=5.0)
+        process.close()
 
 
-def started(url: str, **options: Any) -> WriterProcess:
-    process = WriterProcess(url, commit_timeout=options.pop("commit_timeout", 5.0),
-                            connect_timeout=options.pop("connect_timeout", 2.0), **options)
-    process.start()
-    return process
+def started(url: str, **options: Any) -> Writer:
+    return Writer(url, **options)
 
 
 def deposit(amount: int, user: int = ALICE) -> Transfer:
@@ -65,9 +109,9 @@ def balance(url: str, user: int = ALICE) -> int:
 
 
 def test_batches_are_committed_by_the_child_in_order_and_the_rows_counted(
-    writer: WriterProcess, url: str,
+    writer: Writer, url: str,
 ) -> None:
-    assert writer.pid is not None and writer.pid != os.getpid()
+    assert writer.process.pid is not None and writer.process.pid != os.getpid()
     assert writer.write([deposit(5 * 10**8), deposit(2 * 10**8)]) > 0
     assert writer.write([deposit(10**8)]) > 0
     assert balance(url) == 8 * 10**8
@@ -101,7 +145,7 @@ def test_a_new_writer_waits_for_a_batch_of_the_old_one_that_is_still_running(url
         old_batch.execute("SELECT epoch FROM writer_fence FOR SHARE")
         ready = threading.Event()
         errors: list[BaseException] = []
-        processes: list[WriterProcess] = []
+        processes: list[Writer] = []
 
         def start() -> None:
             try:
@@ -123,40 +167,146 @@ def test_a_new_writer_waits_for_a_batch_of_the_old_one_that_is_still_running(url
                 process.close(timeout=5.0)
 
 
-def test_a_killed_child_fails_the_next_batch_as_unavailable_at_once(writer: WriterProcess) -> None:
-    assert writer.pid is not None
-    os.kill(writer.pid, signal.SIGKILL)
-    started_at = time.monotonic()
-    with pytest.raises(StorageUnavailable, match=r"exited|gone"):
-        writer.write([deposit(10**8)])
-    assert time.monotonic() - started_at < 5.0
-    with pytest.raises(StorageUnavailable, match="not running"):
-        writer.write([deposit(10**8)])
-
-
-def test_a_failed_batch_is_an_error_nothing_is_written_and_the_child_ends(
-    writer: WriterProcess, url: str,
+def test_frames_sent_without_waiting_are_committed_in_order_in_batches_of_what_came_meanwhile(
+    writer: Writer, url: str,
 ) -> None:
-    pid = writer.pid
+    writer.write([deposit(10**8)])  # alice's balance row exists
+    with psycopg.connect(url) as blocker:
+        blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
+        sent = [writer.send([deposit(10**8), deposit(10**8)]) for _ in range(20)]
+        time.sleep(0.3)  # the first batch waits for the row; the rest arrive meanwhile
+        assert not any(future.done() for future in sent)
+    assert all(future.result(timeout=WAIT) > 0 for future in sent)
+    assert balance(url) == 41 * 10**8
+    batches = writer.outcomes.batches[1:]
+    assert [future for batch in batches for future in batch] == sent  # in order, each frame once
+    assert len(batches) <= 3, "the frames that came while a batch committed were not grouped"
+    assert scalar(url, "SELECT count(*) FROM outbox_messages") == 1 + len(batches)  # one per batch
+
+
+def test_a_batch_holds_at_most_max_batch_facts_and_a_frame_is_never_split(url: str) -> None:
+    writer = started(url, max_batch=5)
+    try:
+        writer.write([deposit(10**8)])
+        with psycopg.connect(url) as blocker:
+            blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
+            sent = [writer.send([deposit(10**8)] * size) for size in (2, 2, 2, 3, 3, 1, 4, 1)]
+            time.sleep(0.3)
+        for future in sent:
+            future.result(timeout=WAIT)
+    finally:
+        writer.close()
+    assert balance(url) == 19 * 10**8
+    sizes = {id(future): size for future, size in zip(sent, (2, 2, 2, 3, 3, 1, 4, 1), strict=True)}
+    facts = [sum(sizes[id(future)] for future in batch) for batch in writer.outcomes.batches[1:]]
+    assert sum(facts) == 18 and max(facts) <= 5
+    assert max(facts) == 5, "frames were not grouped up to max_batch"
+
+
+def test_closing_commits_every_frame_sent_and_hands_out_their_outcome_before_it_returns(
+    writer: Writer, url: str,
+) -> None:
+    sent = [writer.send([deposit(10**8)]) for _ in range(30)]
+    writer.close()
+    assert all(future.done() and future.result() > 0 for future in sent)
+    assert balance(url) == 30 * 10**8
+    assert writer.outcomes.failures == []
+
+
+def test_a_barrier_attached_to_the_last_frame_outstanding_resolves_with_it(writer: Writer, url: str) -> None:
+    barrier: Future[Any] = Future()
+    assert not writer.process.attach(barrier)  # nothing outstanding
+    writer.write([deposit(10**8)])
+    with psycopg.connect(url) as blocker:
+        blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
+        sent = writer.send([deposit(10**8)])
+        assert writer.process.attach(barrier)
+        time.sleep(0.2)
+        assert not barrier.done()
+    assert barrier.result(timeout=WAIT) is None and sent.done()
+
+
+def test_a_killed_child_fails_what_is_outstanding_at_once_and_takes_no_more_frames(
+    writer: Writer, url: str,
+) -> None:
+    writer.write([deposit(10**8)])
+    with psycopg.connect(url) as blocker:
+        blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
+        outstanding = writer.send([deposit(10**8)])
+        assert writer.process.pid is not None
+        os.kill(writer.process.pid, signal.SIGKILL)
+        started_at = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="exited with status -9"):
+            outstanding.result(timeout=WAIT)
+        assert time.monotonic() - started_at < 5.0
+    with pytest.raises(StorageUnavailable, match="has ended"):
+        writer.send([deposit(10**8)])
+    assert balance(url) == 10**8
+
+
+def test_a_child_that_exits_while_idle_is_reported_at_once(writer: Writer) -> None:
+    assert writer.process.pid is not None
+    os.kill(writer.process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while not writer.outcomes.failures:
+        assert time.monotonic() < deadline, "the end of the child went unnoticed"
+        time.sleep(0.01)
+    assert "exited" in str(writer.outcomes.failures[0])
+
+
+def test_a_child_that_stops_answering_is_killed_and_what_was_outstanding_fails_as_unknown(url: str) -> None:
+    # A child that says it is ready, then reads nothing and answers nothing.
+    silent = ("import os, pickle, struct, sys, time; sys.stdin.readline(); "
+              "f = pickle.dumps(('ready', os.getpid())); "
+              "sys.stdout.buffer.write(struct.pack('>I', len(f)) + f); sys.stdout.flush(); time.sleep(60)")
+    writer = Writer(url, commit_timeout=0.1, command=(sys.executable, "-c", silent))
+    try:
+        assert writer.process.reply_timeout < 6.0
+        outstanding = writer.send([deposit(10**8)])
+        with pytest.raises(StorageUnavailable, match="did not answer"):
+            outstanding.result(timeout=WAIT)
+        pid = writer.process.pid
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):  # killed and reaped
+            os.kill(pid, 0)
+    finally:
+        writer.close()
+
+
+def test_a_failed_batch_is_an_error_nothing_of_it_or_after_it_is_written_and_the_child_ends(
+    writer: Writer, url: str,
+) -> None:
+    pid = writer.process.pid
+    with psycopg.connect(url) as blocker:
+        # The batch waits at alice's foreign key check (FOR KEY SHARE) while a later frame is sent.
+        blocker.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE", (ALICE,))
+        failing = writer.send([deposit(10**8), deposit(10**8, user=999_999)])  # no such user: foreign key
+        later = writer.send([deposit(10**8)])
     with pytest.raises(StorageError) as failure:
-        writer.write([deposit(10**8), deposit(10**8, user=999_999)])  # no such user: balances' foreign key
+        failing.result(timeout=WAIT)
     assert not isinstance(failure.value, StorageUnavailable)
+    with pytest.raises(StorageError):
+        later.result(timeout=WAIT)
     assert balance(url) == 0
     assert pid is not None
-    with pytest.raises(ProcessLookupError):  # reaped: it exited after the failure
-        os.kill(pid, 0)
+    deadline = time.monotonic() + WAIT
+    while True:  # reaped by the reader: it exited after the failure
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the child did not end after a failed batch"
+        time.sleep(0.01)
 
 
-def test_the_child_ends_at_the_end_of_its_stdin(writer: WriterProcess) -> None:
-    child = writer._child
+def test_the_child_ends_at_the_end_of_its_stdin(writer: Writer) -> None:
+    child = writer.process._child
     assert child is not None
-    writer.close(timeout=5.0)
+    writer.close()
     assert child.returncode == 0
+    assert writer.outcomes.failures == []
 
 
 def test_a_database_that_does_not_answer_fails_the_start_as_unavailable() -> None:
-    process = WriterProcess("postgresql://postgres@127.0.0.1:9/postgres", commit_timeout=2.0,
-                            connect_timeout=2.0)
     with pytest.raises(StorageUnavailable, match="connecting"):
-        process.start()
-    assert process.pid is None
+        Writer("postgresql://postgres@127.0.0.1:9/postgres", commit_timeout=2.0)
