@@ -53,7 +53,7 @@ from typing import Any
 
 from tradeengine.engine import PairSpec
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
-from tradeengine.storage.database import check_database
+from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database
 from tradeengine.storage.errors import StorageError, StorageUnavailable
 from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.orders import OrderLocation, find_client_order, largest_order_id, locate_order
@@ -316,8 +316,10 @@ class ActorSystem:
         if not self._writer_process:
             return None
         conninfo = self.pool.conninfo
+        # As the pool's connections (psycopg prepares unless told prepare_threshold=None).
+        prepare = self.pool.kwargs.get("prepare_threshold", DEFAULT_PREPARE_THRESHOLD) is not None
         return lambda: WriterProcess(conninfo, commit_timeout=WRITER_COMMIT_TIMEOUT,
-                                     connect_timeout=WRITER_CONNECT_TIMEOUT)
+                                     connect_timeout=WRITER_CONNECT_TIMEOUT, prepare=prepare)
 
     def _wallet_factory(self, writer: ChildHandle) -> Callable[[Any], Any]:
         client = self.wallet_client

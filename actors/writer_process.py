@@ -15,7 +15,7 @@ there, without a hop through its inbox).
 
 Protocol, over the child's stdin and stdout:
 - stdin: the first line is the configuration (one JSON object: conninfo, commit_timeout,
-  connect_timeout, lock_timeout, max_batch); then one frame per flush: the list of its facts
+  connect_timeout, lock_timeout, max_batch, prepare); then one frame per flush: the list of its facts
   (`storage.facts`), pickled. End of file: the engine stops or is gone; the child commits what it was
   sent, answers, and exits.
 - stdout: one frame per event: ``("ready", pid)`` once connected and in charge (its writer epoch
@@ -120,8 +120,12 @@ class WriterProcess:
     """One writer child: start it, send it frames of facts, hear their outcome, end it."""
 
     def __init__(self, conninfo: str, *, commit_timeout: float, connect_timeout: float,
-                 max_batch: int = 2000, command: tuple[str, ...] = WRITER_COMMAND) -> None:
+                 max_batch: int = 2000, prepare: bool = True,
+                 command: tuple[str, ...] = WRITER_COMMAND) -> None:
+        """`prepare`: whether the child's connection uses server-side prepared statements (not behind
+        PgBouncer in transaction mode before 1.21; see `storage.writer`)."""
         self._conninfo = conninfo
+        self._prepare = prepare
         self._commit_timeout = commit_timeout
         self._connect_timeout = connect_timeout
         self._max_batch = max_batch
@@ -159,7 +163,7 @@ class WriterProcess:
         assert child.stdin is not None and child.stdout is not None
         config = {"conninfo": self._conninfo, "commit_timeout": self._commit_timeout,
                   "connect_timeout": self._connect_timeout, "lock_timeout": self.reply_timeout,
-                  "max_batch": self._max_batch}
+                  "max_batch": self._max_batch, "prepare": self._prepare}
         frames = FrameReader(child.stdout.fileno())
         try:
             child.stdin.write(json.dumps(config).encode() + b"\n")

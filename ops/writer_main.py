@@ -42,7 +42,7 @@ import psycopg
 
 from tradeengine.actors.writer_process import FrameReader, reply, write_frame
 from tradeengine.ops.child import begin_child
-from tradeengine.storage.database import connection_kwargs, storage_errors
+from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, connection_kwargs, storage_errors
 from tradeengine.storage.errors import StorageError
 from tradeengine.storage.rows import build_rows
 from tradeengine.storage.writer import RenderedBatch, claim_fence, commit_batch, render_batch
@@ -140,7 +140,8 @@ def _connect_and_claim(config: dict[str, Any]) -> tuple[psycopg.Connection[Any],
     the previous writer to end)."""
     with storage_errors("the writer process connecting"):
         conn = psycopg.connect(config["conninfo"], **connection_kwargs(
-            connect_timeout=float(config["connect_timeout"]), prepare_threshold=None,
+            connect_timeout=float(config["connect_timeout"]),
+            prepare_threshold=DEFAULT_PREPARE_THRESHOLD if config.get("prepare", True) else None,
             application_name="trade-engine-writer"))
     try:
         return conn, claim_fence(conn, lock_timeout=float(config["lock_timeout"]))

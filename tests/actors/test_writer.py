@@ -181,7 +181,9 @@ def test_a_burst_told_without_waiting_is_written_in_few_large_batches_capped_at_
         replies.append(tell_commit(ref, s.facts[-1], order_id))
     assert [r.result(timeout=WAIT) for r in replies] == order_ids
     assert count(reader, "SELECT count(*) FROM orders") == 500
-    assert max(r.commits for r in reports) == 100
+    # The writer process groups whole frames (flushes) up to max_batch: it may stop short of it.
+    largest = max(r.commits for r in reports)
+    assert largest == 100 or (mode == "process" and largest < 100)
     assert len(reports) < 50
 
 
@@ -316,16 +318,23 @@ def test_a_commit_violating_a_balance_check_fails_its_batch_and_every_later_comm
     s.place(ALICE, Side.BUY, "0.01", "40000")
     good = tell_commit(ref, s.facts[-1], "good")
     bad = tell_commit(ref, s.withdraw(ALICE, "USDT", "1000"), "bad")  # 400 of it is locked by now
-    blocker.close()  # good and bad are now queued together behind the earlier batch
+    blocker.close()
     assert earlier.result(timeout=WAIT) == "earlier"
-    for reply in (good, bad):
-        with pytest.raises(StorageUnavailable) as caught:
-            reply.result(timeout=WAIT)
-        assert isinstance(caught.value, EngineStorageUnavailable)
+    with pytest.raises(StorageUnavailable) as caught:
+        bad.result(timeout=WAIT)
+    assert isinstance(caught.value, EngineStorageUnavailable)
+    # On its thread the writer queues good and bad behind the earlier batch and writes them as one batch:
+    # both fail. The writer process builds its next batch of what came meanwhile: good may have come
+    # alone, and then it is committed before bad fails.
+    good_committed = good.exception(timeout=WAIT) is None
+    assert not (good_committed and mode == "thread")
+    if not good_committed:
+        assert isinstance(good.exception(), EngineStorageUnavailable)
     assert [(n.kind, n.scope) for n in recorder.notices] == [(NoticeKind.BROKEN, "group")]
     assert "balances" in str(recorder.notices[0].error)
-    assert count(reader, "SELECT count(*) FROM orders") == 0  # nothing partial
-    assert count(reader, "SELECT available FROM balances WHERE user_id = %s", ALICE) == Decimal(1000)
+    assert count(reader, "SELECT count(*) FROM orders") == good_committed  # nothing partial
+    locked = Decimal(400) if good_committed else 0
+    assert count(reader, "SELECT available FROM balances WHERE user_id = %s", ALICE) == 1000 - locked
     assert count(reader, "SELECT available FROM balances WHERE user_id = %s", BOB) == Decimal(2)
     with pytest.raises(pykka.ActorDeadError):
         tell_commit(ref, s.facts[-1])
