@@ -58,6 +58,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -241,7 +244,7 @@ def commit_batch(
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("write_batch needs an idle connection: inside a transaction it could not commit")
-    statement, params = batch.statement, batch.params
+    statement, params = _numbered(batch.statement), batch.params
     autocommit = conn.autocommit
     try:
         with storage_errors("committing a batch of facts"):
@@ -249,14 +252,15 @@ def commit_batch(
                 # BEGIN and COMMIT are sent as statements of the pipeline (psycopg's own BEGIN would be a
                 # round trip of its own), hence autocommit while the batch is written.
                 conn.autocommit = True
-                with conn.pipeline(), conn.cursor() as cur:
+                with conn.pipeline(), psycopg.RawCursor(conn) as cur:
                     cur.execute("BEGIN", prepare=False)
                     if statement_timeout is None:
-                        cur.execute(_SET_LOCALS)
+                        cur.execute(_numbered(_SET_LOCALS))
                     else:
-                        cur.execute(_SET_LOCALS_AND_TIMEOUT, (f"{max(1, int(statement_timeout * 1000))}ms",))
+                        cur.execute(_numbered(_SET_LOCALS_AND_TIMEOUT),
+                                    (f"{max(1, int(statement_timeout * 1000))}ms",))
                     if fence is not None:
-                        cur.execute(_CHECK_FENCE, (fence, fence))
+                        cur.execute(_numbered(_CHECK_FENCE), (fence, fence))
                     if statement:
                         cur.execute(statement, params)  # prepared as the connection's threshold says
                     cur.execute("COMMIT", prepare=False)
@@ -268,6 +272,15 @@ def commit_batch(
     finally:
         if conn.info.transaction_status == TransactionStatus.IDLE:
             conn.autocommit = autocommit
+
+
+@functools.lru_cache(maxsize=128)
+def _numbered(statement: str) -> str:
+    """`statement` with ``$1``, ``$2``, ... for its ``%s`` (and ``%`` for ``%%``), as a `psycopg.RawCursor`
+    takes it: psycopg converts a ``%s`` query on every execution when it is longer than 4 KB, as the
+    batch statement is; this is done once per shape of it."""
+    numbers = itertools.count(1)
+    return re.sub(r"%%|%s", lambda match: "%" if match.group() == "%%" else f"${next(numbers)}", statement)
 
 
 def _roll_back_failed(conn: psycopg.Connection[Any]) -> None:
