@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
-from kombu.messaging import Consumer, Producer
+from kombu.messaging import Consumer
 
 from tradeengine.storage.errors import StorageError
 from tradeengine.storage.outbox import OutboxRow, StoredEvent
@@ -170,18 +170,18 @@ class EventPublisher:
         self._connect_timeout = connect_timeout
         self._confirm_timeout = confirm_timeout
         self._connection: Connection | None = None
-        self._producer: Producer | None = None
+        self._channel: Any = None  # the transport's channel, published to directly
         self._confirms: _Confirms | None = None  # None on memory:// (nothing to confirm)
         self._errors: tuple[type[BaseException], ...] = ()
 
     @property
     def connected(self) -> bool:
         """True while a connection is open (it may still turn out to be dead on the next publish)."""
-        return self._producer is not None
+        return self._channel is not None
 
     def connect(self) -> None:
         """Open the connection and a channel (in confirm mode on amqp://) and declare the exchange."""
-        if self._producer is not None:
+        if self._channel is not None:
             return
         amqp = not self.url.startswith("memory://")
         # The socket timeouts bound a write into (or a read from) a connection that died without closing.
@@ -197,7 +197,7 @@ class EventPublisher:
             self.exchange(channel).declare()  # type: ignore[no-untyped-call]
             # The channel is py-amqp's; without kombu's confirm_publish its basic_publish does not wait.
             self._confirms = _Confirms(channel) if amqp else None
-            self._producer = Producer(channel, self.exchange, auto_declare=False)  # type: ignore[no-untyped-call]
+            self._channel = channel
         except Exception as exc:
             _close_quietly(connection)
             raise self._unavailable("connecting to", exc) from exc
@@ -251,18 +251,20 @@ class EventPublisher:
 
     def _send(self, message: Envelope, routing_key: str) -> None:
         """Publish one envelope under `routing_key` (not waiting for its confirm)."""
-        producer = self._producer
-        assert producer is not None
+        channel = self._channel
+        assert channel is not None
         headers: dict[str, Any] = {"event_type": message.event_type}
         if message.symbol is not None:
             headers["symbol"] = message.symbol
         if message.sequence is not None:
             headers["sequence"] = message.sequence
-        producer.publish(  # type: ignore[no-untyped-call]
-            _encode(message), routing_key=routing_key, delivery_mode=PERSISTENT,
-            content_type=CONTENT_TYPE, content_encoding="utf-8", headers=headers,
-            message_id=message.event_id, type=message.event_type, app_id=APP_ID, retry=False,
-        )
+        properties = {"delivery_mode": PERSISTENT, "message_id": message.event_id, "type": message.event_type,
+                      "app_id": APP_ID}
+        # What kombu's Producer.publish ends in, without its per-message preparation (declarations,
+        # serializer and compression checks, retry wrapping): ~40 % of the relay's CPU per message.
+        channel.basic_publish(channel.prepare_message(_encode(message), 0, CONTENT_TYPE, "utf-8", headers,
+                                                      properties),
+                              exchange=self.exchange.name, routing_key=routing_key)
         if self._confirms is not None:
             self._confirms.published += 1
 
@@ -285,7 +287,7 @@ class EventPublisher:
 
     def close(self) -> None:
         """Close the connection (quietly: it may be dead already)."""
-        connection, self._connection, self._producer, self._confirms = self._connection, None, None, None
+        connection, self._connection, self._channel, self._confirms = self._connection, None, None, None
         if connection is not None:
             _close_quietly(connection)
 
