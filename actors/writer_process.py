@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import pickle
 import select
@@ -56,6 +57,8 @@ WRITER_COMMAND = (sys.executable, "-m", "tradeengine.ops.writer_main")
 """The child's command line."""
 
 _LENGTH = struct.Struct(">I")
+
+_log = logging.getLogger(__name__)
 
 Token = list[Any]
 """What the writer hands in with a frame and gets back with its outcome (its batch of messages)."""
@@ -243,7 +246,19 @@ class WriterProcess:
                     stream.close()
 
     def _read(self, child: subprocess.Popen[bytes], frames: FrameReader) -> None:
-        """The reader thread: hand out each answer; kill a child that stops answering; report its end."""
+        """The reader thread: hand out each answer; kill a child that stops answering; report its end.
+        A bug here (an answer that cannot be read or does not fit) kills the child and fails what is
+        outstanding, rather than leave its callers waiting with nobody to answer them."""
+        try:
+            self._read_answers(child, frames)
+        except BaseException as exc:
+            _log.exception("writer process %d: its reader failed; the child is killed", child.pid)
+            child.kill()
+            child.wait()
+            self._end(StorageUnavailable(f"the writer process's reader failed ({exc!r}; the outcome is "
+                                         "unknown)"))
+
+    def _read_answers(self, child: subprocess.Popen[bytes], frames: FrameReader) -> None:
         while True:
             with self._lock:
                 waiting = self._waiting_since + self.reply_timeout - time.monotonic() \
@@ -282,6 +297,8 @@ class WriterProcess:
 
     def _hand_out_committed(self, frames: int, rows: int, seconds: float) -> None:
         with self._lock:
+            if not 0 < frames <= len(self._outstanding):
+                raise RuntimeError(f"an answer for {frames} frame(s), {len(self._outstanding)} outstanding")
             tokens = [self._outstanding.popleft() for _ in range(frames)]
             self._waiting_since = time.monotonic()
         assert self._committed is not None

@@ -273,6 +273,25 @@ def test_a_child_that_stops_answering_is_killed_and_what_was_outstanding_fails_a
         writer.close()
 
 
+def test_an_answer_that_does_not_fit_kills_the_child_and_fails_what_is_outstanding(url: str) -> None:
+    # A child that answers its first frame for five.
+    lying = ("import os, pickle, struct, sys, time\n"
+             "def tell(value):\n"
+             "    f = pickle.dumps(value); sys.stdout.buffer.write(struct.pack('>I', len(f)) + f)\n"
+             "    sys.stdout.flush()\n"
+             "sys.stdin.readline(); tell(('ready', os.getpid()))\n"
+             "sys.stdin.buffer.read(4); tell(('ok', 5, 1, 0.0)); time.sleep(60)\n")
+    writer = Writer(url, command=(sys.executable, "-c", lying))
+    try:
+        outstanding = writer.send([deposit(10**8)])
+        with pytest.raises(StorageUnavailable, match="reader failed"):
+            outstanding.result(timeout=WAIT)
+        with pytest.raises(StorageUnavailable, match="has ended"):
+            writer.send([deposit(10**8)])
+    finally:
+        writer.close()
+
+
 def test_a_failed_batch_is_an_error_nothing_of_it_or_after_it_is_written_and_the_child_ends(
     writer: Writer, url: str,
 ) -> None:
