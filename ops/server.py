@@ -213,7 +213,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
     relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention,
-                          process=settings.relay_process)
+                          process=settings.relay_process, nudge_interval=settings.relay_nudge_interval)
     wallet = None
     if settings.wallet_url:
         wallet = RemoteWalletSettings(

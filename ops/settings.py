@@ -93,6 +93,17 @@ def _mirror_interval(name: str, raw: str) -> float:
     return value
 
 
+def _relay_interval(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds") from None
+    if not 0 <= value < 1.0:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at least 0 and less than 1 second (the relay's "
+                            "idle interval)")
+    return value
+
+
 def _bool(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -203,6 +214,11 @@ class Settings:
     relay_process: bool = _field(
         _bool, False, "run the outbox relay in a process of its own, off the engine's GIL (amqp:// brokers "
         "only; recommended with RabbitMQ)"
+    )
+    relay_nudge_interval: float = _field(
+        _relay_interval, 0.03,
+        "seconds at least between two passes of the outbox relay under load (0 to under 1): events leave "
+        "at most that much after their commit; a longer one gathers more commits into one pass",
     )
     outbox_retention: float = _field(
         _positive_float, 86400,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tradeengine.actors.relay import RelaySettings
 from tradeengine.ops.settings import Settings, SettingsError
 
 
@@ -17,6 +18,7 @@ def test_an_empty_environment_gives_embedded_defaults() -> None:
     assert settings.data_dir == Path("var")
     assert settings.broker_url == "memory://"
     assert settings.log_format in ("json", "text")
+    assert settings.relay_nudge_interval == RelaySettings().nudge_interval == 0.03
 
 
 def test_every_documented_variable_is_read() -> None:
@@ -32,6 +34,7 @@ def test_every_documented_variable_is_read() -> None:
         "TRADE_ENGINE_CORS_ORIGINS": "https://a.example, https://b.example",
         "TRADE_ENGINE_DATABASE_PREPARE": "false",
         "TRADE_ENGINE_RELAY_PROCESS": "yes",
+        "TRADE_ENGINE_RELAY_NUDGE_INTERVAL": "0",
     })
     assert settings.database_url == "postgresql://u@db:5432/x"
     assert settings.redis_url == "redis://cache:6379/0"
@@ -43,6 +46,7 @@ def test_every_documented_variable_is_read() -> None:
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.database_prepare is False
     assert settings.relay_process is True
+    assert settings.relay_nudge_interval == 0.0
 
 
 @pytest.mark.parametrize(
@@ -68,6 +72,9 @@ def test_every_documented_variable_is_read() -> None:
         ("PUBLIC_RATE_BURST", "0", "at least 1"),
         ("RELAY_PROCESS", "sometimes", "true or false"),
         ("RELAY_PROCESS", "true", "memory:// reaches one process only"),  # with the default broker
+        ("RELAY_NUDGE_INTERVAL", "1", "less than 1 second"),
+        ("RELAY_NUDGE_INTERVAL", "-0.01", "at least 0"),
+        ("RELAY_NUDGE_INTERVAL", "soon", "number of seconds"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_variable(
