@@ -12,8 +12,10 @@ came while the current batch commits (at least one frame, up to ``max_batch`` fa
 ready; the main thread commits one batch after the other and answers for each the number of frames it
 held. Building is Python (it holds this process's GIL) and committing is mostly a wait for PostgreSQL
 (it does not), so the two overlap: a batch's commit is no longer followed by its successor's build.
-The queue between them holds one batch, so at most one is built ahead: a batch that fails ends the
-process before the next is written, and nothing after a failed batch is committed.
+The builder starts a batch only when the committer has taken the one before it (a semaphore), so one
+batch at most waits built while another commits, and it holds what came up to the moment it was begun:
+a builder running further ahead would make each frame wait for two commits before its own. A batch that
+fails ends the process before the next is written, and nothing after a failed batch is committed.
 
 Fencing: before it reports ready, this process claims the writer fence (`storage.writer.claim_fence`:
 a new epoch in ``writer_fence``, migration 0009), and every batch it commits checks that the epoch is
@@ -80,10 +82,12 @@ def main() -> int:
         # The engine sends frames only after "ready": begin_child's buffered readline of the configuration
         # has nothing of them in its buffer, and the builder reads stdin's descriptor itself.
         built: queue.Queue[_Built | None] = queue.Queue(maxsize=1)
+        turn = threading.Semaphore(1)  # the builder may begin the next batch
         threading.Thread(target=_build, name="writer-builder", daemon=True,
-                         args=(FrameReader(sys.stdin.buffer.fileno()), built,
+                         args=(FrameReader(sys.stdin.buffer.fileno()), built, turn,
                                int(config.get("max_batch", 2000)))).start()
         while (batch := built.get()) is not None:
+            turn.release()
             try:
                 if batch.error is not None:
                     raise batch.error
@@ -101,11 +105,13 @@ def main() -> int:
     return 0
 
 
-def _build(frames: FrameReader, built: queue.Queue[_Built | None], max_batch: int) -> None:
-    """The builder thread: the next batch is every frame that came, in order, up to `max_batch` facts
-    (at least one frame), as rows rendered into its statement; at the end of stdin, None."""
+def _build(frames: FrameReader, built: queue.Queue[_Built | None], turn: threading.Semaphore,
+           max_batch: int) -> None:
+    """The builder thread: once it has the `turn`, the next batch is every frame that came, in order, up
+    to `max_batch` facts (at least one frame), as rows rendered into its statement; at the end of
+    stdin, None."""
     carried = None  # a frame read that did not fit in the batch before
-    while (first := carried if carried is not None else frames.read()) is not None:
+    while turn.acquire() and (first := carried if carried is not None else frames.read()) is not None:
         facts, count, carried = list(first), 1, None
         while len(facts) < max_batch:
             more = frames.read(0.0)
