@@ -19,6 +19,7 @@ __all__ = ["ROLES", "ThreadCpu", "thread_role"]
 # Role of a thread by the start of its name (before "-N"); the first match counts.
 _PREFIXES = (
     ("PersistenceActor", "writer"),
+    ("writer-process-reader", "writer"),  # resolves the callers of the writer process's commits
     ("PairActor", "pairs"),
     ("WalletActor", "wallet"),
     ("OutboxRelay", "relay"),

@@ -18,9 +18,11 @@ caller waits for each reply before sending the next command, as an HTTP client w
 Reported: acknowledged commands per second (wall clock, first send to last reply), p50 / p99 latency of
 acknowledged commands in ms, rows per commit and commands per commit (from the writer's `on_batch`
 reports during the timed window), the mean commit time and the share of the wall time the writer spent
-committing, and refusals; and CPU time per acknowledged command during the timed window, in µs: of the
-engine process (every thread) and its writer process, split (`engine_cpu_us_by_thread`: the callers, the
-writer's thread, the pair actors, the wallet, the rest of the process: the main thread, the
+committing (with the writer process: its database round trips; it builds the next batch meanwhile), and
+refusals; and CPU time per acknowledged command during the timed window, in µs: of the engine process
+(every thread) and its writer process, split (`engine_cpu_us_by_thread`: the callers, the writer's
+threads (its actor, and the reader of its process's answers), the pair actors, the wallet, the rest of
+the process: the main thread, the
 supervisor, ...; and the writer process, with `--writer process`, the default) and, when
 the server runs on this machine, of the PostgreSQL server (the postmaster and all its children:
 backends, WAL writer, checkpointer, ...). With --json the last printed line is one JSON object with

@@ -11,7 +11,8 @@ from tradeengine.ops.threadcpu import ROLES, ThreadCpu, thread_role
 
 
 @pytest.mark.parametrize(("name", "role"), [
-    ("PersistenceActor-0", "writer"), ("PairActor-11", "pairs"), ("WalletActor-1", "wallet"),
+    ("PersistenceActor-0", "writer"), ("writer-process-reader-4242", "writer"), ("PairActor-11", "pairs"),
+    ("WalletActor-1", "wallet"),
     ("OutboxRelay-12", "relay"), ("outbox-relay-timer-3", "relay"), ("RelayProcess-12", "relay"),
     ("relay-process-reader-2", "relay"), ("WalletSettler-4", "settler"),
     ("wallet-settler-timer-1", "settler"), ("market-data-mirror", "mirror"), ("http-request_5", "http"),
