@@ -195,8 +195,9 @@ class WriterProcess:
         """
         child = self._child
         with self._lock:
-            if self._ended is not None or child is None or child.stdin is None:
-                raise StorageUnavailable(f"the writer process has ended: {self._ended or 'not started'}")
+            if self._ended is not None or self._closing or child is None or child.stdin is None:
+                why = self._ended or ("closed" if self._closing else "not started")
+                raise StorageUnavailable(f"the writer process has ended: {why}")
             if not self._outstanding:
                 self._waiting_since = time.monotonic()
             self._outstanding.append(token)

@@ -324,6 +324,8 @@ def test_the_child_ends_at_the_end_of_its_stdin(writer: Writer) -> None:
     writer.close()
     assert child.returncode == 0
     assert writer.outcomes.failures == []
+    with pytest.raises(StorageUnavailable, match="closed"):  # nothing is taken that nobody would answer
+        writer.send([deposit(10**8)])
 
 
 def test_a_database_that_does_not_answer_fails_the_start_as_unavailable() -> None:
