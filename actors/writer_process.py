@@ -226,11 +226,7 @@ class WriterProcess:
                 child.stdin.close()
         except OSError:
             pass
-        try:
-            child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        _end_child(child, timeout)
         if self._reader is not None:
             self._reader.join()
         if child.stdout is not None:
@@ -240,8 +236,7 @@ class WriterProcess:
         """Kill a child that did not start (it is forgotten: `pid` is None again)."""
         child, self._child = self._child, None
         if child is not None:
-            child.kill()
-            child.wait()
+            _end_child(child, 0.0)
             for stream in (child.stdin, child.stdout):
                 if stream is not None:
                     stream.close()
@@ -254,8 +249,7 @@ class WriterProcess:
             self._read_answers(child, frames)
         except BaseException as exc:
             _log.exception("writer process %d: its reader failed; the child is killed", child.pid)
-            child.kill()
-            child.wait()
+            _end_child(child, 0.0)
             self._end(StorageUnavailable(f"the writer process's reader failed ({exc!r}; the outcome is "
                                          "unknown)"))
 
@@ -270,8 +264,7 @@ class WriterProcess:
                     late = bool(self._outstanding) and \
                         time.monotonic() - self._waiting_since >= self.reply_timeout
                 if late:
-                    child.kill()  # it must not commit these later
-                    child.wait()
+                    _end_child(child, 0.0)  # it must not commit these later
                     self._end(StorageUnavailable(
                         f"the writer process did not answer within {self.reply_timeout:g} s "
                         "(the outcome is unknown)"))
@@ -289,11 +282,7 @@ class WriterProcess:
                 self._hand_out_committed(int(answer[1]), int(answer[2]), float(answer[3]))
             else:  # the child exits after a failed batch
                 self._end(_error(answer, "committing a batch of facts"))
-                try:
-                    child.wait(timeout=self.reply_timeout)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                _end_child(child, self.reply_timeout)
                 return
 
     def _hand_out_committed(self, frames: int, rows: int, seconds: float) -> None:
@@ -313,6 +302,15 @@ class WriterProcess:
             self._outstanding.clear()
         assert self._failed is not None
         self._failed(tokens, error)
+
+
+def _end_child(child: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to `timeout` s for the child to exit, then kill it; reaped either way."""
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _error(answer: tuple[Any, ...], action: str) -> StorageError:
