@@ -7,9 +7,9 @@ commits them on its own connection (see `ops.writer_main`). Building rows, rende
 work (~100 µs of CPU per command) happen on the other core, outside the engine's GIL.
 
 Pipelined: the writer does not wait for a batch's answer before it sends the next one. The child builds
-the next batch (every frame that came meanwhile, up to ``max_batch`` facts) while the current one
-commits, so the database and the child's CPU work at the same time instead of in turn. A reader thread
-here takes the child's answers and hands them, with the tokens of the frames they cover, to the
+the rows of the next batch (every frame that comes meanwhile, up to ``max_batch`` facts) while the
+current one commits, so the database and the child's CPU work at the same time instead of in turn. A
+reader thread here takes the child's answers and hands them, with the tokens of the frames they cover, to the
 ``committed`` / ``failed`` callbacks (in the reader's thread: the writer resolves its callers' replies
 there, without a hop through its inbox).
 
@@ -88,9 +88,10 @@ class FrameReader:
         self._buffer = bytearray(buffer)
         self.ended = False
 
-    def read(self, timeout: float | None = None) -> Any:
-        """The next frame; `NOTHING` if none is whole within `timeout` s (None: wait); None at the end
-        of the pipe (also in the middle of a frame: its writer is gone)."""
+    def read(self, timeout: float | None = None, *, wake: int | None = None) -> Any:
+        """The next frame; `NOTHING` if none is whole within `timeout` s (None: wait), or as soon as the
+        file descriptor `wake` has something to read (it is read empty); None at the end of the pipe
+        (also in the middle of a frame: its writer is gone)."""
         buffer = self._buffer
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -102,9 +103,14 @@ class FrameReader:
                     return frame
             if self.ended:
                 return None
-            if deadline is not None:
-                remaining = max(0.0, deadline - time.monotonic())
-                if not select.select([self._fd], [], [], remaining)[0]:
+            if deadline is not None or wake is not None:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                watched = [self._fd] if wake is None else [self._fd, wake]
+                readable = select.select(watched, [], [], remaining)[0]
+                if wake is not None and wake in readable:
+                    os.read(wake, 1 << 10)
+                    return self.NOTHING
+                if not readable:
                     return self.NOTHING
             chunk = os.read(self._fd, 1 << 16)
             if not chunk:

@@ -274,8 +274,32 @@ def rfc3339(moment: datetime) -> str:
 
 def build_rows(facts: Iterable[Facts]) -> RowSet:
     """Return the rows that commit `facts` (in the order given)."""
-    builder = _RowBuilder(complete=True)
+    builder = RowsBuilder()
     for fact in facts:
+        builder.add(fact)
+    return builder.finish()
+
+
+class RowsBuilder:
+    """The rows of a group built as its facts come: `add` each fact in order, then `finish` once.
+
+    `build_rows(facts)` is every fact added, then finished; the writer process adds each frame's facts
+    while the batch before them commits, and finishes when its committer is free.
+    """
+
+    __slots__ = ("_builder",)
+
+    def __init__(self) -> None:
+        self._builder = _RowBuilder(complete=True)
+
+    @property
+    def facts(self) -> int:
+        """The number of facts added."""
+        return self._builder.rows.facts
+
+    def add(self, fact: Facts) -> None:
+        """Add the next fact of the group."""
+        builder = self._builder
         if isinstance(fact, PairFacts):
             builder.add_pair_facts(fact)
             if type(fact) is WalletSettledFacts:
@@ -283,7 +307,10 @@ def build_rows(facts: Iterable[Facts]) -> RowSet:
                 builder.settled_at_wallet += 1
         else:
             builder.add_transfer(fact)
-    return builder.finish()
+
+    def finish(self) -> RowSet:
+        """The rows of every fact added (the builder is used up)."""
+        return self._builder.finish()
 
 
 def build_order_rows(facts: PairFacts) -> RowSet:
