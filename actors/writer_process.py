@@ -108,7 +108,7 @@ class FrameReader:
                 watched = [self._fd] if wake is None else [self._fd, wake]
                 readable = select.select(watched, [], [], remaining)[0]
                 if wake is not None and wake in readable:
-                    os.read(wake, 1 << 10)
+                    os.read(wake, 1 << 16)  # a pipe holds 64 KiB: read empty
                     return self.NOTHING
                 if not readable:
                     return self.NOTHING

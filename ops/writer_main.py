@@ -227,6 +227,7 @@ def _build(frames: FrameReader, handover: _Handover, max_batch: int) -> None:
                 facts = rows.facts
                 batch = _Built(count, facts, render_batch(rows.finish()))
                 per_fact += _SMOOTHING * ((time.perf_counter() - started) / max(1, facts) - per_fact)
+                handover.wait_taken()  # at the end of stdin, the batch before may still wait
                 handover.put(batch)
         except Exception as exc:  # a bug in building: this batch fails, and the child ends with it
             handover.wait_taken()

@@ -155,3 +155,24 @@ def test_the_hand_over_is_due_at_once_for_a_waiting_committer_never_while_a_batc
     handover.commit_seconds = 0.5
     due = handover.due(0.1)
     assert due is not None and before + 0.4 <= due <= time.perf_counter() + 0.4
+
+
+def test_the_end_of_input_while_a_built_batch_still_waits_hands_over_both_then_the_end(
+    builder: Builder,
+) -> None:
+    builder.send(1)
+    assert builder.take() is not None
+    builder.handover.commit_seconds = 0.05
+    builder.send(1)
+    time.sleep(0.2)  # due: built, waiting for the committer
+    builder.send(2)
+    builder.stream.close()
+    time.sleep(0.1)  # the builder has seen the end of its input with a second batch begun
+    builder.handover.done(0.2)
+    waiting = builder.take()
+    builder.handover.done(0.01)
+    last = builder.take()
+    builder.handover.done(0.01)
+    assert waiting is not None and (waiting.frames, waiting.facts) == (1, 1)
+    assert last is not None and (last.frames, last.facts) == (1, 2)
+    assert builder.take() is None
