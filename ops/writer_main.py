@@ -57,6 +57,7 @@ from tradeengine.actors.writer_process import FrameReader, reply, write_frame
 from tradeengine.ops.child import begin_child
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, connection_kwargs, storage_errors
 from tradeengine.storage.errors import StorageError
+from tradeengine.storage.facts_wire import FactsDecoder
 from tradeengine.storage.rows import RowsBuilder
 from tradeengine.storage.writer import RenderedBatch, claim_fence, commit_batch, render_batch
 
@@ -94,7 +95,7 @@ def main() -> int:
         # has nothing of them in its buffer, and the builder reads stdin's descriptor itself.
         handover = _Handover()
         threading.Thread(target=_build, name="writer-builder", daemon=True,
-                         args=(FrameReader(sys.stdin.buffer.fileno()), handover,
+                         args=(FrameReader(sys.stdin.buffer.fileno(), decode=FactsDecoder().decode), handover,
                                int(config.get("max_batch", 2000)))).start()
         while (batch := handover.take()) is not None:
             try:

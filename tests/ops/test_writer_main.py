@@ -16,9 +16,10 @@ from typing import IO, Any
 
 import pytest
 
-from tradeengine.actors.writer_process import FrameReader, write_frame
+from tradeengine.actors.writer_process import FrameReader, write_data
 from tradeengine.ops.writer_main import _build, _Built, _Handover
 from tradeengine.storage.facts import Transfer
+from tradeengine.storage.facts_wire import FactsDecoder, FactsEncoder
 
 WAIT = 5.0
 T0 = 1_795_000_000_000_000  # µs since the Unix epoch (2026-11-19)
@@ -35,12 +36,12 @@ class Builder:
         read_fd, write_fd = os.pipe()
         self.stream: IO[bytes] = os.fdopen(write_fd, "wb")
         self.handover = _Handover()
-        self.thread = threading.Thread(target=_build, args=(FrameReader(read_fd), self.handover, max_batch),
-                                       daemon=True)
+        frames = FrameReader(read_fd, decode=FactsDecoder().decode)
+        self.thread = threading.Thread(target=_build, args=(frames, self.handover, max_batch), daemon=True)
         self.thread.start()
 
     def send(self, facts: int) -> None:
-        write_frame(self.stream, [deposit() for _ in range(facts)])
+        write_data(self.stream, FactsEncoder().encode([deposit() for _ in range(facts)]))
 
     def take(self) -> _Built | None:
         """The next batch, as the committer takes it (the committer is then busy with it)."""
@@ -136,7 +137,7 @@ def test_at_the_end_of_its_input_the_builder_hands_over_what_it_has_then_the_end
 
 
 def test_a_fact_the_builder_cannot_add_fails_its_batch_and_ends_the_builder(builder: Builder) -> None:
-    write_frame(builder.stream, [Transfer("DEPOSIT", 1001, "USDT", 0, T0)])  # not a positive amount
+    write_data(builder.stream, FactsEncoder().encode([Transfer("DEPOSIT", 1001, "USDT", 0, T0)]))  # amount 0
     taken: Future[Any] = Future()
     threading.Thread(target=lambda: taken.set_result(builder.handover.take()), daemon=True).start()
     batch = taken.result(timeout=WAIT)

@@ -1,0 +1,116 @@
+"""Facts (`storage.facts`) as bytes and back: the frames the writer sends to its process (see
+`actors.writer_process`). Pure: no I/O.
+
+JSON through msgspec: each fact is a tagged array (``["p", spec, events]`` for `PairFacts`, ``"w"`` for
+`WalletSettledFacts`, ``["t", kind, user, asset, amount, timestamp, transfer_id]`` for a `Transfer`),
+the events as the core's tagged Structs, a pair's spec as the tuple of its init fields (Decimals as
+strings). Integers keep any size (an amount of atoms can pass 2**64, which msgpack could not carry).
+Encoding runs in the engine under its GIL, so it is the side made cheap: ~1.2 µs per command against
+~6.2 µs for pickle (whose frozen slotted dataclasses go through Python-level ``__getstate__``), and the
+writer process decodes in ~5.5 µs instead of ~4.5.
+
+The decoded facts equal the encoded ones (``==``, types included): the rows the writer process builds
+from them are the rows the engine's thread would have built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+from tradeengine.engine import EngineEvent, PairSpec
+from tradeengine.storage.facts import Facts, PairFacts, Transfer
+from tradeengine.storage.wallet_commands import WalletSettledFacts
+
+__all__ = ["FactsDecoder", "FactsEncoder"]
+
+SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(PairSpec) if field.init)
+"""The fields a `PairSpec` is made from, in order: its wire form."""
+
+_SpecWire = tuple[str, str, str, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal]
+_spec_wire = operator.attrgetter(*SPEC_FIELDS)
+
+
+class _PairFactsWire(msgspec.Struct, tag="p", array_like=True, frozen=True, gc=False):
+    spec: _SpecWire
+    events: list[EngineEvent]
+
+
+class _WalletSettledFactsWire(msgspec.Struct, tag="w", array_like=True, frozen=True, gc=False):
+    spec: _SpecWire
+    events: list[EngineEvent]
+
+
+class _TransferWire(msgspec.Struct, tag="t", array_like=True, frozen=True, gc=False):
+    kind: Literal["DEPOSIT", "WITHDRAWAL"]
+    user_id: int
+    asset: str
+    amount: int
+    timestamp: int
+    transfer_id: uuid.UUID
+
+
+class FactsEncoder:
+    """Encodes lists of facts; keeps the wire form of each spec it met (a pair's spec is one object)."""
+
+    _KEEP = 1024  # specs remembered at most (a new one comes with a pair added or rebuilt)
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+        self._specs: dict[int, tuple[PairSpec, _SpecWire]] = {}  # per id(): the spec (kept alive), its wire
+
+    def encode(self, facts: Sequence[Facts]) -> bytes:
+        """The bytes of `facts`, in order."""
+        wires: list[_PairFactsWire | _WalletSettledFactsWire | _TransferWire] = []
+        for fact in facts:
+            if isinstance(fact, Transfer):
+                wires.append(_TransferWire(fact.kind, fact.user_id, fact.asset, fact.amount, fact.timestamp,
+                                           fact.transfer_id))
+            elif isinstance(fact, WalletSettledFacts):  # before PairFacts: a subclass of it
+                wires.append(_WalletSettledFactsWire(self._spec(fact.spec), fact.events))
+            elif isinstance(fact, PairFacts):
+                wires.append(_PairFactsWire(self._spec(fact.spec), fact.events))
+            else:
+                raise TypeError(f"not a fact: {fact!r}")
+        return self._encoder.encode(wires)
+
+    def _spec(self, spec: PairSpec) -> _SpecWire:
+        known = self._specs.get(id(spec))
+        if known is not None and known[0] is spec:
+            return known[1]
+        if len(self._specs) >= self._KEEP:
+            self._specs.clear()
+        wire: _SpecWire = _spec_wire(spec)
+        self._specs[id(spec)] = (spec, wire)
+        return wire
+
+
+class FactsDecoder:
+    """Decodes what `FactsEncoder` made; one `PairSpec` object per distinct spec."""
+
+    def __init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(list[_PairFactsWire | _WalletSettledFactsWire | _TransferWire])
+        self._specs: dict[_SpecWire, PairSpec] = {}
+
+    def decode(self, data: bytes | bytearray) -> list[Facts]:
+        """The facts of `data`, in order (msgspec.ValidationError/DecodeError for anything else)."""
+        facts: list[Facts] = []
+        for wire in self._decoder.decode(data):
+            if isinstance(wire, _TransferWire):
+                facts.append(Transfer(wire.kind, wire.user_id, wire.asset, wire.amount, wire.timestamp,
+                                      wire.transfer_id))
+                continue
+            spec = self._specs.get(wire.spec)
+            if spec is None:
+                if len(self._specs) >= FactsEncoder._KEEP:
+                    self._specs.clear()
+                spec = self._specs[wire.spec] = PairSpec(*wire.spec)
+            kind = WalletSettledFacts if isinstance(wire, _WalletSettledFactsWire) else PairFacts
+            facts.append(kind(spec, wire.events))
+        return facts
