@@ -47,6 +47,17 @@ class _WalletSettledFactsWire(msgspec.Struct, tag="w", array_like=True, frozen=T
     events: list[EngineEvent]
 
 
+# What the encoder makes: the same arrays, with each spec's JSON made once (`FactsEncoder._spec`).
+class _PairFactsOut(msgspec.Struct, tag="p", array_like=True, frozen=True, gc=False):
+    spec: msgspec.Raw
+    events: list[EngineEvent]
+
+
+class _WalletSettledFactsOut(msgspec.Struct, tag="w", array_like=True, frozen=True, gc=False):
+    spec: msgspec.Raw
+    events: list[EngineEvent]
+
+
 class _TransferWire(msgspec.Struct, tag="t", array_like=True, frozen=True, gc=False):
     kind: Literal["DEPOSIT", "WITHDRAWAL"]
     user_id: int
@@ -63,30 +74,30 @@ class FactsEncoder:
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
-        self._specs: dict[int, tuple[PairSpec, _SpecWire]] = {}  # per id(): the spec (kept alive), its wire
+        self._specs: dict[int, tuple[PairSpec, msgspec.Raw]] = {}  # per id(): the spec (kept alive), its JSON
 
     def encode(self, facts: Sequence[Facts]) -> bytes:
         """The bytes of `facts`, in order."""
-        wires: list[_PairFactsWire | _WalletSettledFactsWire | _TransferWire] = []
+        wires: list[_PairFactsOut | _WalletSettledFactsOut | _TransferWire] = []
         for fact in facts:
             if isinstance(fact, Transfer):
                 wires.append(_TransferWire(fact.kind, fact.user_id, fact.asset, fact.amount, fact.timestamp,
                                            fact.transfer_id))
             elif isinstance(fact, WalletSettledFacts):  # before PairFacts: a subclass of it
-                wires.append(_WalletSettledFactsWire(self._spec(fact.spec), fact.events))
+                wires.append(_WalletSettledFactsOut(self._spec(fact.spec), fact.events))
             elif isinstance(fact, PairFacts):
-                wires.append(_PairFactsWire(self._spec(fact.spec), fact.events))
+                wires.append(_PairFactsOut(self._spec(fact.spec), fact.events))
             else:
                 raise TypeError(f"not a fact: {fact!r}")
         return self._encoder.encode(wires)
 
-    def _spec(self, spec: PairSpec) -> _SpecWire:
+    def _spec(self, spec: PairSpec) -> msgspec.Raw:
         known = self._specs.get(id(spec))
         if known is not None and known[0] is spec:
             return known[1]
         if len(self._specs) >= self._KEEP:
             self._specs.clear()
-        wire: _SpecWire = _spec_wire(spec)
+        wire = msgspec.Raw(self._encoder.encode(_spec_wire(spec)))
         self._specs[id(spec)] = (spec, wire)
         return wire
 
