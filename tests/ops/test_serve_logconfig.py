@@ -6,15 +6,23 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import re
 import sys
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from gunicorn.config import Config
 
-from tradeengine.ops.logconfig import GunicornLogger, JsonFormatter, TextFormatter, configure_logging
+from tradeengine.ops.logconfig import (
+    GunicornLogger,
+    JsonFormatter,
+    TextFormatter,
+    _timestamp,
+    configure_logging,
+)
 from tradeengine.ops.settings import Settings
 
 RFC3339_UTC_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -104,3 +112,11 @@ def test_gunicorn_error_log_goes_through_the_root_handler_and_access_log_is_sile
     (line,) = stream.getvalue().splitlines()
     assert json.loads(line) | {"ts": None} == {"ts": None, "level": "INFO", "logger": "gunicorn.error",
                                                "message": "Booting worker with pid: 42"}
+
+
+def test_the_timestamp_is_what_datetime_renders_including_rounding_across_a_second() -> None:
+    rng = random.Random(11)
+    moments = [rng.uniform(1.7e9, 1.9e9) for _ in range(20_000)]
+    moments += [1_795_000_000.9999996, 1_795_000_000.9999995, 1_795_000_000.0000005, 1_795_000_001.0]
+    for moment in moments:
+        assert _timestamp(moment) == datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
