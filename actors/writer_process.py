@@ -9,9 +9,9 @@ work (~100 µs of CPU per command) happen on the other core, outside the engine'
 Pipelined: the writer does not wait for a batch's answer before it sends the next one. The child builds
 the rows of the next batch (every frame that comes meanwhile, up to ``max_batch`` facts) while the
 current one commits, so the database and the child's CPU work at the same time instead of in turn. A
-reader thread here takes the child's answers and hands them, with the tokens of the frames they cover, to the
-``committed`` / ``failed`` callbacks (in the reader's thread: the writer resolves its callers' replies
-there, without a hop through its inbox).
+reader thread here takes the child's answers and hands them, with the tokens of the frames they cover,
+to the ``committed`` / ``failed`` callbacks (in the reader's thread: the writer resolves its callers'
+replies there, without a hop through its inbox).
 
 Protocol, over the child's stdin and stdout:
 - stdin: the first line is the configuration (one JSON object: conninfo, commit_timeout,
