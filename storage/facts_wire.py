@@ -3,14 +3,15 @@
 
 JSON through msgspec: each fact is a tagged array (``["p", spec, events]`` for `PairFacts`, ``"w"`` for
 `WalletSettledFacts`, ``["t", kind, user, asset, amount, timestamp, transfer_id]`` for a `Transfer`),
-the events as the core's tagged Structs, a pair's spec as the tuple of its init fields (Decimals as
-strings). Integers keep any size (an amount of atoms can pass 2**64, which msgpack could not carry).
-Encoding runs in the engine under its GIL, so it is the side made cheap: ~1.2 µs per command against
-~6.2 µs for pickle (whose frozen slotted dataclasses go through Python-level ``__getstate__``), and the
-writer process decodes in ~5.5 µs instead of ~4.5.
+the events as the core's tagged Structs, a pair's spec as the array of its init fields (Decimals as
+strings), rendered once per spec object by the encoder and turned back into a `PairSpec` once per
+distinct text by the decoder. Integers keep any size (an amount of atoms can pass 2**64, which msgpack
+could not carry). Per command: ~1.3 µs to encode, where pickle took ~6.2 (frozen slotted dataclasses
+pickle through Python-level ``__getstate__``), under the engine's GIL; ~1.5 µs to decode in the writer
+process, where unpickling took ~4.5.
 
-The decoded facts equal the encoded ones (``==``, types included): the rows the writer process builds
-from them are the rows the engine's thread would have built.
+The decoded facts equal the encoded ones (``==``, types included; a spec's Decimals as written): the
+rows the writer process builds from them are the rows the engine's thread would have built.
 """
 
 from __future__ import annotations
@@ -38,22 +39,11 @@ _spec_wire = operator.attrgetter(*SPEC_FIELDS)
 
 
 class _PairFactsWire(msgspec.Struct, tag="p", array_like=True, frozen=True, gc=False):
-    spec: _SpecWire
+    spec: msgspec.Raw  # the JSON of a `_SpecWire`, made once per spec (`FactsEncoder._spec`)
     events: list[EngineEvent]
 
 
 class _WalletSettledFactsWire(msgspec.Struct, tag="w", array_like=True, frozen=True, gc=False):
-    spec: _SpecWire
-    events: list[EngineEvent]
-
-
-# What the encoder makes: the same arrays, with each spec's JSON made once (`FactsEncoder._spec`).
-class _PairFactsOut(msgspec.Struct, tag="p", array_like=True, frozen=True, gc=False):
-    spec: msgspec.Raw
-    events: list[EngineEvent]
-
-
-class _WalletSettledFactsOut(msgspec.Struct, tag="w", array_like=True, frozen=True, gc=False):
     spec: msgspec.Raw
     events: list[EngineEvent]
 
@@ -78,15 +68,15 @@ class FactsEncoder:
 
     def encode(self, facts: Sequence[Facts]) -> bytes:
         """The bytes of `facts`, in order."""
-        wires: list[_PairFactsOut | _WalletSettledFactsOut | _TransferWire] = []
+        wires: list[_PairFactsWire | _WalletSettledFactsWire | _TransferWire] = []
         for fact in facts:
             if isinstance(fact, Transfer):
                 wires.append(_TransferWire(fact.kind, fact.user_id, fact.asset, fact.amount, fact.timestamp,
                                            fact.transfer_id))
             elif isinstance(fact, WalletSettledFacts):  # before PairFacts: a subclass of it
-                wires.append(_WalletSettledFactsOut(self._spec(fact.spec), fact.events))
+                wires.append(_WalletSettledFactsWire(self._spec(fact.spec), fact.events))
             elif isinstance(fact, PairFacts):
-                wires.append(_PairFactsOut(self._spec(fact.spec), fact.events))
+                wires.append(_PairFactsWire(self._spec(fact.spec), fact.events))
             else:
                 raise TypeError(f"not a fact: {fact!r}")
         return self._encoder.encode(wires)
@@ -103,11 +93,12 @@ class FactsEncoder:
 
 
 class FactsDecoder:
-    """Decodes what `FactsEncoder` made; one `PairSpec` object per distinct spec."""
+    """Decodes what `FactsEncoder` made; one `PairSpec` object per distinct spec (by its JSON, exactly)."""
 
     def __init__(self) -> None:
         self._decoder = msgspec.json.Decoder(list[_PairFactsWire | _WalletSettledFactsWire | _TransferWire])
-        self._specs: dict[_SpecWire, PairSpec] = {}
+        self._spec_decoder = msgspec.json.Decoder(_SpecWire)
+        self._specs: dict[bytes, PairSpec] = {}
 
     def decode(self, data: bytes | bytearray) -> list[Facts]:
         """The facts of `data`, in order (msgspec.ValidationError/DecodeError for anything else)."""
@@ -117,11 +108,12 @@ class FactsDecoder:
                 facts.append(Transfer(wire.kind, wire.user_id, wire.asset, wire.amount, wire.timestamp,
                                       wire.transfer_id))
                 continue
-            spec = self._specs.get(wire.spec)
+            raw = bytes(wire.spec)
+            spec = self._specs.get(raw)
             if spec is None:
                 if len(self._specs) >= FactsEncoder._KEEP:
                     self._specs.clear()
-                spec = self._specs[wire.spec] = PairSpec(*wire.spec)
+                spec = self._specs[raw] = PairSpec(*self._spec_decoder.decode(raw))
             kind = WalletSettledFacts if isinstance(wire, _WalletSettledFactsWire) else PairFacts
             facts.append(kind(spec, wire.events))
         return facts

@@ -81,6 +81,11 @@ def test_the_spec_travels_whole_and_each_distinct_one_is_made_once_by_the_decode
     before, after = (decoder.decode(encoder.encode([PairFacts(spec, facts[0].events)]))[0]
                      for spec in (facts[0].spec, changed))
     assert before.spec == facts[0].spec and after.spec == changed
+    # Specs equal in value but written differently stay as written (Decimal("0.010") == Decimal("0.01")).
+    respelled = dataclasses.replace(facts[0].spec, tick_size=facts[0].spec.tick_size * Decimal("1.0"))
+    assert respelled == facts[0].spec and str(respelled.tick_size) != str(facts[0].spec.tick_size)
+    (again,) = decoder.decode(encoder.encode([PairFacts(respelled, facts[0].events)]))
+    assert str(again.spec.tick_size) == str(respelled.tick_size)
 
 
 def test_the_wire_form_of_a_spec_holds_every_field_it_is_made_from_with_its_type() -> None:
