@@ -70,7 +70,7 @@ def test_a_frame_is_handed_over_at_once_when_the_committer_waits_for_one(builder
 def test_every_frame_that_comes_while_a_batch_commits_is_in_the_very_next_batch(builder: Builder) -> None:
     builder.send(1)
     assert builder.take() is not None  # the committer is busy with it from now on ...
-    builder.handover.commit_seconds = 0.5  # ... and commits have been taking half a second
+    builder.handover.commit_seconds = 5.0  # ... and commits have been taking five seconds
     for _ in range(5):
         builder.send(2)
         time.sleep(0.05)
@@ -86,7 +86,7 @@ def test_a_batch_due_before_the_commit_ends_waits_built_and_later_frames_go_to_t
     assert builder.take() is not None
     builder.handover.commit_seconds = 0.1  # the commit should end 0.1 s after it began
     builder.send(1)
-    time.sleep(0.3)  # due long ago: that frame's batch is built and waits for the committer
+    time.sleep(0.5)  # due long ago: that frame's batch is built and waits for the committer
     builder.send(2)
     builder.send(2)
     builder.handover.done(0.3)
@@ -105,7 +105,7 @@ def test_a_batch_stops_at_max_batch_facts_and_the_frame_that_does_not_fit_opens_
         builder.handover.commit_seconds = 10.0  # nothing is due before the commit ends
         for size in (2, 2, 3, 1):
             builder.send(size)
-        time.sleep(0.2)
+        time.sleep(0.4)
         builder.handover.done(0.2)
         sizes = []
         for _ in range(2):
@@ -165,7 +165,7 @@ def test_the_end_of_input_while_a_built_batch_still_waits_hands_over_both_then_t
     assert builder.take() is not None
     builder.handover.commit_seconds = 0.05
     builder.send(1)
-    time.sleep(0.2)  # due: built, waiting for the committer
+    time.sleep(0.5)  # due: built, waiting for the committer
     builder.send(2)
     builder.stream.close()
     time.sleep(0.1)  # the builder has seen the end of its input with a second batch begun
