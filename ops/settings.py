@@ -68,11 +68,15 @@ def _rate(name: str, raw: str) -> int:
     return value
 
 
-def _positive_float(name: str, raw: str) -> float:
+def _seconds(name: str, raw: str) -> float:
     try:
-        value = float(raw.strip())
+        return float(raw.strip())
     except ValueError:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds") from None
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _seconds(name, raw)
     if not value > 0:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be greater than 0")
     return value
@@ -94,10 +98,7 @@ def _mirror_interval(name: str, raw: str) -> float:
 
 
 def _relay_interval(name: str, raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds") from None
+    value = _seconds(name, raw)
     if not 0 <= value < 1.0:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at least 0 and less than 1 second (the relay's "
                             "idle interval)")

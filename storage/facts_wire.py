@@ -37,6 +37,9 @@ SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(PairSpec) if fiel
 _SpecWire = tuple[str, str, str, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal]
 _spec_wire = operator.attrgetter(*SPEC_FIELDS)
 
+_SPECS_KEPT = 1024
+"""Specs each side remembers at most (a new one comes with a pair added, or its spec changed)."""
+
 
 class _PairFactsWire(msgspec.Struct, tag="p", array_like=True, frozen=True, gc=False):
     spec: msgspec.Raw  # the JSON of a `_SpecWire`, made once per spec (`FactsEncoder._spec`)
@@ -59,8 +62,6 @@ class _TransferWire(msgspec.Struct, tag="t", array_like=True, frozen=True, gc=Fa
 
 class FactsEncoder:
     """Encodes lists of facts; keeps the wire form of each spec it met (a pair's spec is one object)."""
-
-    _KEEP = 1024  # specs remembered at most (a new one comes with a pair added or rebuilt)
 
     def __init__(self) -> None:
         self._encoder = msgspec.json.Encoder()
@@ -85,7 +86,7 @@ class FactsEncoder:
         known = self._specs.get(id(spec))
         if known is not None and known[0] is spec:
             return known[1]
-        if len(self._specs) >= self._KEEP:
+        if len(self._specs) >= _SPECS_KEPT:
             self._specs.clear()
         wire = msgspec.Raw(self._encoder.encode(_spec_wire(spec)))
         self._specs[id(spec)] = (spec, wire)
@@ -111,7 +112,7 @@ class FactsDecoder:
             raw = bytes(wire.spec)
             spec = self._specs.get(raw)
             if spec is None:
-                if len(self._specs) >= FactsEncoder._KEEP:
+                if len(self._specs) >= _SPECS_KEPT:
                     self._specs.clear()
                 spec = self._specs[raw] = PairSpec(*self._spec_decoder.decode(raw))
             kind = WalletSettledFacts if isinstance(wire, _WalletSettledFactsWire) else PairFacts
