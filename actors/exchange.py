@@ -17,12 +17,13 @@ to a pair and every placement answered, refusals made here included.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -49,6 +50,7 @@ from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, Unk
 
 from .ledger import AssetBalance
 from .pair import CommandOutcome, Depth, DepthQuery, Execute, Top, TopQuery
+from .supervision import ActorUnavailable, ChildState
 from .wallet import BalancesQuery
 
 
@@ -146,23 +148,72 @@ class Exchange:
             raise result
         return result
 
+    async def place_async(self, user_id: int, request: OrderRequest) -> CommandOutcome:
+        """:meth:`place` for a caller on an event loop (see :meth:`place_batch_async`)."""
+        (result,) = await self.place_batch_async(user_id, [request])
+        if isinstance(result, TradeEngineError):
+            raise result
+        return result
+
     def place_batch(
         self, user_id: int, requests: Sequence[OrderRequest]
     ) -> list[CommandOutcome | TradeEngineError]:
         """Place several orders: all are sent before any reply is awaited, results in request order."""
-        pending: list[Future[Any] | TradeEngineError] = []
-        with self._client_ids(user_id, requests) as refused:
-            for request, refusal in zip(requests, refused, strict=True):
-                if refusal is not None:
-                    pending.append(refusal)
-                    continue
-                try:
-                    route, command = self._place_command(user_id, request)
-                    self._note_in_flight(user_id, request.client_order_id, command.order_id)
-                    pending.append(self._send(route, command))
-                except TradeEngineError as exc:
-                    pending.append(exc)
+        held: list[tuple[int, str]] = []
+        try:
+            refused = self._hold_client_ids(user_id, requests, held)
+            pending = [refusal if refusal is not None else self._submit(user_id, request)
+                       for request, refusal in zip(requests, refused, strict=True)]
             results = [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+        finally:
+            self._release_client_ids(held)
+        return self._placed(user_id, requests, results)
+
+    async def place_batch_async(
+        self, user_id: int, requests: Sequence[OrderRequest]
+    ) -> list[CommandOutcome | TradeEngineError]:
+        """:meth:`place_batch` for a caller on an event loop, which it never blocks.
+
+        The replies are awaited on the loop. What may wait is done on a thread of the loop's executor: the
+        database lookup of client order ids (only when the batch carries any), and the wait for a pair
+        that is restarting (a running pair takes the command at once).
+        """
+        held: list[tuple[int, str]] = []
+        try:
+            if any(request.client_order_id is not None for request in requests):
+                refused = await asyncio.to_thread(self._hold_client_ids, user_id, requests, held)
+            else:
+                refused = [None] * len(requests)
+            pending: list[Future[Any] | TradeEngineError] = []
+            for request, refusal in zip(requests, refused, strict=True):
+                if refusal is None:
+                    try:
+                        route, command = self._place_command(user_id, request)
+                        self._note_in_flight(user_id, request.client_order_id, command.order_id)
+                        pending.append(await self._send_async(route, command))
+                        continue
+                    except TradeEngineError as exc:
+                        refusal = exc
+                pending.append(refusal)
+            await _answered([item for item in pending if isinstance(item, Future)], self._timeout)
+            results = [item if isinstance(item, TradeEngineError) else self._settle(item, timeout=0.0)
+                       for item in pending]
+        finally:
+            self._release_client_ids(held)
+        return self._placed(user_id, requests, results)
+
+    def _submit(self, user_id: int, request: OrderRequest) -> Future[Any] | TradeEngineError:
+        """Send one placement to its pair: the reply's future, or the error that stopped it here."""
+        try:
+            route, command = self._place_command(user_id, request)
+            self._note_in_flight(user_id, request.client_order_id, command.order_id)
+            return self._send(route, command)
+        except TradeEngineError as exc:
+            return exc
+
+    def _placed(self, user_id: int, requests: Sequence[OrderRequest],
+                results: list[CommandOutcome | TradeEngineError]) -> list[CommandOutcome | TradeEngineError]:
+        """Remember where the placed orders live and tell the observer; return ``results``."""
         for result in results:
             if isinstance(result, CommandOutcome):
                 placed = result.events[0]
@@ -261,10 +312,28 @@ class Exchange:
 
     def _send(self, route: PairRoute, command: Command) -> Future[Any]:
         """Hand the command to the pair; a restarting pair is waited for, within the request timeout."""
+        reply = self._reply(command)
+        route.tell(Execute(command, reply), wait=self._timeout)
+        return reply
+
+    async def _send_async(self, route: PairRoute, command: Command) -> Future[Any]:
+        """:meth:`_send` on an event loop: a running pair takes the command at once; a restarting one is
+        waited for on a thread, within the request timeout."""
+        reply = self._reply(command)
+        message = Execute(command, reply)
+        try:
+            route.tell(message)
+        except ActorUnavailable as exc:
+            if exc.state is not ChildState.RESTARTING:
+                raise
+            await asyncio.to_thread(route.tell, message, self._timeout)
+        return reply
+
+    def _reply(self, command: Command) -> Future[Any]:
+        """The future the command's reply will resolve, shown to the observer."""
         reply: Future[Any] = Future()
         if self._observer is not None:
             self._observer.command_sent(command, reply)
-        route.tell(Execute(command, reply), wait=self._timeout)
         return reply
 
     def _wait(self, future: Future[Any]) -> CommandOutcome:
@@ -286,9 +355,9 @@ class Exchange:
         except OrderNotFound as exc:
             raise when_final(f"order {order_id} is already final") from exc
 
-    def _settle(self, future: Future[Any]) -> CommandOutcome | TradeEngineError:
+    def _settle(self, future: Future[Any], timeout: float | None = None) -> CommandOutcome | TradeEngineError:
         try:
-            outcome: CommandOutcome = future.result(timeout=self._timeout)
+            outcome: CommandOutcome = future.result(timeout=self._timeout if timeout is None else timeout)
         except FutureTimeout:
             return EngineTimeout(f"the engine did not answer within {self._timeout} s; outcome unknown "
                                  "(look the order up by client_order_id)")
@@ -296,20 +365,18 @@ class Exchange:
             return exc
         return outcome
 
-    @contextmanager
-    def _client_ids(self, user_id: int, requests: Sequence[OrderRequest]
-                    ) -> Iterator[list[TradeEngineError | None]]:
-        """Hold the batch's client order ids while it is in flight; refuse duplicates."""
-        held: list[tuple[int, str]] = []
-        refused: list[TradeEngineError | None] = []
-        try:
-            for request in requests:
-                refused.append(self._hold_client_id(user_id, request.client_order_id, held))
-            yield refused
-        finally:
-            with self._in_flight_lock:
-                for key in held:
-                    self._in_flight.pop(key, None)
+    def _hold_client_ids(self, user_id: int, requests: Sequence[OrderRequest],
+                         held: list[tuple[int, str]]) -> list[TradeEngineError | None]:
+        """Hold the batch's client order ids (added to ``held``) while it is in flight; refuse duplicates.
+
+        Reads the database for each id given. The caller releases ``held`` when the batch is answered.
+        """
+        return [self._hold_client_id(user_id, request.client_order_id, held) for request in requests]
+
+    def _release_client_ids(self, held: list[tuple[int, str]]) -> None:
+        with self._in_flight_lock:
+            for key in held:
+                self._in_flight.pop(key, None)
 
     def _note_in_flight(self, user_id: int, client_order_id: str | None, order_id: str) -> None:
         if client_order_id is not None:
@@ -330,6 +397,38 @@ class Exchange:
         if existing is not None:
             return _duplicate(client_order_id, existing)
         return None
+
+
+async def _answered(replies: list[Future[Any]], timeout: float) -> None:
+    """Wait on the running loop until every reply is resolved, or ``timeout`` seconds have passed.
+
+    The loop is woken once, by the last reply (a batch's replies mostly resolve together, on the writer's
+    thread): one wake-up per batch instead of one per order. The replies themselves are never cancelled.
+    """
+    if not replies:
+        return
+    loop = asyncio.get_running_loop()
+    all_answered = loop.create_future()
+    remaining = [len(replies)]
+    lock = threading.Lock()
+
+    def answered(_: Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile: no one waits any more
+            loop.call_soon_threadsafe(_resolve, all_answered)
+
+    for reply in replies:
+        reply.add_done_callback(answered)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_answered, timeout)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # not cancelled by a timeout meanwhile
+        waiter.set_result(None)
 
 
 def _duplicate(client_order_id: str, existing: int | str | None) -> DuplicateClientOrderId:
