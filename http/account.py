@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import falcon
+import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.exchange import Exchange
@@ -24,6 +25,7 @@ from tradeengine.storage.history import UserTradeRow
 from . import render
 from .api import Operation, Resource, read_query, respond
 from .auth import TRADER
+from .blocking import blocking
 from .models import Balance, Balances, TradeQuery, UserTrade, UserTradePage
 from .orders import user_of
 
@@ -54,9 +56,9 @@ class BalancesResource(Resource):
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the caller's balances."""
-        balances = self._exchange.balances(user_of(req))
+        balances = await blocking(self._exchange.balances, user_of(req))
         respond(resp, Balances(balances=[
             Balance(asset=b.asset, available=format_atoms(b.available), locked=format_atoms(b.locked))
             for b in balances]))
@@ -76,11 +78,11 @@ class UserTradesResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the caller's trades."""
         query = read_query(req, TradeQuery)
-        page = history.list_user_trades(self._pool, user_of(req), symbol=query.symbol, limit=query.limit,
-                                        cursor=query.cursor)
+        page = await blocking(history.list_user_trades, self._pool, user_of(req), symbol=query.symbol,
+                              limit=query.limit, cursor=query.cursor)
         respond(resp, UserTradePage(trades=[user_trade(row) for row in page.items],
                                     next_cursor=page.next_cursor))
 
@@ -97,9 +99,9 @@ class UserTradeResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, trade_id: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, trade_id: str) -> None:
         """Read one trade."""
-        views = history.get_user_trade(self._pool, user_of(req), trade_id)
+        views = await blocking(history.get_user_trade, self._pool, user_of(req), trade_id)
         if not views:
             raise falcon.HTTPNotFound(title="Not found", code="NOT_FOUND",
                                       description=f"trade {trade_id} not found")

@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import falcon
+import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.ledger import AssetBalance
@@ -43,6 +44,7 @@ from tradeengine.storage.users import UserRepository
 from . import render
 from .api import Operation, Resource, read_body, respond
 from .auth import ADMIN
+from .blocking import blocking
 from .market import known_format, pair
 from .models import (
     Actor,
@@ -135,10 +137,10 @@ class UsersResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._users = UserRepository(pool)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Create a user."""
-        new = read_body(req, NewUser)
-        user, key = self._users.create(new.name, new.role)
+        new = await read_body(req, NewUser)
+        user, key = await blocking(self._users.create, new.name, new.role)
         respond(resp, CreatedUser(
             user=User(id=str(user.id), name=user.name, role=user.role,  # type: ignore[arg-type]
                       created_at=render.timestamp(user.created_at)),
@@ -155,9 +157,16 @@ class _TransferResource(Resource):
         self._users = UserRepository(pool)
         self._pairs = PairRepository(pool)
 
-    def _move(self, move: Callable[[int, str, int], AssetBalance], req: falcon.Request,
-              resp: falcon.Response, user_id: str) -> None:
-        transfer = read_body(req, Transfer)
+    async def _respond(self, move: Callable[[int, str, int], AssetBalance], req: falcon.asgi.Request,
+                       resp: falcon.asgi.Response, user_id: str) -> None:
+        transfer = await read_body(req, Transfer)
+        balance = await blocking(self._move, move, user_id, transfer)
+        respond(resp, UserBalance(user_id=str(balance[0]), asset=balance[1].asset,
+                                  available=format_atoms(balance[1].available),
+                                  locked=format_atoms(balance[1].locked)), 201)
+
+    def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
+              transfer: Transfer) -> tuple[int, AssetBalance]:
         uid = int(user_id) if user_id.isascii() and user_id.isdigit() and len(user_id) <= 18 else None
         if uid is None or self._users.get(uid) is None:
             raise _not_found(f"user {user_id}")
@@ -165,10 +174,7 @@ class _TransferResource(Resource):
         traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
         if transfer.asset not in traded:
             raise ValidationError(f"no pair trades {transfer.asset}", field="asset")
-        balance = move(uid, transfer.asset, atoms)
-        respond(resp, UserBalance(user_id=str(uid), asset=balance.asset,
-                                  available=format_atoms(balance.available),
-                                  locked=format_atoms(balance.locked)), 201)
+        return uid, move(uid, transfer.asset, atoms)
 
 
 class DepositsResource(_TransferResource):
@@ -181,9 +187,9 @@ class DepositsResource(_TransferResource):
                                       "The asset must be one a pair trades; at most 8 decimal places."),
     }
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Deposit."""
-        self._move(self._system.deposit, req, resp, user_id)
+        await self._respond(self._system.deposit, req, resp, user_id)
 
 
 class WithdrawalsResource(_TransferResource):
@@ -197,9 +203,9 @@ class WithdrawalsResource(_TransferResource):
                                       "INSUFFICIENT_BALANCE and moves nothing."),
     }
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Withdraw."""
-        self._move(self._system.withdraw, req, resp, user_id)
+        await self._respond(self._system.withdraw, req, resp, user_id)
 
 
 # -- pairs and actors ---------------------------------------------------------------------------------
@@ -222,19 +228,21 @@ class AdminPairsResource(Resource):
     def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
         self._pairs = _Pairs(system, pool)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List pairs with actors."""
-        respond(resp, AdminPairs(pairs=[self._pairs.with_actor(record)
-                                        for record in self._pairs.repository.list()]))
+        respond(resp, AdminPairs(pairs=await blocking(self._list)))
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def _list(self) -> list[AdminPair]:
+        return [self._pairs.with_actor(record) for record in self._pairs.repository.list()]
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Add a pair."""
-        new = read_body(req, NewPair)
+        new = await read_body(req, NewPair)
         lot_size = pair_value(new.lot_size, "lot_size")
         min_quantity = lot_size if new.min_quantity is None else pair_value(new.min_quantity, "min_quantity")
         min_notional = Decimal(0) if new.min_notional is None else pair_value(new.min_notional,
                                                                                   "min_notional")
-        record = self._pairs.system.add_pair(stored_pairs.NewPair(
+        record = await blocking(self._pairs.system.add_pair, stored_pairs.NewPair(
             symbol=new.symbol, base_asset=new.base_asset, quote_asset=new.quote_asset,
             tick_size=pair_value(new.tick_size, "tick_size"), lot_size=lot_size,
             min_quantity=min_quantity, max_quantity=pair_value(new.max_quantity, "max_quantity"),
@@ -260,9 +268,9 @@ class AdminPairResource(Resource):
     def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
         self._pairs = _Pairs(system, pool)
 
-    def on_patch(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_patch(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Change a pair."""
-        change = read_body(req, PairChange)
+        change = await read_body(req, PairChange)
         if change.status is None and change.maker_fee is None and change.taker_fee is None:
             raise ValidationError("give status, maker_fee or taker_fee")
         maker_fee = None if change.maker_fee is None else pair_value(change.maker_fee, "maker_fee")
@@ -272,7 +280,8 @@ class AdminPairResource(Resource):
             current = system.exchange.spec(symbol)  # the engine checks the rates before anything is stored
             replace(current, maker_fee=current.maker_fee if maker_fee is None else maker_fee,
                     taker_fee=current.taker_fee if taker_fee is None else taker_fee)
-        record = system.update_pair(symbol, status=change.status, maker_fee=maker_fee, taker_fee=taker_fee)
+        record = await blocking(system.update_pair, symbol, status=change.status, maker_fee=maker_fee,
+                                taker_fee=taker_fee)
         respond(resp, pair(record))
 
 
@@ -291,11 +300,13 @@ class PairRestartResource(Resource):
     def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
         self._pairs = _Pairs(system, pool)
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Restart a pair."""
+        respond(resp, await blocking(self._restart, symbol))
+
+    def _restart(self, symbol: str) -> AdminPair:
         record = self._pairs.record(symbol)
-        status = self._pairs.system.restart_pair(symbol)
-        respond(resp, self._pairs.with_actor(record, status))
+        return self._pairs.with_actor(record, self._pairs.system.restart_pair(symbol))
 
 
 class ActorsResource(Resource):
@@ -313,9 +324,9 @@ class ActorsResource(Resource):
     def __init__(self, system: ActorSystem) -> None:
         self._system = system
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the actors."""
-        actors = [_actor(status) for status in self._system.actors()]
+        actors = [_actor(status) for status in await blocking(self._system.actors)]
         respond(resp, Actors(supervisor=SUPERVISOR, actors=actors))
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import falcon
+import falcon.asgi
 import msgspec
 
 from tradeengine.engine.errors import ValidationError
@@ -111,9 +112,10 @@ def validation_error(error: msgspec.ValidationError, prefix: str = "") -> Valida
     return ValidationError(f"{message} (field {field})" if field else message, field=field)
 
 
-def read_body(req: falcon.Request, kind: type[T]) -> T:
+async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:
     """Decode the request body into ``kind`` (400 when it is not JSON or not of that shape)."""
-    return decode_json(req.bounded_stream.read(), kind)
+    return decode_json(await req.stream.read(), kind)
+
 
 
 def decode_json(raw: bytes | msgspec.Raw, kind: type[T], *, prefix: str = "") -> T:
@@ -130,7 +132,7 @@ def decode_json(raw: bytes | msgspec.Raw, kind: type[T], *, prefix: str = "") ->
                                     description=f"the request body is not valid JSON: {exc}") from None
 
 
-def read_query(req: falcon.Request, kind: type[T]) -> T:
+def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
     """Convert the query string into ``kind`` (numbers and booleans from their text).
 
     An absent parameter takes its default; the text ``null`` is no value of any parameter of the API
@@ -146,7 +148,7 @@ def read_query(req: falcon.Request, kind: type[T]) -> T:
         raise validation_error(exc) from None
 
 
-def respond(resp: falcon.Response, body: Response, status: int = 200) -> None:
+def respond(resp: falcon.asgi.Response, body: Response, status: int = 200) -> None:
     """Answer with ``body`` encoded as JSON."""
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
@@ -300,7 +302,7 @@ class OpenApiResource:
     def __init__(self, document: dict[str, Any]) -> None:
         self._body = msgspec.json.encode(document)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Serve the OpenAPI document."""
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self._body

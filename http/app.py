@@ -1,6 +1,6 @@
-"""The WSGI application factory.
+"""The ASGI application factory.
 
-``create_app`` builds a falcon 4 ``App`` from injected parts only: it reads no environment and no
+``create_app`` builds a falcon 4 ASGI ``App`` from injected parts only: it reads no environment and no
 settings; ``tradeengine.ops.server`` builds the parts from the settings in the gunicorn worker.
 
 Later issues add their resources through ``routes`` (``[("/api/v1/orders", OrdersResource(...)),
@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.media
 import orjson
 from prometheus_client import CollectorRegistry
@@ -76,8 +77,8 @@ def create_app(
     error_mappings: Iterable[ErrorMapping] = (),
     authenticate: Callable[[str], Principal | None] | None = None,
     rate_limit: RateLimitMiddleware | None = None,
-) -> falcon.App[falcon.Request, falcon.Response]:
-    """Build the WSGI app: operational routes, ``routes``, middleware and the one error shape.
+) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
+    """Build the ASGI app: operational routes, ``routes``, middleware and the one error shape.
 
     ``readiness_checks`` are named callables that raise when their part is unusable (see
     :mod:`tradeengine.http.readiness`); ``registry`` receives the HTTP metrics and is what ``/metrics``
@@ -99,7 +100,7 @@ def create_app(
         middleware.append(AuthMiddleware(authenticate))
     if rate_limit is not None:
         middleware.append(rate_limit)  # after auth: it counts per req.context.principal
-    app = falcon.App(middleware=middleware)
+    app = falcon.asgi.App(middleware=middleware)
     handlers = _json_handlers()
     app.req_options.media_handlers.update(handlers)
     app.resp_options.media_handlers.update(handlers)

@@ -9,7 +9,8 @@ needs ``TRADER`` — the middleware fails closed; operational routes (``/health`
 (with ``WWW-Authenticate: Bearer``), a trader on an admin route 403 ``FORBIDDEN``. The principal is put
 in ``req.context.principal``.
 
-Keys are looked up through the injected ``authenticate`` (the database) and remembered for
+Keys are looked up through the injected ``authenticate`` (the database, on a thread: see
+:mod:`tradeengine.http.blocking`) and remembered for
 ``cache_ttl`` seconds (unknown keys for ``miss_ttl``), so a busy client costs one lookup per TTL, not
 one per request. Known limit: a revoked key keeps working until its cache entry expires.
 """
@@ -24,6 +25,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import falcon
+import falcon.asgi
+
+from .blocking import blocking
 
 PUBLIC = "public"
 TRADER = "trader"
@@ -56,31 +60,31 @@ class AuthMiddleware:
         self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         params: dict[str, Any]) -> None:
+    async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, params: dict[str, Any]) -> None:
         """Refuse the request unless its key satisfies the resource's requirement."""
         if resource is None or req.method == "OPTIONS":
             return  # routing answers 404/405; CORS preflights carry no credentials
         need = getattr(resource, "auth", TRADER if req.path.startswith("/api/") else PUBLIC)
         if need == PUBLIC:
             return
-        principal = self._principal(req)
+        principal = await self._principal(req)
         if need == ADMIN and principal.role != ADMIN:
             raise falcon.HTTPForbidden(title="Forbidden", description="this route is for admins",
                                        code="FORBIDDEN")
         req.context.principal = principal
 
-    def _principal(self, req: falcon.Request) -> Principal:
+    async def _principal(self, req: falcon.asgi.Request) -> Principal:
         scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise _unauthenticated("send Authorization: Bearer <api key>")
-        principal = self._lookup(key)
+        principal = await self._lookup(key)
         if principal is None:
             raise _unauthenticated("unknown or revoked API key")
         return principal
 
-    def _lookup(self, key: str) -> Principal | None:
+    async def _lookup(self, key: str) -> Principal | None:
         digest = hashlib.sha256(key.encode()).digest()
         now = self._clock()
         with self._lock:
@@ -88,7 +92,7 @@ class AuthMiddleware:
             if cached is not None and cached[0] > now:
                 self._cache.move_to_end(digest)
                 return cached[1]
-        principal = self._authenticate(key)
+        principal = await blocking(self._authenticate, key)  # the database, on a thread
         ttl = self._cache_ttl if principal is not None else self._miss_ttl
         with self._lock:
             self._cache[digest] = (now + ttl, principal)

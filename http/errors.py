@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import falcon
+import falcon.asgi
 
 from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
@@ -133,7 +134,7 @@ def _unavailable(error: type[Exception], what: str) -> ErrorMapping:
                         log_level=logging.WARNING)
 
 
-def register_error_handlers(app: falcon.App[falcon.Request, falcon.Response],
+def register_error_handlers(app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response],
                             logger: logging.Logger, mappings: Iterable[ErrorMapping] = ()) -> None:
     """Install the handlers that give every error the one shape; ``mappings`` add application errors."""
     app.add_error_handler(Exception, _UnexpectedErrorHandler(logger))
@@ -144,13 +145,13 @@ def register_error_handlers(app: falcon.App[falcon.Request, falcon.Response],
         app.add_error_handler(mapping.error, _MappedErrorHandler(mapping, logger))
 
 
-def _render(req: falcon.Request, resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
+def _render(req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, body: dict[str, Any]) -> None:
     resp.status = status
     resp.media = body
 
 
-def _handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError,
-                       params: dict[str, Any]) -> None:
+async def _handle_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError,
+                             params: dict[str, Any]) -> None:
     status = ex.status_code
     if isinstance(ex, falcon.HTTPRouteNotFound):
         message = f"no route matches {req.path}"
@@ -165,8 +166,8 @@ def _handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HT
     _render(req, resp, status, error_body(code, message, request_id_of(req)))
 
 
-def _handle_malformed_json(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError,
-                           params: dict[str, Any]) -> None:
+async def _handle_malformed_json(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                                 ex: falcon.HTTPError, params: dict[str, Any]) -> None:
     if isinstance(ex, falcon.MediaNotFoundError):
         message = "the request body is empty; a JSON document is required"
     else:
@@ -182,8 +183,8 @@ class _MappedErrorHandler:
         self._mapping = mapping
         self._logger = logger
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception,
-                 params: dict[str, Any]) -> None:
+    async def __call__(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception,
+                       params: dict[str, Any]) -> None:
         mapping = self._mapping
         code, message, field, details = describe(mapping, ex)
         traceback = ex if mapping.log_level >= logging.ERROR else None
@@ -240,8 +241,8 @@ class _UnexpectedErrorHandler:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, ex: Exception,
-                 params: dict[str, Any]) -> None:
+    async def __call__(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception,
+                       params: dict[str, Any]) -> None:
         request_id = request_id_of(req)
         self._logger.error("unhandled %s in %s %s", type(ex).__name__, req.method, req.path,
                            exc_info=ex, extra={"request_id": request_id, "route": req.uri_template})

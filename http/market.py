@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 import falcon
+import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.exchange import Exchange
@@ -31,6 +32,7 @@ from tradeengine.storage.pairs import PairRecord, PairRepository
 from . import render
 from .api import Operation, Resource, read_query, respond
 from .auth import PUBLIC
+from .blocking import blocking
 from .models import (
     Candle,
     CandleQuery,
@@ -80,9 +82,9 @@ class PairsResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pairs = PairRepository(pool)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List every pair."""
-        respond(resp, Pairs(pairs=[pair(record) for record in self._pairs.list()]))
+        respond(resp, Pairs(pairs=[pair(record) for record in await blocking(self._pairs.list)]))
 
 
 class PairResource(Resource):
@@ -94,9 +96,9 @@ class PairResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pairs = PairRepository(pool)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Read one pair."""
-        record = self._pairs.get(known_format(symbol))
+        record = await blocking(self._pairs.get, known_format(symbol))
         if record is None:
             raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
         respond(resp, pair(record))
@@ -116,18 +118,21 @@ class OrderBookResource(Resource):
         self._exchange = exchange
         self._market_data = market_data
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Read the book."""
         query = read_query(req, DepthQuery)
+        _send(resp, await blocking(self._book, symbol, query.depth))
+
+    def _book(self, symbol: str, levels: int) -> bytes:
         spec = self._exchange.spec(symbol)
-        body = None if self._market_data is None else self._market_data.book(symbol, query.depth)
+        body = None if self._market_data is None else self._market_data.book(symbol, levels)
         if body is None:
-            depth = self._exchange.depth(symbol, query.depth)
+            depth = self._exchange.depth(symbol, levels)
             body = marketdata.book_body(spec, depth.sequence, depth.bids, depth.asks, _now())
-        _send(resp, body)
+        return body
 
 
-def _send(resp: falcon.Response, body: bytes) -> None:
+def _send(resp: falcon.asgi.Response, body: bytes) -> None:
     """Answer 200 with a JSON body rendered by :mod:`tradeengine.storage.marketdata`."""
     resp.status = 200
     resp.content_type = falcon.MEDIA_JSON
@@ -151,8 +156,11 @@ class TickerResource(Resource):
         self._pool = pool
         self._market_data = market_data
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Read the ticker."""
+        _send(resp, await blocking(self._ticker, symbol))
+
+    def _ticker(self, symbol: str) -> bytes:
         spec = self._exchange.spec(symbol)
         body = None if self._market_data is None else self._market_data.ticker(symbol)
         if body is None:
@@ -160,7 +168,7 @@ class TickerResource(Resource):
             now = _now()
             day = market.ticker_24h(self._pool, symbol, now)
             body = marketdata.ticker_body(spec, top.best_bid, top.best_ask, top.last_price, day, now)
-        _send(resp, body)
+        return body
 
 
 class MarketTradesResource(Resource):
@@ -175,14 +183,16 @@ class MarketTradesResource(Resource):
         self._pool = pool
         self._market_data = market_data
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """List recent trades."""
         query = read_query(req, PublicTradeQuery)
-        known_format(symbol)
-        body = None if self._market_data is None else self._market_data.trades(symbol, query.limit)
+        _send(resp, await blocking(self._trades, known_format(symbol), query.limit))
+
+    def _trades(self, symbol: str, limit: int) -> bytes:
+        body = None if self._market_data is None else self._market_data.trades(symbol, limit)
         if body is None:
-            body = marketdata.trades_body(market.recent_trades(self._pool, symbol, query.limit))
-        _send(resp, body)
+            body = marketdata.trades_body(market.recent_trades(self._pool, symbol, limit))
+        return body
 
 
 class CandlesResource(Resource):
@@ -202,12 +212,13 @@ class CandlesResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, symbol: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """List candles."""
         query = read_query(req, CandleQuery)
         start = None if query.start is None else parse_time(query.start, "start")
         end = None if query.end is None else parse_time(query.end, "end")
-        rows = market.candles(self._pool, known_format(symbol), query.interval, start, end, query.limit)
+        rows = await blocking(market.candles, self._pool, known_format(symbol), query.interval, start, end,
+                              query.limit)
         respond(resp, Candles(candles=[
             Candle(open_time=render.timestamp(row.open_time), open=render.text(row.open),
                    high=render.text(row.high), low=render.text(row.low), close=render.text(row.close),

@@ -4,10 +4,11 @@ Order in the app: :class:`RequestIdMiddleware` first (so error handlers and the 
 then :class:`AccessLogMiddleware`, then CORS. falcon runs ``process_response`` in reverse order and also
 after an error handler has rendered an error, so 404/405/500 answers get the header and the log line too.
 
-While a request is answered its id is also the thread's :func:`current_request_id` (a context
-variable): the Exchange's observer picks it up when the request sends a command to the actors, and
-:class:`RequestIdLogFilter` stamps it on every log record made meanwhile, so one order can be followed
-from its HTTP request through the pair and the commit.
+While a request is answered its id is also :func:`current_request_id` (a context variable of the
+request's task, carried into the threads its blocking calls run on): the Exchange's observer picks it
+up when the request sends a command to the actors, and :class:`RequestIdLogFilter` stamps it on every
+log record made meanwhile, so one order can be followed from its HTTP request through the pair and the
+commit.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import falcon
+import falcon.asgi
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -36,7 +38,7 @@ _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("tradee
 
 
 def current_request_id() -> str | None:
-    """The id of the request this thread is answering now (None outside a request)."""
+    """The id of the request being answered in this context (None outside a request)."""
     return _REQUEST_ID.get()
 
 
@@ -52,12 +54,12 @@ class RequestIdLogFilter(logging.Filter):
         return True
 
 
-def request_id_of(req: falcon.Request) -> str | None:
+def request_id_of(req: falcon.asgi.Request) -> str | None:
     """The id :class:`RequestIdMiddleware` gave this request (None before it ran)."""
     return getattr(req.context, "request_id", None)
 
 
-def route_of(req: falcon.Request) -> str:
+def route_of(req: falcon.asgi.Request) -> str:
     """The matched URI template (``/api/v1/orders/{id}``), never the raw path."""
     return req.uri_template or UNMATCHED_ROUTE
 
@@ -68,14 +70,14 @@ class RequestIdMiddleware:
     def __init__(self, new_request_id: Callable[[], str]) -> None:
         self._new_request_id = new_request_id
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         sent = req.get_header(REQUEST_ID_HEADER)
         sane = sent is not None and _SANE_REQUEST_ID.fullmatch(sent) is not None
         req.context.request_id = sent if sane else self._new_request_id()
         req.context.request_id_token = _REQUEST_ID.set(req.context.request_id)
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, req_succeeded: bool) -> None:
         request_id = request_id_of(req)
         if request_id is not None:
             resp.set_header(REQUEST_ID_HEADER, request_id)
@@ -83,7 +85,7 @@ class RequestIdMiddleware:
         if token is not None:
             try:
                 _REQUEST_ID.reset(token)
-            except ValueError:  # set in another context (not with a WSGI server): clear it instead
+            except ValueError:  # set in another context: clear it instead
                 _REQUEST_ID.set(None)
 
 
@@ -122,11 +124,11 @@ class AccessLogMiddleware:
         self._metrics = metrics
         self._clock = clock
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.started = self._clock()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
         seconds = max(self._clock() - started, 0.0) if started is not None else 0.0
         route = route_of(req)

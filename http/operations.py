@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import falcon
+import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .blocking import blocking
 from .readiness import Readiness
 
 
@@ -14,7 +16,7 @@ class HealthResource:
     def __init__(self, version: str) -> None:
         self._version = version
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"status": "ok", "version": self._version}
 
 
@@ -24,8 +26,8 @@ class ReadyResource:
     def __init__(self, readiness: Readiness) -> None:
         self._readiness = readiness
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ready, checks = self._readiness.run()
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        ready, checks = await blocking(self._readiness.run)
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ready" if ready else "not_ready", "checks": checks}
 
@@ -36,6 +38,6 @@ class MetricsResource:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = CONTENT_TYPE_LATEST
         resp.data = generate_latest(self._registry)

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import falcon
+import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.exchange import Exchange, OrderRequest
@@ -34,6 +35,7 @@ from tradeengine.storage.rows import OrderRow, build_rows
 
 from . import render
 from .api import Operation, Resource, read_body, read_query, respond
+from .blocking import blocking
 from .errors import error_detail
 from .models import (
     CLIENT_ORDER_ID_PATTERN,
@@ -56,7 +58,7 @@ CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
 ORDER_STATUSES = frozenset(OrderStatusName.__args__)  # type: ignore[attr-defined]
 
 
-def user_of(req: falcon.Request) -> int:
+def user_of(req: falcon.asgi.Request) -> int:
     """The id of the authenticated caller."""
     user_id: int = req.context.principal.user_id
     return user_id
@@ -112,28 +114,30 @@ class OrdersResource(Resource):
         self._exchange = exchange
         self._pool = pool
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Place one order."""
-        request = order_request(read_body(req, NewOrder))
-        outcome = self._exchange.place(user_of(req), request)
+        request = order_request(await read_body(req, NewOrder))
+        outcome = await self._exchange.place_async(user_of(req), request)
         respond(resp, render.placed(outcome, placed_order_id(outcome)), 201)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the caller's orders."""
         query = read_query(req, OrderQuery)
-        page = history.list_orders(self._pool, user_of(req), symbol=query.symbol,
-                                   statuses=_statuses(query.status), side=query.side, limit=query.limit,
-                                   cursor=query.cursor)
+        page = await blocking(history.list_orders, self._pool, user_of(req), symbol=query.symbol,
+                              statuses=_statuses(query.status), side=query.side, limit=query.limit,
+                              cursor=query.cursor)
         respond(resp, OrderPage(orders=render.orders(page.items), next_cursor=page.next_cursor))
 
-    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Cancel all the caller's open orders."""
         query = read_query(req, CancelAllQuery)
-        user_id = user_of(req)
-        outcomes = self._exchange.cancel_all(user_id, query.symbol)
+        rows = await blocking(self._cancel_all, user_of(req), query.symbol)
+        respond(resp, CancelledOrders(cancelled=render.orders(rows)))
+
+    def _cancel_all(self, user_id: int, symbol: str | None) -> list[OrderRow]:
+        outcomes = self._exchange.cancel_all(user_id, symbol)
         ids = [update.id for outcome in outcomes for update in _changed_orders(outcome)]
-        respond(resp, CancelledOrders(cancelled=render.orders(
-            history.get_orders(self._pool, user_id, ids))))
+        return history.get_orders(self._pool, user_id, ids)
 
 
 class OrderBatchResource(Resource):
@@ -148,15 +152,15 @@ class OrderBatchResource(Resource):
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Place a batch of orders.
 
         A batch that does not match the schema (a wrong type, an unknown field, more than 100 orders) is
         a 400 and places nothing; each well-formed order then gets its own engine answer, so a rule
         violation (422 alone) is that order's ``error`` and the others are placed.
         """
-        batch = read_body(req, NewOrderBatch)
-        charge(req, len(batch.orders) - 1)  # the middleware charged one token; each order costs one
+        batch = await read_body(req, NewOrderBatch)
+        await charge(req, len(batch.orders) - 1)  # the middleware charged one token; each order costs one
         results: list[BatchItem | None] = [None] * len(batch.orders)
         requests: list[OrderRequest] = []
         positions: list[int] = []
@@ -166,7 +170,7 @@ class OrderBatchResource(Resource):
                 positions.append(index)
             except TradeEngineError as exc:
                 results[index] = BatchItem(error=error_detail(exc))
-        answers = self._exchange.place_batch(user_of(req), requests) if requests else []
+        answers = await self._exchange.place_batch_async(user_of(req), requests) if requests else []
         for index, answer in zip(positions, answers, strict=True):
             if isinstance(answer, TradeEngineError):
                 results[index] = BatchItem(error=error_detail(answer))
@@ -190,23 +194,30 @@ class OrderResource(Resource):
         self._exchange = exchange
         self._pool = pool
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, order_id: str) -> None:
         """Read one order."""
-        respond(resp, render.order(self._stored(user_of(req), order_id)))
+        respond(resp, render.order(await blocking(self._stored, user_of(req), order_id)))
 
-    def on_patch(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
+    async def on_patch(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, order_id: str) -> None:
         """Amend one order."""
-        change = read_body(req, OrderChange)
+        change = await read_body(req, OrderChange)
         user_id = user_of(req)
-        self._exchange.amend(user_id, order_id, quantity=_decimal(change.quantity),
-                             price=_decimal(change.price))
-        respond(resp, render.order(self._stored(user_id, order_id)))
+        quantity, price = _decimal(change.quantity), _decimal(change.price)
+        respond(resp, render.order(await blocking(self._amend, user_id, order_id, quantity, price)))
 
-    def on_delete(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, order_id: str) -> None:
         """Cancel one order."""
         user_id = user_of(req)
+        respond(resp, render.order(await blocking(self._cancel, user_id, order_id)))
+
+    def _amend(self, user_id: int, order_id: str, quantity: Decimal | None,
+               price: Decimal | None) -> OrderRow:
+        self._exchange.amend(user_id, order_id, quantity=quantity, price=price)
+        return self._stored(user_id, order_id)
+
+    def _cancel(self, user_id: int, order_id: str) -> OrderRow:
         self._exchange.cancel(user_id, order_id)
-        respond(resp, render.order(self._stored(user_id, order_id)))
+        return self._stored(user_id, order_id)
 
     def _stored(self, user_id: int, order_id: str) -> OrderRow:
         row = history.get_order(self._pool, user_id, _order_id(order_id))
@@ -223,11 +234,12 @@ class OrderByClientIdResource(Resource):
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, client_order_id: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                     client_order_id: str) -> None:
         """Read one order by client order id."""
         if not CLIENT_ORDER_ID.fullmatch(client_order_id):
             raise OrderNotFound(f"no order with client_order_id {client_order_id!r}")
-        row = history.get_order_by_client_id(self._pool, user_of(req), client_order_id)
+        row = await blocking(history.get_order_by_client_id, self._pool, user_of(req), client_order_id)
         if row is None:
             raise OrderNotFound(f"no order with client_order_id {client_order_id}")
         respond(resp, render.order(row))

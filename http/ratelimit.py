@@ -16,11 +16,11 @@ Who is counted (:class:`RateLimitMiddleware`, after :class:`tradeengine.http.aut
 
 Cost: every counted request takes ``rate_cost`` tokens, a resource's class attribute (default 1), when
 it passes the middleware. A cost known only from the body is charged by the resource once it has read
-the body: :func:`charge` takes more tokens from the same bucket, or raises the same 429. The batch route
-(``POST /api/v1/orders/batch``, up to 100 orders) is to call ``charge(req, len(orders) - 1)`` once it has
-decoded its body and before it places anything, so a batch of n orders costs n tokens and a refused batch
-places nothing (it keeps the one token it took on the way in). The limit protects the engine,
-whose work (matching, reserving, committing) is per order: at one token a batch, a client could place
+the body: ``await charge(...)`` takes more tokens from the same bucket, or raises the same 429. The
+batch route (``POST /api/v1/orders/batch``, up to 100 orders) awaits ``charge(req, len(orders) - 1)``
+once it has decoded its body and before it places anything, so a batch of n orders costs n tokens and
+a refused batch places nothing (it keeps the one token it took on the way in). The limit protects the
+engine, whose work (matching, reserving, committing) is per order: at one token a batch, a client could place
 100 times its budget. Batching still saves round trips, only not budget. (The middleware does not read
 the body itself: the resources read the raw stream once, with msgspec.)
 
@@ -56,11 +56,14 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import falcon
+import falcon.asgi
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tradeengine.storage.outage import OutageGate
+
+from .blocking import blocking
 
 #: Routes that are never limited.
 OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics"})
@@ -89,7 +92,10 @@ class Limit:
 
 
 class RateLimiter(Protocol):
-    """Token buckets by key."""
+    """Token buckets by key. ``blocks``: whether ``acquire`` waits on I/O (then it runs on a thread, see
+    :mod:`tradeengine.http.blocking`; an in-process limiter answers on the event loop)."""
+
+    blocks: bool
 
     def acquire(self, key: str, limit: Limit, cost: int = 1) -> float:
         """Take ``cost`` tokens from ``key``'s bucket: 0.0 when allowed, else the seconds to wait."""
@@ -106,6 +112,8 @@ class _Bucket:
 
 class InProcessRateLimiter:
     """Token buckets in this process's memory; thread-safe, O(1) per call, idle buckets dropped."""
+
+    blocks = False
 
     def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         if max_keys < 1:
@@ -180,6 +188,8 @@ class RedisRateLimiter:
     """Token buckets in Redis, shared by every process using the same ``key_prefix``; falls back to
     in-process buckets while Redis is unreachable."""
 
+    blocks = True
+
     def __init__(self, client: redis.Redis, *, key_prefix: str = DEFAULT_KEY_PREFIX,
                  fallback: InProcessRateLimiter | None = None, retry_interval: float = 1.0,
                  warn_interval: float = 60.0, clock: Callable[[], float] = time.monotonic,
@@ -236,7 +246,7 @@ class RedisRateLimiter:
             self._log.info("rate limits: Redis answers again after %.1f s; limits are shared again", ended[0])
 
 
-def remote_address(req: falcon.Request) -> str:
+def remote_address(req: falcon.asgi.Request) -> str:
     """The address of the peer that connected (not ``X-Forwarded-For``, which any client can forge)."""
     return req.remote_addr or "unknown"
 
@@ -250,15 +260,15 @@ class RateLimitMiddleware:
 
     def __init__(self, limiter: RateLimiter, *, client_limit: Limit | None, public_limit: Limit | None,
                  exempt_paths: Collection[str] = OPERATIONAL_PATHS,
-                 client_address: Callable[[falcon.Request], str] = remote_address) -> None:
+                 client_address: Callable[[falcon.asgi.Request], str] = remote_address) -> None:
         self.limiter = limiter
         self._client_limit = client_limit
         self._public_limit = public_limit
         self._exempt_paths = frozenset(exempt_paths)
         self._client_address = client_address
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         params: dict[str, Any]) -> None:
+    async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, params: dict[str, Any]) -> None:
         """Take the request's cost from its client's bucket, or raise 429 with ``Retry-After``."""
         if resource is None or req.method == "OPTIONS" or req.path in self._exempt_paths:
             return
@@ -270,7 +280,7 @@ class RateLimitMiddleware:
         if limit is None:
             return
         account = _Account(self.limiter, key, limit)
-        account.take(int(getattr(resource, "rate_cost", 1)))
+        await account.take(int(getattr(resource, "rate_cost", 1)))
         req.context.rate_limit = account
 
 
@@ -284,8 +294,12 @@ class _Account:
         self.key = key
         self.limit = limit
 
-    def take(self, tokens: int) -> None:
-        wait = self.limiter.acquire(self.key, self.limit, tokens)
+    async def take(self, tokens: int) -> None:
+        limiter = self.limiter
+        if limiter.blocks:
+            wait = await blocking(limiter.acquire, self.key, self.limit, tokens)
+        else:
+            wait = limiter.acquire(self.key, self.limit, tokens)
         if wait > 0:
             seconds = max(math.ceil(wait), 1)
             raise falcon.HTTPTooManyRequests(
@@ -295,7 +309,7 @@ class _Account:
             )
 
 
-def charge(req: falcon.Request, tokens: int) -> None:
+async def charge(req: falcon.asgi.Request, tokens: int) -> None:
     """Take ``tokens`` more from the bucket ``req`` was counted against; raise 429 when it lacks them.
 
     Nothing happens when the request is not rate limited (no middleware, an exempt route, a limit
@@ -303,7 +317,7 @@ def charge(req: falcon.Request, tokens: int) -> None:
     """
     account = getattr(req.context, "rate_limit", None)
     if isinstance(account, _Account) and tokens >= 1:
-        account.take(tokens)
+        await account.take(tokens)
 
 
 def build_rate_limit(*, rate: float, burst: int, public_rate: float, public_burst: int,

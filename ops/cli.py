@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("serve", _cmd_serve,
-        "Run the engine: HTTP on TRADE_ENGINE_HTTP_HOST:PORT (gunicorn, one gthread worker); "
+        "Run the engine: HTTP on TRADE_ENGINE_HTTP_HOST:PORT (gunicorn, one uvicorn worker); "
         "without TRADE_ENGINE_DATABASE_URL an embedded PostgreSQL runs in DATA_DIR/postgres.")
     add("migrate", _cmd_migrate, "Apply pending database migrations and exit.")
     pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.")

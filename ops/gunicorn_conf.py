@@ -1,14 +1,16 @@
 """gunicorn's configuration for ``trade-engine serve``, from the settings.
 
-Fixed by the design: ONE worker of class ``gthread`` (the actor system lives in it; two workers would
-run every pair twice), as :class:`~tradeengine.ops.http_worker.KeepAliveThreadWorker` (gthread keeping
-a busy keep-alive connection on its thread), its threads from ``TRADE_ENGINE_HTTP_THREADS``; no control
-socket (gunicorn 27 opens one by default); no gunicorn access log (the app logs each request itself); the
-error log formatted like every other record (:class:`~tradeengine.ops.logconfig.GunicornLogger`).
+ONE worker (the actor system lives in it; two workers would run every pair twice): for the engine
+:class:`~tradeengine.ops.http_worker.EngineWorker` (the ASGI app on uvicorn's event loop), its blocking
+calls on ``TRADE_ENGINE_HTTP_THREADS`` threads; for the reference wallet service (a WSGI app) gunicorn's
+``gthread``. No control socket (gunicorn 27 opens one by default); no gunicorn access log (the app logs
+each request itself); the error log formatted like every other record
+(:class:`~tradeengine.ops.logconfig.GunicornLogger`).
 
 The hooks run in the worker: ``post_fork`` lets the application object (``server.app``) drop what the
 worker must not inherit from the master (the data-folder lock); ``post_worker_init`` makes every stop
-signal graceful; ``worker_exit`` stops the worker's actor system and closes its pool.
+signal graceful (the engine's worker does so itself from the start); ``worker_exit`` stops the worker's
+actor system and closes its pool.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ GRACEFUL_TIMEOUT = 10
 #: Seconds without a heartbeat from the worker before the master restarts it.
 WORKER_TIMEOUT = 30
 KEEPALIVE = 5
-#: gthread, answering a keep-alive client's next request on the same thread (see ops/http_worker.py).
-WORKER_CLASS = "tradeengine.ops.http_worker.KeepAliveThreadWorker"
+#: The engine's worker: its ASGI app on uvicorn's event loop (see ops/http_worker.py).
+ENGINE_WORKER = "tradeengine.ops.http_worker.EngineWorker"
+#: gunicorn's threaded WSGI worker, for the wallet service.
+WSGI_WORKER = "gthread"
 
 
 def bind_address(host: str, port: int) -> str:
@@ -60,16 +64,17 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     """The gunicorn settings for ``serve``."""
     return single_worker_options(host=settings.http_host, port=settings.http_port,
                                  threads=settings.http_threads, log_level=settings.log_level,
-                                 proc_name="trade-engine")
+                                 proc_name="trade-engine", worker_class=ENGINE_WORKER)
 
 
-def single_worker_options(*, host: str, port: int, threads: int, log_level: str,
-                          proc_name: str) -> dict[str, Any]:
-    """The gunicorn settings of a server of ours: one gthread worker with these hooks (see above)."""
+def single_worker_options(*, host: str, port: int, threads: int, log_level: str, proc_name: str,
+                          worker_class: str = WSGI_WORKER) -> dict[str, Any]:
+    """The gunicorn settings of a server of ours: one worker of ``worker_class`` with these hooks (see
+    above)."""
     return {
         "bind": [bind_address(host, port)],
         "workers": 1,
-        "worker_class": WORKER_CLASS,
+        "worker_class": worker_class,
         "threads": threads,
         "timeout": WORKER_TIMEOUT,
         "graceful_timeout": GRACEFUL_TIMEOUT,

@@ -1,76 +1,125 @@
-"""The gunicorn worker of ``trade-engine serve``: gthread, keeping a busy keep-alive connection on its thread.
+"""The gunicorn worker of ``trade-engine serve``: the ASGI app on one event loop (uvicorn, httptools, uvloop).
 
-gunicorn's gthread worker hands every keep-alive connection back to its main thread after each request:
-the socket goes back into the poller, and when the client's next request arrives the main thread
-submits the connection to the thread pool again. That is two thread hand-offs per request, and in one
-process under the GIL each costs far more than its work (a GIL hand-over, a futex wake-up, the poller's
-loop): `trade-engine bench http` measured /health at ~290 µs of server CPU per request on a bare Falcon
-app under gthread.
+Why not gthread (the design's first choice): in one process under the GIL, gunicorn's thread per request
+cost more than the work. `trade-engine bench http` measured a bare Falcon ``/health`` at ~3,100 requests/s
+under gthread (its pure-Python parser, WSGI environ, two thread hand-offs per request) and ~15,000/s
+as ASGI under this worker; with the engine behind it, single orders went from ~1,200/s to the figures in
+the README. The app answers every request on the loop; what blocks runs on the loop's executor
+(:mod:`tradeengine.http.blocking`), and orders await the engine's futures on the loop.
 
-`KeepAliveThreadWorker` is gthread with one change: after answering a request on a keep-alive
-connection, the thread waits up to `KEEP_WAIT` seconds for that client's next request and answers it
-itself, as long as no other connection is waiting for a thread. A connection whose client pauses longer,
-or any connection while others are queued, goes back to the poller exactly as in gthread; so a thread is
-never held by an idle client for more than `KEEP_WAIT`, and never while another client waits for a thread.
-Everything else (accepting, timeouts, graceful stop with ``Connection: close``, HTTP/2, SSL) is gthread's
-own code. Its request threads are named ``http-request-N`` (`ops.threadcpu` reports their CPU as
-"http"). Measured back to back with the same engine and bench (README "Benchmarks"): /health answers
-~2,200 → ~3,100/s, single orders ~620 → ~660/s, with lower p50 and p99.
+:class:`EngineWorker` is ``uvicorn_worker.UvicornWorker`` (gunicorn stays the process manager: the
+master, the worker's heartbeat, the hooks of ``ops.gunicorn_conf``) with:
 
-It relies on gthread's internals of gunicorn 27 (`ThreadWorker.handle` answering one request and
-returning True for a connection to keep alive, `enqueue_req`, the parser's read-ahead buffer), hence
-the ``gunicorn>=27,<28`` requirement; a test drives it through a real gunicorn.
+- uvloop and httptools, no lifespan protocol (the parts are built in gunicorn's ``load()``, stopped in
+  ``worker_exit``), no uvicorn access log (the app logs each request itself), no ``Server`` header, and
+  no ``X-Forwarded-For`` rewriting of the peer address (the rate limit counts the address that
+  connected; see :mod:`tradeengine.http.ratelimit`);
+- SIGTERM, SIGINT and SIGQUIT all stop the worker gracefully: it stops accepting, finishes its in-flight
+  requests (within gunicorn's graceful timeout) and returns, so gunicorn's ``worker_exit`` hook stops
+  the actor system. (uvicorn's own handling re-raises the signal once it has shut down, which would end
+  the process before ``worker_exit``; and Ctrl-C at a terminal delivers SIGINT to the whole process
+  group and then the master's SIGQUIT, neither of which may cut the stop short.)
+- it stops, gracefully, within ``MASTER_CHECK_INTERVAL`` of the master's death (``kill -9``), as
+  gunicorn's own workers do;
+- the loop's thread is named ``http-loop`` and its executor's ``http-blocking-N`` (``ops.threadcpu``
+  reports both as "http"), with ``TRADE_ENGINE_HTTP_THREADS`` threads.
 """
 
 from __future__ import annotations
 
-import select
+import asyncio
+import contextlib
+import os
+import signal
+import sys
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
 
-__all__ = ["KEEP_WAIT", "KeepAliveThreadWorker"]
+__all__ = ["STOP_SIGNALS", "EngineWorker"]
 
-KEEP_WAIT = 0.01
-"""Seconds a thread waits for the next request of the keep-alive connection it just answered: at most
-that much delay for a connection queued meanwhile (5 and 20 ms measured alike with 16 and 64 clients)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+"""Each of them stops the worker gracefully."""
+
+MASTER_CHECK_INTERVAL = 1.0
+"""Seconds between two checks that the gunicorn master is still the worker's parent."""
 
 
-class KeepAliveThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, answering a keep-alive client's next request on the same thread (see the module docstring)."""
+class _GracefulServer(Server):
+    """uvicorn's server, every stop signal graceful and none re-raised after the shutdown; ``stopped``
+    tells whether one came before the server took the signals over."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._queued = 0  # connections submitted to the thread pool and not yet picked up by a thread
-        self._queued_lock = threading.Lock()
+    def __init__(self, config: Config, stopped: Callable[[], bool]) -> None:
+        super().__init__(config)
+        self._stopped = stopped
 
-    def get_thread_pool(self) -> ThreadPoolExecutor:
-        """gthread's pool, its threads named "http-request-N" (their CPU is reported by that name)."""
-        return ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="http-request")
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._stop) for sig in STOP_SIGNALS}
+        if self._stopped():
+            self.should_exit = True
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    def enqueue_req(self, conn: Any) -> None:
-        """Submit a connection to the thread pool (gthread's), counting it as waiting for a thread."""
-        with self._queued_lock:
-            self._queued += 1
-        super().enqueue_req(conn)
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.should_exit = True
 
-    def handle(self, conn: Any) -> Any:
-        """Answer the connection's request, then its client's next ones while they follow quickly."""
-        with self._queued_lock:
-            self._queued -= 1
-        result = super().handle(conn)
-        while result is True and self.alive and not self._queued and self._next_request_arrives(conn):
-            result = super().handle(conn)
-        return result
 
-    @staticmethod
-    def _next_request_arrives(conn: Any) -> bool:
-        """Whether the client's next request is here (read ahead already) or arrives within KEEP_WAIT."""
-        sock = conn.sock
-        if conn.parser.unreader.buf.getvalue() or (hasattr(sock, "pending") and sock.pending()):
-            return True  # bytes read ahead: by the parser, or decrypted already by SSL
-        poller = select.poll()  # not select(): it fails on descriptors past FD_SETSIZE
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(KEEP_WAIT * 1000))
+class EngineWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn's gunicorn worker for the engine's ASGI app (see the module docstring)."""
+
+    CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 (uvicorn_worker's own class attribute)
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "off",
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+
+    def init_signals(self) -> None:
+        """uvicorn_worker's signals, and a stop signal while the app is built (``load()``) ends the worker
+        once it is built, through ``worker_exit``."""
+        super().init_signals()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._stop_before_serving)
+
+    def _stop_before_serving(self, signum: int, frame: FrameType | None) -> None:
+        self.alive = False
+
+    def run(self) -> None:
+        threading.current_thread().name = "http-loop"
+        super().run()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.cfg.threads,
+                                                     thread_name_prefix="http-blocking"))
+        self.config.app = self.wsgi  # gunicorn's name for what load() returned: here the ASGI app
+        server = _GracefulServer(self.config, stopped=lambda: not self.alive)
+        watch = asyncio.create_task(self._watch_master(server))
+        try:
+            await server.serve(sockets=self.sockets)
+        finally:
+            watch.cancel()
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def _watch_master(self, server: Server) -> None:
+        """Stop (gracefully) once the master is gone (``kill -9``), as gunicorn's own workers do."""
+        while not server.should_exit:
+            await asyncio.sleep(MASTER_CHECK_INTERVAL)
+            if os.getppid() != self.ppid:
+                self.log.info("the gunicorn master is gone; stopping the worker")
+                self.alive = False
+                server.should_exit = True

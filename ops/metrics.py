@@ -69,8 +69,8 @@ trade_engine_thread_cpu_seconds_total               counter   role             C
                                                                                threads by role: writer,
                                                                                pairs, wallet, relay,
                                                                                settler, mirror, http
-                                                                               (request threads), main
-                                                                               (gunicorn's poller), other
+                                                                               (the event loop and its
+                                                                               executor), main, other
 =================================================== ========= ================ ==============================
 
 Request tracing: :class:`EngineMetrics` also remembers the request id (`http.middleware.current_request_id`)

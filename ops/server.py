@@ -4,12 +4,12 @@ Master process (the one ``serve`` runs in):
   1. configures logging; SIGTERM/SIGINT before gunicorn is up end the start cleanly (no orphan server);
   2. owns the data folder and starts the embedded PostgreSQL, or waits (bounded) for the external one,
      and applies the migrations — any failure ends here with one line on stderr and exit status 1;
-  3. runs gunicorn with ONE gthread worker; no app, pool or actor thread is ever created here;
+  3. runs gunicorn with ONE worker (``ops.http_worker``); no app, pool or actor thread is ever created here;
   4. when gunicorn stops (SIGTERM, SIGINT/Ctrl-C, or a worker that failed to boot) stops the embedded
      PostgreSQL, so no postgres process is left, and releases the data folder.
 
 Worker process (forked by gunicorn): ``load()`` builds the pool, starts the :class:`ActorSystem` with
-its metrics hooked in (:mod:`tradeengine.ops.metrics`) and creates the WSGI app; ``worker_exit`` stops
+its metrics hooked in (:mod:`tradeengine.ops.metrics`) and creates the ASGI app; ``worker_exit`` stops
 the actor system and closes the pool. When the master is killed with ``kill -9`` the worker notices its
 parent is gone and exits by itself; the next ``serve`` takes the orphaned PostgreSQL over.
 """
@@ -169,7 +169,7 @@ def _leave_worker(status: int) -> NoReturn:
 
 @dataclasses.dataclass
 class WorkerParts:
-    """What the worker builds after the fork: the pool, the actor system and the WSGI app."""
+    """What the worker builds after the fork: the pool, the actor system and the ASGI app."""
 
     pool: Any
     system: ActorSystem
@@ -278,7 +278,7 @@ class EngineApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        """Build the worker's parts and return the WSGI app (called by gunicorn in the worker)."""
+        """Build the worker's parts and return the ASGI app (called by gunicorn in the worker)."""
         self._parts = build_worker(self._settings, self._conninfo)
         return self._parts.app
 

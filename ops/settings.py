@@ -241,7 +241,8 @@ class Settings:
     )
     http_host: str = _field(_text, "127.0.0.1", "address the HTTP server binds")
     http_port: int = _field(_port, 8080, "port the HTTP server binds")
-    http_threads: int = _field(_positive_int, 16, "gunicorn gthread threads in the single worker")
+    http_threads: int = _field(_positive_int, 16,
+                               "threads for the HTTP worker's blocking calls (database reads, admin routes)")
     data_dir: Path = _field(_path, Path("var"), "folder for the embedded database and local state")
     log_level: str = _field(_log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")

@@ -2,7 +2,8 @@
 
 Each thread's own clock (``pthread_getcpuclockid``: user and system time of that thread alone), grouped
 by what the thread does, known from its name: pykka names an actor's thread after its class ("PairActor-7"),
-the HTTP worker names its request threads (`http_worker`), and the rest have names of their own.
+the HTTP worker names its event loop's thread and its executor's (`http_worker`), and the rest have names
+of their own.
 `ThreadCpu.read()` gives the seconds so far per role and never goes down: a thread that ended keeps the
 time it had at the last read. Used by the ``trade_engine_thread_cpu_seconds_total`` metric and by
 `trade-engine bench engine` (and, through ``/metrics``, `bench http`).
@@ -29,7 +30,8 @@ _PREFIXES = (
     ("WalletSettler", "settler"),
     ("wallet-settler-timer", "settler"),
     ("market-data-mirror", "mirror"),
-    ("http-request", "http"),
+    ("http-loop", "http"),  # the HTTP worker's event loop (`http_worker`)
+    ("http-blocking", "http"),  # its executor: the app's blocking calls
 )
 ROLES = (*dict.fromkeys(role for _, role in _PREFIXES), "main", "other")
 """Every role, in the order they are reported."""

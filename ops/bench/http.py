@@ -41,7 +41,7 @@ is reported (`generator_cpu_cores`, `generator_cpu_us_per_request`), and so is t
 `server_cpu_cores`; its embedded PostgreSQL: `database_cpu_cores`) and what other processes took
 meanwhile (`other_cpu_cores`: on a shared machine, a run with a large one measured a crowded machine).
 The server's own CPU per order (per request for /health) by thread role, `server_cpu_us_by_thread`
-(request threads "http", "writer", "relay", "pairs", ...), comes from its /metrics
+("http": the event loop and its executor; "writer", "relay", "pairs", ...), comes from its /metrics
 (`trade_engine_thread_cpu_seconds_total`, read at the start and the end of each counted window), and so
 do the means of the engine's stages over the window, `engine_stages`: per command, its time from the
 Exchange to its answer (`command_ms`), in its pair (`in_pair_ms`) and waiting for the commit

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import pytest
 from prometheus_client import CollectorRegistry
@@ -36,12 +37,12 @@ class RuleBroken(Exception):
 class EchoResource:
     """POST echoes the JSON body back; the other responders fail on purpose."""
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = {"echo": req.get_media()}
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = {"echo": await req.get_media()}
 
 
 class FailingResource:
-    def on_get(self, req: falcon.Request, resp: falcon.Response, kind: str) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, kind: str) -> None:
         if kind == "unexpected":
             raise Boom("secret-connection-string password=hunter2")
         if kind == "conflict":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import falcon
+import falcon.asgi
 import falcon.testing
 from prometheus_client import CollectorRegistry
 
@@ -11,10 +12,11 @@ from tradeengine.http.app import create_app
 
 def test_routes_may_name_a_responder_suffix() -> None:
     class Orders:
-        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
             resp.media = {"orders": []}
 
-        def on_get_item(self, req: falcon.Request, resp: falcon.Response, order_id: str) -> None:
+        async def on_get_item(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                              order_id: str) -> None:
             resp.media = {"id": order_id}
 
     orders = Orders()

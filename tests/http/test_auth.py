@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import pytest
 from prometheus_client import CollectorRegistry
@@ -25,7 +26,7 @@ KEYS = {"te_trader": User(1001, "trader"), "te_admin": User(1, "admin")}
 class Whoami:
     """Answers with the caller's id; declares nothing, so under /api/ it needs a trader key."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"user_id": req.context.principal.user_id}
 
 
@@ -36,7 +37,7 @@ class AdminOnly(Whoami):
 class Market:
     auth = PUBLIC
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"pairs": []}
 
 
@@ -103,15 +104,19 @@ def test_unknown_routes_still_answer_404_without_a_key(client: falcon.testing.Te
 def test_a_key_is_looked_up_once_per_cache_period(lookups: Lookups) -> None:
     now = [0.0]
     auth = AuthMiddleware(lookups, cache_ttl=30.0, miss_ttl=2.0, clock=lambda: now[0])
-    assert auth._lookup("te_trader") == KEYS["te_trader"]
-    assert auth._lookup("te_trader") == KEYS["te_trader"]
-    assert auth._lookup("te_nobody") is None
-    assert auth._lookup("te_nobody") is None
+
+    def lookup(key: str) -> object:
+        return falcon.async_to_sync(auth._lookup, key)
+
+    assert lookup("te_trader") == KEYS["te_trader"]
+    assert lookup("te_trader") == KEYS["te_trader"]
+    assert lookup("te_nobody") is None
+    assert lookup("te_nobody") is None
     assert lookups.calls == ["te_trader", "te_nobody"]
     now[0] = 3.0  # past the miss period, within the hit period
-    auth._lookup("te_trader")
-    auth._lookup("te_nobody")
+    lookup("te_trader")
+    lookup("te_nobody")
     assert lookups.calls == ["te_trader", "te_nobody", "te_nobody"]
     now[0] = 31.0
-    auth._lookup("te_trader")
+    lookup("te_trader")
     assert lookups.calls[-1] == "te_trader"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import pytest
 from prometheus_client import CollectorRegistry
@@ -111,7 +112,7 @@ def test_a_later_mapping_for_a_subclass_overrides_its_base_by_mro() -> None:
         code = "SPECIFIC"
 
     class Raiser:
-        def on_get(self, req: falcon.Request, resp: falcon.Response, which: str) -> None:
+        async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, which: str) -> None:
             raise Specific("specific") if which == "specific" else Base("base")
 
     app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
@@ -129,7 +130,7 @@ def test_mapping_with_a_fixed_message_hides_the_exception_text_and_sets_retry_af
         pass
 
     class Raiser:
-        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
             raise DatabaseDown("connection to 10.1.2.3:5432 refused")
 
     mapping = ErrorMapping(DatabaseDown, 503, "UNAVAILABLE", "the database is unavailable", retry_after=2)
@@ -147,7 +148,7 @@ class _Raise:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         raise self.error
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import pytest
 import redis
@@ -381,14 +382,14 @@ KEYS = {"te_alice": User(1, "trader"), "te_bob": User(2, "trader")}
 
 
 class Whoami:
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"user_id": req.context.principal.user_id}
 
 
 class Market:
     auth = PUBLIC
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"pairs": []}
 
 
@@ -398,9 +399,9 @@ class Batch:
     def __init__(self) -> None:
         self.placed: list[Any] = []
 
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        orders = json.loads(req.bounded_stream.read())["orders"]
-        charge(req, len(orders) - 1)
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        orders = json.loads(await req.stream.read())["orders"]
+        await charge(req, len(orders) - 1)
         self.placed.extend(orders)
         resp.media = {"results": len(orders)}
 
@@ -411,15 +412,15 @@ class Candles:
     auth = PUBLIC
     rate_cost = 5
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"candles": []}
 
 
 def limited_client(middleware: RateLimitMiddleware | None, batches: Batch | None = None
                    ) -> falcon.testing.TestClient:
     """A small app in create_app's middleware order: request id, auth, then the rate limit."""
-    app = falcon.App(middleware=[RequestIdMiddleware(lambda: "rid-1"), AuthMiddleware(KEYS.get),
-                                 *([middleware] if middleware else [])])
+    app = falcon.asgi.App(middleware=[RequestIdMiddleware(lambda: "rid-1"), AuthMiddleware(KEYS.get),
+                                      *([middleware] if middleware else [])])
     register_error_handlers(app, logging.getLogger(LOGGER))
     registry = CollectorRegistry()
     app.add_route("/health", HealthResource("1.0"))

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.testing
 import pybreaker
 import pykka
@@ -335,7 +336,7 @@ def test_a_log_record_made_while_a_request_is_answered_carries_its_request_id() 
     logger.setLevel(logging.INFO)
 
     class Chatty:
-        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
             logger.info("working on it")
             resp.media = {"request_id_inside": current_request_id()}
 

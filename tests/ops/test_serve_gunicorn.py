@@ -1,4 +1,4 @@
-"""gunicorn runs exactly as the design says: one gthread worker, no control socket, no access log,
+"""gunicorn runs as ops/gunicorn_conf.py says: one worker (the engine's), no control socket, no access log,
 and the worker's parts (pool, actor system, app) are built only when the worker loads the app."""
 
 from __future__ import annotations
@@ -6,18 +6,18 @@ from __future__ import annotations
 import falcon.testing
 import pytest
 
-from tradeengine.ops.gunicorn_conf import bind_address, gunicorn_options, post_worker_init
+from tradeengine.ops.gunicorn_conf import ENGINE_WORKER, bind_address, gunicorn_options, post_worker_init
 from tradeengine.ops.logconfig import GunicornLogger
 from tradeengine.ops.server import EngineApplication, build_worker, readiness_checks
 from tradeengine.ops.settings import Settings
 
 
-def test_gunicorn_config_has_one_gthread_worker_no_control_socket_and_no_access_log() -> None:
+def test_gunicorn_config_has_one_engine_worker_no_control_socket_and_no_access_log() -> None:
     settings = Settings(http_host="127.0.0.1", http_port=18123, http_threads=7, log_level="WARNING")
     application = EngineApplication(settings, "postgresql://unused@127.0.0.1/x")
     cfg = application.cfg
     assert cfg.workers == 1
-    assert cfg.worker_class_str == "tradeengine.ops.http_worker.KeepAliveThreadWorker"  # a gthread worker
+    assert cfg.worker_class_str == ENGINE_WORKER == "tradeengine.ops.http_worker.EngineWorker"
     assert cfg.threads == 7
     assert cfg.control_socket_disable is True
     assert cfg.accesslog is None

@@ -15,7 +15,8 @@ from tradeengine.ops.threadcpu import ROLES, ThreadCpu, thread_role
     ("WalletActor-1", "wallet"),
     ("OutboxRelay-12", "relay"), ("outbox-relay-timer-3", "relay"), ("RelayProcess-12", "relay"),
     ("relay-process-reader-2", "relay"), ("WalletSettler-4", "settler"),
-    ("wallet-settler-timer-1", "settler"), ("market-data-mirror", "mirror"), ("http-request_5", "http"),
+    ("wallet-settler-timer-1", "settler"), ("market-data-mirror", "mirror"), ("http-loop", "http"),
+    ("http-blocking_5", "http"),
     ("MainThread", "main"), ("partition-maintenance", "other"), ("Thread-7 (worker)", "other"),
 ])
 def test_a_thread_has_the_role_its_name_says(name: str, role: str) -> None:
