@@ -34,12 +34,16 @@ from .models import ErrorResponse, Health, Readiness, Request, Response, encode
 
 T = TypeVar("T", bound=Request)
 
+MAX_BODY_BYTES = 1 << 20
+"""The longest request body read: 1 MiB (a batch of 100 orders is ~40 KB); longer ones answer 413."""
+
 ERROR_DESCRIPTIONS = {
     400: "malformed JSON, wrong types, unknown or missing fields (VALIDATION_ERROR, MALFORMED_JSON)",
     401: "missing or unknown API key (UNAUTHENTICATED)",
     403: "the route is for admins (FORBIDDEN)",
     404: "unknown id or symbol (NOT_FOUND, UNKNOWN_SYMBOL)",
     409: "conflict with the current state",
+    413: f"the request body is longer than {MAX_BODY_BYTES} bytes (PAYLOAD_TOO_LARGE)",
     422: "a trading rule is violated; nothing was stored or reserved",
     429: "rate limited (RATE_LIMITED); retry after Retry-After seconds",
     500: "unexpected error (INTERNAL_ERROR); quote the request id",
@@ -113,8 +117,20 @@ def validation_error(error: msgspec.ValidationError, prefix: str = "") -> Valida
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:
-    """Decode the request body into ``kind`` (400 when it is not JSON or not of that shape)."""
-    return decode_json(await req.stream.read(), kind)
+    """Decode the request body into ``kind`` (400 when it is not JSON or not of that shape, 413 when it
+    is longer than ``MAX_BODY_BYTES``: it is never read further)."""
+    declared = req.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise _too_large()
+    raw = await req.stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise _too_large()
+    return decode_json(raw, kind)
+
+
+def _too_large() -> falcon.HTTPContentTooLarge:
+    return falcon.HTTPContentTooLarge(title="Payload too large", code="PAYLOAD_TOO_LARGE",
+                                      description=f"a request body of at most {MAX_BODY_BYTES} bytes is read")
 
 
 
@@ -220,6 +236,8 @@ def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[st
     statuses = set(operation.errors)
     if operation.body is not None or operation.query is not None:
         statuses.add(400)
+    if operation.body is not None:
+        statuses.add(413)
     if endpoint.auth in (TRADER, ADMIN):
         statuses.add(401)
     if endpoint.auth == ADMIN:

@@ -6,12 +6,14 @@ maker fee 0.0008 and taker fee 0.001; each side pays its rate on what it receive
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from tests.http.api_harness import ApiHarness, Trader, error_of
+from tradeengine.http.api import MAX_BODY_BYTES
 
 ORDERS = "/api/v1/orders"
 D = Decimal
@@ -242,6 +244,18 @@ def test_a_batch_that_breaks_the_schema_is_refused_whole_and_places_nothing(
         assert error_of(response)["field"] == field
     assert balances(api, bob)["USDT"] == (D("100000"), D(0))
     assert api.get(ORDERS, bob).json["orders"] == []
+
+
+def test_a_body_longer_than_the_cap_is_413_and_places_nothing(api: ApiHarness, bob: Trader) -> None:
+    one = {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "40000"}
+    padded = json.dumps({"orders": [one], "pad": " " * MAX_BODY_BYTES}).encode()
+    for path in (f"{ORDERS}/batch", ORDERS):
+        response = api.post(path, bob, body=padded, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413, response.text
+        assert error_of(response)["code"] == "PAYLOAD_TOO_LARGE"
+    at_cap = json.dumps(one).encode().ljust(MAX_BODY_BYTES)  # JSON may end in whitespace: read whole
+    assert api.post(ORDERS, bob, body=at_cap, headers={"Content-Type": "application/json"}).status_code == 201
+    assert len(api.get(ORDERS, bob).json["orders"]) == 1
 
 
 @pytest.mark.parametrize(("order", "code", "field"), [
