@@ -15,10 +15,11 @@ master, the worker's heartbeat, the hooks of ``ops.gunicorn_conf``) with:
   no ``X-Forwarded-For`` rewriting of the peer address (the rate limit counts the address that
   connected; see :mod:`tradeengine.http.ratelimit`);
 - SIGTERM, SIGINT and SIGQUIT all stop the worker gracefully: it stops accepting, finishes its in-flight
-  requests (within gunicorn's graceful timeout) and returns, so gunicorn's ``worker_exit`` hook stops
-  the actor system. (uvicorn's own handling re-raises the signal once it has shut down, which would end
-  the process before ``worker_exit``; and Ctrl-C at a terminal delivers SIGINT to the whole process
-  group and then the master's SIGQUIT, neither of which may cut the stop short.)
+  requests (one still running after half of gunicorn's graceful timeout is cancelled: 500, logged) and
+  returns, so gunicorn's ``worker_exit`` hook stops the actor system. (uvicorn's own handling re-raises
+  the signal once it has shut down, which would end the process before ``worker_exit``; and Ctrl-C at a
+  terminal delivers SIGINT to the whole process group and then the master's SIGQUIT, neither of which
+  may cut the stop short.)
 - it stops, gracefully, within ``MASTER_CHECK_INTERVAL`` of the master's death (``kill -9``), as
   gunicorn's own workers do;
 - the loop's thread is named ``http-loop`` and its executor's ``http-blocking-N`` (``ops.threadcpu``
@@ -86,6 +87,12 @@ class EngineWorker(UvicornWorker):  # type: ignore[misc]
         "server_header": False,
         "proxy_headers": False,
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Requests still running this long after a stop signal are cancelled, so the worker reaches
+        # worker_exit well before the master's graceful timeout ends it with SIGKILL.
+        self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout / 2
 
     def init_signals(self) -> None:
         """uvicorn_worker's signals, and a stop signal while the app is built (``load()``) ends the worker

@@ -40,6 +40,8 @@ async def app(scope, receive, send):
         return
     if scope["path"] == "/slow":
         await asyncio.sleep(1.0)
+    if scope["path"] == "/stuck":
+        await asyncio.sleep(3600)
     blocking = await asyncio.to_thread(lambda: threading.current_thread().name)
     body = json.dumps({
         "loop_thread": threading.current_thread().name, "blocking_thread": blocking,
@@ -108,7 +110,7 @@ def gunicorn(tmp_path: Path) -> Iterator[Gunicorn]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--chdir", str(tmp_path), "-c", str(tmp_path / "conf.py"),
-         "-k", ENGINE_WORKER, "--threads", "3", "--graceful-timeout", "10", "-b", f"127.0.0.1:{port}",
+         "-k", ENGINE_WORKER, "--threads", "3", "--graceful-timeout", "6", "-b", f"127.0.0.1:{port}",
          "tinyapp:app"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
@@ -156,6 +158,31 @@ def test_a_stop_signal_to_the_worker_finishes_in_flight_requests_and_leaves_thro
     assert answers == [200]
     _wait_for(lambda: worker in gunicorn.exited_workers(), "worker_exit of the signalled worker")
     gunicorn.stop()
+
+
+def test_a_request_stuck_past_half_the_graceful_timeout_is_cancelled_and_the_worker_exits_cleanly(
+        gunicorn: Gunicorn) -> None:
+    _, first = gunicorn.get("/")
+    answers: list[int] = []
+
+    def stuck() -> None:
+        client = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=30)
+        client.request("GET", "/stuck")
+        answers.append(client.getresponse().status)
+
+    request = threading.Thread(target=stuck)
+    request.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    os.kill(first["pid"], signal.SIGTERM)
+    _wait_for(lambda: first["pid"] in gunicorn.exited_workers(), "worker_exit of the stopping worker")
+    assert time.monotonic() - started < 5.5  # cancelled at 3 s, before the master's 6 s SIGKILL
+    request.join(timeout=10)
+    assert answers == [500]
+    gunicorn.process.terminate()
+    output = gunicorn.process.communicate(timeout=30)[0].decode()
+    assert output.count("Traceback") == 1, output  # uvicorn logs the request it cancelled
+    assert "CancelledError: Task cancelled, timeout graceful shutdown exceeded" in output
 
 
 def test_the_master_stopping_stops_the_worker_through_worker_exit(gunicorn: Gunicorn) -> None:
