@@ -188,9 +188,7 @@ class Exchange:
             for request, refusal in zip(requests, refused, strict=True):
                 if refusal is None:
                     try:
-                        route, command = self._place_command(user_id, request)
-                        self._note_in_flight(user_id, request.client_order_id, command.order_id)
-                        pending.append(await self._send_async(route, command))
+                        pending.append(await self._send_async(*self._in_flight_command(user_id, request)))
                         continue
                     except TradeEngineError as exc:
                         refusal = exc
@@ -205,11 +203,15 @@ class Exchange:
     def _submit(self, user_id: int, request: OrderRequest) -> Future[Any] | TradeEngineError:
         """Send one placement to its pair: the reply's future, or the error that stopped it here."""
         try:
-            route, command = self._place_command(user_id, request)
-            self._note_in_flight(user_id, request.client_order_id, command.order_id)
-            return self._send(route, command)
+            return self._send(*self._in_flight_command(user_id, request))
         except TradeEngineError as exc:
             return exc
+
+    def _in_flight_command(self, user_id: int, request: OrderRequest) -> tuple[PairRoute, PlaceOrder]:
+        """The placement's pair and command, its client order id noted as carried by the command's order."""
+        route, command = self._place_command(user_id, request)
+        self._note_in_flight(user_id, request.client_order_id, command.order_id)
+        return route, command
 
     def _placed(self, user_id: int, requests: Sequence[OrderRequest],
                 results: list[CommandOutcome | TradeEngineError]) -> list[CommandOutcome | TradeEngineError]:
