@@ -160,13 +160,10 @@ class _TransferResource(Resource):
     async def _respond(self, move: Callable[[int, str, int], AssetBalance], req: falcon.asgi.Request,
                        resp: falcon.asgi.Response, user_id: str) -> None:
         transfer = await read_body(req, Transfer)
-        balance = await blocking(self._move, move, user_id, transfer)
-        respond(resp, UserBalance(user_id=str(balance[0]), asset=balance[1].asset,
-                                  available=format_atoms(balance[1].available),
-                                  locked=format_atoms(balance[1].locked)), 201)
+        respond(resp, await blocking(self._move, move, user_id, transfer), 201)
 
     def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
-              transfer: Transfer) -> tuple[int, AssetBalance]:
+              transfer: Transfer) -> UserBalance:
         uid = int(user_id) if user_id.isascii() and user_id.isdigit() and len(user_id) <= 18 else None
         if uid is None or self._users.get(uid) is None:
             raise _not_found(f"user {user_id}")
@@ -174,7 +171,9 @@ class _TransferResource(Resource):
         traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
         if transfer.asset not in traded:
             raise ValidationError(f"no pair trades {transfer.asset}", field="asset")
-        return uid, move(uid, transfer.asset, atoms)
+        balance = move(uid, transfer.asset, atoms)
+        return UserBalance(user_id=str(uid), asset=balance.asset, available=format_atoms(balance.available),
+                           locked=format_atoms(balance.locked))
 
 
 class DepositsResource(_TransferResource):
