@@ -10,6 +10,7 @@ the README. The app answers every request on the loop; what blocks runs on the l
 :class:`EngineWorker` is ``uvicorn_worker.UvicornWorker`` (gunicorn stays the process manager: the
 master, the worker's heartbeat, the hooks of ``ops.gunicorn_conf``) with:
 
+- uvicorn's log records where gunicorn's go (``serve``: JSON lines through the root handler);
 - uvloop and httptools, no lifespan protocol (the parts are built in gunicorn's ``load()``, stopped in
   ``worker_exit``), no uvicorn access log (the app logs each request itself), no ``Server`` header, and
   no ``X-Forwarded-For`` rewriting of the peer address (the rate limit counts the address that
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -90,6 +92,10 @@ class EngineWorker(UvicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn's records (its errors: an exception an app did not answer, a malformed request) go where
+        # gunicorn's go: under `serve` through the root handler, as JSON lines like every other record.
+        error_log = logging.getLogger("uvicorn.error")
+        error_log.propagate = self.log.error_log.propagate
         # Requests still running this long after a stop signal are cancelled, so the worker reaches
         # worker_exit well before the master's graceful timeout ends it with SIGKILL.
         self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout / 2

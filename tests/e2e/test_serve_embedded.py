@@ -32,8 +32,8 @@ def test_serve_starts_the_embedded_database_answers_within_15_s_and_sigterm_leav
     assert engine.get("/ready").json() == {"status": "ready", "checks": {"database": "ok", "actors": "ok"}}
     assert engine.get("/health").json()["status"] == "ok"
     assert "trade_engine_http_requests_total" in engine.get("/metrics").text
-    # The worker's CPU by thread role, as `bench http` reads it from /metrics: the request threads are
-    # the keep-alive worker's, named for their role.
+    # The worker's CPU by thread role, as `bench http` reads it from /metrics: the event loop's thread and
+    # its executor's are the worker's, named for their role.
     threads = CpuMeter(None, metrics=("127.0.0.1", engine.port)).read().threads
     assert threads is not None and set(threads) == set(ROLES)
     assert threads["http"] > 0 and threads["pairs"] > 0 and threads["writer"] > 0
@@ -47,6 +47,8 @@ def test_serve_starts_the_embedded_database_answers_within_15_s_and_sigterm_leav
     records = engine.log_records()
     assert len(records) == len(engine.stderr().splitlines())  # every line is a JSON record, gunicorn's too
     assert any(r["logger"] == "gunicorn.error" for r in records)
+    assert any(r["logger"] == "uvicorn.error" and r["message"].startswith("Started server process")
+               for r in records)  # uvicorn's records are JSON lines too
     messages = [r["message"] for r in records]
     assert not [m for m in messages if "failed" in m], messages
     assert any(m.startswith("applied ") and "migration(s)" in m for m in messages)
