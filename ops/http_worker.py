@@ -105,10 +105,7 @@ class EngineWorker(UvicornWorker):  # type: ignore[misc]
         once it is built, through ``worker_exit``."""
         super().init_signals()
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self._stop_before_serving)
-
-    def _stop_before_serving(self, signum: int, frame: FrameType | None) -> None:
-        self.alive = False
+            signal.signal(sig, self.handle_exit)  # gunicorn's graceful exit: it only clears `alive`
 
     def run(self) -> None:
         threading.current_thread().name = "http-loop"
