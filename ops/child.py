@@ -2,8 +2,9 @@
 
 The engine's worker starts them with a pipe on stdin whose first line is their configuration, and
 stops them by closing it. Their log goes to the engine's stderr in the engine's format (their
-environment is the engine's). Ctrl-C at a terminal reaches the whole process group: the engine stops
-gracefully and then closes stdin, so a child ignores SIGINT; ending at once would look like a crash.
+environment is the engine's), and they run the garbage collector as the worker does (`ops.gcpolicy`).
+Ctrl-C at a terminal reaches the whole process group: the engine stops gracefully and then closes
+stdin, so a child ignores SIGINT; ending at once would look like a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 from typing import Any
 
+from tradeengine.ops.gcpolicy import tune_collector
 from tradeengine.ops.logconfig import configure_logging
 from tradeengine.ops.settings import Settings, SettingsError
 
@@ -22,12 +24,14 @@ __all__ = ["begin_child"]
 
 
 def begin_child(log: logging.Logger, what: str) -> dict[str, Any] | None:
-    """Configure logging as the engine's, ignore SIGINT, and return the configuration read from the
-    first line of stdin (one JSON object); None, logged, when there is none."""
+    """Configure logging and the garbage collector as the engine's, ignore SIGINT, and return the
+    configuration read from the first line of stdin (one JSON object); None, logged, when there is none."""
     try:
-        configure_logging(Settings.from_env(os.environ))
+        settings = Settings.from_env(os.environ)
     except SettingsError:
-        configure_logging(Settings())
+        settings = Settings()
+    configure_logging(settings)
+    tune_collector(settings.gc_threshold)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config: dict[str, Any] = json.loads(sys.stdin.buffer.readline() or b"{}")
     if not config:

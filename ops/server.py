@@ -44,6 +44,7 @@ from tradeengine.storage.users import UserRepository
 
 from .cli import engine_version
 from .database import DataDirLock, StartupError, serving_database
+from .gcpolicy import tune_collector
 from .gunicorn_conf import gunicorn_options
 from .logconfig import configure_logging
 from .metrics import EngineMetrics
@@ -280,6 +281,7 @@ class EngineApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         """Build the worker's parts and return the ASGI app (called by gunicorn in the worker)."""
         self._parts = build_worker(self._settings, self._conninfo)
+        tune_collector(self._settings.gc_threshold)
         return self._parts.app
 
     def after_fork_in_worker(self) -> None:

@@ -243,6 +243,12 @@ class Settings:
     http_port: int = _field(_port, 8080, "port the HTTP server binds")
     http_threads: int = _field(_positive_int, 16,
                                "threads for the HTTP worker's blocking calls (database reads, admin routes)")
+    gc_threshold: int = _field(
+        _positive_int, 50000,
+        "net new objects between two runs of Python's garbage collector in the engine's processes (Python's "
+        "default, 700, pauses a loaded engine for tens of ms every few seconds); what exists at start is "
+        "frozen",
+    )
     data_dir: Path = _field(_path, Path("var"), "folder for the embedded database and local state")
     log_level: str = _field(_log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")

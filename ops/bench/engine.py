@@ -68,6 +68,8 @@ from tradeengine.engine import (
     Side,
     TradeEngineError,
 )
+from tradeengine.ops.gcpolicy import tune_collector
+from tradeengine.ops.settings import Settings
 from tradeengine.ops.threadcpu import ThreadCpu
 from tradeengine.storage import EmbeddedPostgres, apply_migrations, create_pool
 from tradeengine.storage.recovery import load_pair_specs
@@ -335,6 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             specs = [spec for spec, status in load_pair_specs(pool) if status == "ACTIVE"]
             fund_users(system, users, specs)
             scripts = build_scripts(specs, args.callers, args.orders, args.seed)
+            tune_collector(Settings.from_env(os.environ).gc_threshold)  # as serve's worker does
             print(f"{args.callers} callers, {args.orders} commands over {len(specs)} pairs; running ...",
                   flush=True)
             tally = Tally()
