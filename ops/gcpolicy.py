@@ -1,11 +1,10 @@
 """How the engine's processes run Python's cyclic garbage collector.
 
 With Python's default thresholds (700, 10, 10) the collector runs ~150 times a second in a loaded
-worker, and every few seconds a full collection walks every object the process holds (~200,000:
-modules, the books, the caches), holding the GIL for tens of milliseconds while no request, pair or
-writer moves. Almost all of the engine's garbage is freed by reference counting; the collector finds
-next to nothing (measured in the worker under `bench http`: 24 full collections, 1.6 s of pauses, 62
-objects found).
+worker, and about once a second a full collection walks every object the process holds (~220,000:
+modules, the books, the caches), holding the GIL for ~70 ms while no request, pair or writer moves.
+Almost all of the engine's garbage is freed by reference counting; the collector finds next to nothing
+(measured in the worker under `bench http`: 24 full collections, 1.6 s of pauses, 62 objects found).
 
 So each process, once it is built: collects once and freezes what exists (the loaded code, the rebuilt
 books; `gc.freeze` keeps those objects out of every later collection), and runs the youngest generation
@@ -17,10 +16,7 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["PYTHON_DEFAULT_THRESHOLD", "tune_collector"]
-
-#: Python's own threshold for the youngest generation.
-PYTHON_DEFAULT_THRESHOLD = 700
+__all__ = ["tune_collector"]
 
 
 def tune_collector(threshold: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tradeengine.ops import server
-from tradeengine.ops.gcpolicy import PYTHON_DEFAULT_THRESHOLD, tune_collector
+from tradeengine.ops.gcpolicy import tune_collector
 from tradeengine.ops.settings import Settings
 
 
@@ -56,7 +56,6 @@ def test_cycles_made_afterwards_are_still_collected(collector: None) -> None:
 def test_a_threshold_below_one_is_refused(collector: None) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         tune_collector(0)
-    assert PYTHON_DEFAULT_THRESHOLD == 700
 
 
 def test_the_worker_tunes_its_collector_once_the_app_is_built(
