@@ -246,8 +246,7 @@ class Settings:
     gc_threshold: int = _field(
         _positive_int, 50000,
         "net new objects between two runs of Python's garbage collector in the engine's processes (Python's "
-        "default, 700, pauses a loaded engine for tens of ms every few seconds); what exists at start is "
-        "frozen",
+        "default, 700, paused a loaded worker ~70 ms about once a second); what exists at start is frozen",
     )
     data_dir: Path = _field(_path, Path("var"), "folder for the embedded database and local state")
     log_level: str = _field(_log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
