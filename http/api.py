@@ -133,7 +133,6 @@ def _too_large() -> falcon.HTTPContentTooLarge:
                                       description=f"a request body of at most {MAX_BODY_BYTES} bytes is read")
 
 
-
 def decode_json(raw: bytes | msgspec.Raw, kind: type[T], *, prefix: str = "") -> T:
     """Decode JSON bytes into ``kind``; ``prefix`` names where the document sits in a larger one."""
     if not raw:

@@ -3,8 +3,9 @@
 Why not gthread (the design's first choice): in one process under the GIL, gunicorn's thread per request
 cost more than the work. `trade-engine bench http` measured a bare Falcon ``/health`` at ~3,100 requests/s
 under gthread (its pure-Python parser, WSGI environ, two thread hand-offs per request) and ~15,000/s
-as ASGI under this worker; with the engine behind it, single orders went from ~1,200/s to the figures in
-the README. The app answers every request on the loop; what blocks runs on the loop's executor
+as ASGI under this worker. Orders, which wait for the engine's commits, stayed where they were (see the
+README's Benchmarks); every route that does not wait for a commit answers 3-4.5 times as often. The app
+answers every request on the loop; what blocks runs on the loop's executor
 (:mod:`tradeengine.http.blocking`), and orders await the engine's futures on the loop.
 
 :class:`EngineWorker` is ``uvicorn_worker.UvicornWorker`` (gunicorn stays the process manager: the
