@@ -20,9 +20,9 @@ the body: ``await charge(...)`` takes more tokens from the same bucket, or raise
 batch route (``POST /api/v1/orders/batch``, up to 100 orders) awaits ``charge(req, len(orders) - 1)``
 once it has decoded its body and before it places anything, so a batch of n orders costs n tokens and
 a refused batch places nothing (it keeps the one token it took on the way in). The limit protects the
-engine, whose work (matching, reserving, committing) is per order: at one token a batch, a client could place
-100 times its budget. Batching still saves round trips, only not budget. (The middleware does not read
-the body itself: the resources read the raw stream once, with msgspec.)
+engine, whose work (matching, reserving, committing) is per order: at one token a batch, a client
+could place 100 times its budget. Batching still saves round trips, only not budget. (The middleware
+does not read the body itself: the resources read the raw stream once, with msgspec.)
 
 Backends (:class:`RateLimiter`):
 

@@ -93,7 +93,8 @@ def _announce(server: Any) -> None:
 
 
 def gunicorn_options(options: WalletServiceOptions, settings: Settings) -> dict[str, Any]:
-    """The gunicorn settings: one gthread worker, as the engine's ``serve``; the URL printed when bound."""
+    """The gunicorn settings: one gthread worker (a WSGI app; ``serve`` runs the engine's ASGI worker) with
+    the same hooks and limits; the URL printed when bound."""
     return {
         **single_worker_options(host=options.host, port=options.port, threads=options.threads,
                                 log_level=settings.log_level, proc_name="trade-engine-wallet-service"),
