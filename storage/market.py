@@ -5,10 +5,13 @@ there is nothing to return, so a busy pair pays nothing for it); a delisted pair
 Timestamps are UTC (`datetime.UTC`); amounts are Decimals as stored (8 decimal places; render them
 with `engine.format_decimal`). Trades come back as the writer's `storage.rows.TradeRow`.
 
-Index: trades_by_symbol_time_sequence (symbol, executed_at DESC, sequence DESC), migration 0006. Every
-query reads one executed_at range of one pair from it, with constant bounds, so PostgreSQL prunes the
-daily partitions outside the range. Candles and the ticker aggregate every trade of their range (there
-are no pre-aggregated tables): their cost grows with the number of trades in the range asked for.
+Recent trades read one executed_at range of one pair from trades_by_symbol_time_sequence (symbol,
+executed_at DESC, sequence DESC), migration 0006, with constant bounds, so PostgreSQL prunes the daily
+partitions outside the range. Candles and the 24 h ticker read the pair's minute candles (candles_1m,
+kept by PostgreSQL as trades are inserted, migration 0011): a candle is the merge of its minutes, and the
+ticker merges the whole minutes of its window with the trades of its two partial ends. Their cost grows
+with the minutes of the range (1,440 a day), not with its trades: on 2 M trades in a day the ticker took
+~0.5 s and the 1 h candles of the day ~2 s from the trades themselves.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ INTERVALS: dict[str, timedelta] = {
 """The candle intervals; buckets are aligned to the Unix epoch (so 1d candles open at UTC midnight)."""
 
 _DAY = timedelta(days=1)
+_MINUTE = timedelta(minutes=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -121,25 +125,45 @@ def recent_trades(pool: ConnectionPool, symbol: str, limit: int = DEFAULT_RECENT
 
 
 # open and close: the price of the least / greatest (executed_at, sequence), as the third element of a
-# numeric array compared element by element. One pass, constant memory per bucket, no sort.
+# numeric array compared element by element. One pass, constant memory per bucket, no sort. candles_1m
+# keeps the same arrays per minute (open_ref, close_ref: migration 0011), so minutes merge exactly.
 _FIRST_PRICE = "(min(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
 _LAST_PRICE = "(max(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
 
-_CANDLES = f"""
-SELECT date_bin(%(stride)s, executed_at, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS open_time,
-       {_FIRST_PRICE}, max(price), min(price), {_LAST_PRICE},
-       sum(quantity), sum(quote_quantity), count(*)
-FROM trades
-WHERE symbol = %(symbol)s AND executed_at >= %(lower)s AND executed_at < %(upper)s
+# Every candle interval is a whole number of minutes aligned to the epoch: a candle is the merge of its
+# minutes.
+_CANDLES = """
+SELECT date_bin(%(stride)s, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS open_time,
+       (min(open_ref))[3], max(high), min(low), (max(close_ref))[3],
+       sum(volume), sum(quote_volume), sum(trades)::bigint
+FROM candles_1m
+WHERE symbol = %(symbol)s AND open_time >= %(lower)s AND open_time < %(upper)s
 GROUP BY 1
 ORDER BY 1
 """
 
-_TICKER = f"""
-SELECT {_FIRST_PRICE}, max(price), min(price), coalesce(sum(quantity), 0), coalesce(sum(quote_quantity), 0),
-       count(*)
+# (now - 24 h, now]: the whole minutes [first_minute, last_minute) from candles_1m, the trades of the two
+# partial ends, (now - 24 h, first_minute) and [last_minute, now], from trades.
+_TICKER_ENDS = """
+SELECT min(ARRAY[extract(epoch FROM executed_at), sequence, price]) AS open_ref,
+       max(price) AS high, min(price) AS low, sum(quantity) AS volume, sum(quote_quantity) AS quote_volume,
+       count(*) AS trades
 FROM trades
-WHERE symbol = %(symbol)s AND executed_at > %(lower)s AND executed_at <= %(upper)s
+WHERE symbol = %(symbol)s AND executed_at {lower_op} %({lower})s AND executed_at {upper_op} %({upper})s
+"""
+_TICKER = f"""
+WITH parts AS (
+{_TICKER_ENDS.format(lower_op=">", lower="lower", upper_op="<", upper="first_minute")}
+UNION ALL
+SELECT min(open_ref), max(high), min(low), sum(volume), sum(quote_volume), sum(trades)
+FROM candles_1m
+WHERE symbol = %(symbol)s AND open_time >= %(first_minute)s AND open_time < %(last_minute)s
+UNION ALL
+{_TICKER_ENDS.format(lower_op=">=", lower="last_minute", upper_op="<=", upper="upper")}
+)
+SELECT (min(open_ref))[3], max(high), min(low), coalesce(sum(volume), 0), coalesce(sum(quote_volume), 0),
+       coalesce(sum(trades), 0)::bigint
+FROM parts
 """
 
 
@@ -169,7 +193,7 @@ def candles(
 
     start and end must be timezone-aware; start after end raises ValidationError(field="start"); a bad
     interval ValidationError(field="interval"), a bad limit ValidationError(field="limit").
-    Cost: one range scan of the pair's trades in the window (index trades_by_symbol_time_sequence).
+    Cost: one range scan of the pair's minute candles in the window (the primary key of candles_1m).
     """
     stride = INTERVALS.get(interval) if isinstance(interval, str) else None
     if stride is None:
@@ -213,13 +237,25 @@ def ticker_24h(pool: ConnectionPool, symbol: str, now: datetime) -> Ticker24h:
     `now` must be timezone-aware (ValidationError(field="now") otherwise).
     """
     _us(now, "now")
-    params = {"symbol": symbol, "lower": now - _DAY, "upper": now}
+    lower = now - _DAY
+    params = {"symbol": symbol, "lower": lower, "upper": now,
+              "first_minute": _next_minute(lower), "last_minute": _minute_of(now)}
     with storage_errors(f"computing the 24 h ticker of {symbol}"), pool.connection() as conn:
         row = conn.execute(_TICKER, params).fetchone()
         assert row is not None  # an aggregate without GROUP BY always has one row
         if row[5] == 0:
             raise_if_unknown_symbol(conn, symbol)
     return Ticker24h(*row)
+
+
+def _minute_of(moment: datetime) -> datetime:
+    """The start of the UTC minute that contains `moment` (timezone-aware)."""
+    return moment - (moment - _EPOCH) % _MINUTE
+
+
+def _next_minute(moment: datetime) -> datetime:
+    """The start of the first UTC minute after the one that contains `moment`."""
+    return _minute_of(moment) + _MINUTE
 
 
 def _us(moment: object, field: str) -> int:

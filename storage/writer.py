@@ -18,7 +18,8 @@ reads (they see the same snapshot and none touches a row another one writes):
   the batch's earliest and latest created_at so that only the month partitions it touches are opened;
 - the INSERT of client order ids, ``ON CONFLICT DO NOTHING`` (uniqueness is checked before the engine
   accepts an order; a duplicate must never fail a batch);
-- the INSERT of trades (time partitions, as above);
+- the INSERT of trades (time partitions, as above), which PostgreSQL also merges into the pairs' minute
+  candles (a statement trigger, migration 0011);
 - the UPDATE of balances adding the aggregated deltas to the existing rows, and the INSERT of those it
   did not find (a user's first funds in an asset) with the delta itself; the CHECK constraints
   (available, locked ≥ 0) are the last line of defence. Not ``INSERT ... ON CONFLICT DO UPDATE``:

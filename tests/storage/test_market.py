@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import psycopg_pool
 import pytest
 
-from tests.storage.read_side import add_traders, commit, now_us, rendered, trade, write_trades
+from tests.storage.read_side import add_traders, commit, now_us, rendered, trade, us_of, write_trades
 from tests.storage.test_rows_scenarios import ALICE, BOB, Scenario
 from tradeengine.engine import Side, UnknownSymbol, ValidationError
 from tradeengine.storage.ids import datetime_of_us
-from tradeengine.storage.market import Candle, Ticker24h, candles, recent_trades, ticker_24h
+from tradeengine.storage.market import INTERVALS, Candle, Ticker24h, candles, recent_trades, ticker_24h
+from tradeengine.storage.rows import TradeRow
 
 D = Decimal
 T0 = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
@@ -214,3 +216,60 @@ def test_the_ticker_covers_the_24_hours_before_now_excluding_the_start_including
     with pytest.raises(ValidationError) as error:
         ticker_24h(pool, "BTC-USDT", datetime(2026, 3, 11, 12))
     assert error.value.field == "now"
+
+
+def reference_candle(trades: list[TradeRow], open_time: datetime) -> Candle:
+    """The candle of `trades` computed in Python: open/close by (executed_at, sequence)."""
+    ordered = sorted(trades, key=lambda t: (t.executed_at, t.sequence))
+    return Candle(open_time, ordered[0].price, max(t.price for t in trades), min(t.price for t in trades),
+                  ordered[-1].price, sum((t.quantity for t in trades), D(0)),
+                  sum((t.quote_quantity for t in trades), D(0)), len(trades))
+
+
+def test_candles_and_ticker_from_the_minute_candles_equal_those_of_the_trades_however_they_arrive(
+    pool: psycopg_pool.ConnectionPool,
+) -> None:
+    """Trades of a few minutes written in random batches and out of executed_at order (a later batch holds
+    an earlier trade of a minute already stored): the minute candles the trigger keeps merge exactly, so
+    every candle interval and every ticker window, at and between minute boundaries, equals the Python
+    aggregate of the trades themselves."""
+    rng = random.Random(11)
+    start = datetime(2026, 3, 10, 23, 50, tzinfo=UTC)
+    trades = [trade("BTC-USDT", str(rng.randint(90, 110)), str(rng.randint(1, 9) / 10),
+                    start + rng.randrange(25 * 60 * 10**6) * US, sequence)
+              for sequence in range(1, 400)]
+    trades += [trade("BTC-USDT", "150", "0.3", start + 3 * MINUTE, 400),  # same instants: sequence decides
+               trade("BTC-USDT", "50", "0.2", start + 3 * MINUTE, 401)]
+    shuffled = trades[:]
+    rng.shuffle(shuffled)
+    while shuffled:
+        size = rng.randint(1, 40)
+        write_trades(pool, shuffled[:size])
+        del shuffled[:size]
+    with pool.connection() as conn:
+        stored = conn.execute("SELECT symbol, open_time, (open_ref)[3], high, low, (close_ref)[3], volume, "
+                              "quote_volume, trades FROM candles_1m ORDER BY open_time").fetchall()
+    minutes = sorted({start + (t.executed_at - start) // MINUTE * MINUTE for t in trades})
+    assert stored == [("BTC-USDT", *reference_candle(
+        [t for t in trades if m <= t.executed_at < m + MINUTE], m)) for m in minutes]
+
+    for interval, stride in INTERVALS.items():
+        got = candles(pool, "BTC-USDT", interval, start - stride, start + 30 * MINUTE, None)
+        step = stride // US
+        opens = sorted({datetime_of_us(us_of(t.executed_at) // step * step) for t in trades})
+        assert got == [reference_candle([t for t in trades if o <= t.executed_at < o + stride], o)
+                       for o in opens], interval
+
+    day = timedelta(days=1)
+    instants = [start + 7 * MINUTE, start + 7 * MINUTE + US, start + 7 * MINUTE - US,
+                *(t.executed_at for t in trades[:20]), *(t.executed_at - US for t in trades[:20])]
+    for moment in instants:
+        for now in (moment, moment + day):  # the window's end, then its start, inside the trades
+            inside = [t for t in trades if now - day < t.executed_at <= now]
+            if inside:
+                whole = reference_candle(inside, now)
+                expected = Ticker24h(whole.open, whole.high, whole.low, whole.volume, whole.quote_volume,
+                                     whole.trades)
+            else:
+                expected = Ticker24h(None, None, None, D(0), D(0), 0)
+            assert ticker_24h(pool, "BTC-USDT", now) == expected, now

@@ -1,11 +1,12 @@
-"""Migrations 0005 (order ids in SQL, text trade ids, priority, last price) and 0007 (lean write path)."""
+"""Migrations 0005 (order ids in SQL, text trade ids, priority, last price), 0007 (lean write path) and
+0011 (minute candles)."""
 
 from __future__ import annotations
 
 import random
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -131,3 +132,38 @@ class _File:
 
     def read_bytes(self) -> bytes:
         return self._sql
+
+
+def test_trades_stored_before_0011_become_minute_candles_and_every_later_insert_is_merged_in(
+    pg_url: str,
+) -> None:
+    migrate_before(pg_url, 11)
+    insert = ("INSERT INTO trades (id, symbol, price, quantity, quote_quantity, buyer_order_id, "
+              "seller_order_id, buyer_user_id, seller_user_id, taker_side, buyer_fee, seller_fee, "
+              "executed_at, sequence) "
+              "VALUES (%s, %s, %s, %s, %s * %s, 1, 2, 1001, 1002, 'BUY', 0, 0, %s, %s)")
+    at = datetime(2026, 3, 10, 10, 0, 30, tzinfo=UTC)
+
+    def add(conn: psycopg.Connection[Any], rows: list[tuple[str, int, int, datetime, int]]) -> None:
+        conn.cursor().executemany(insert, [(f"{symbol}:{seq}", symbol, price, qty, price, qty, when, seq)
+                                           for symbol, price, qty, when, seq in rows])
+
+    with psycopg.connect(pg_url) as conn:
+        add(conn, [("BTC-USDT", 100, 1, at, 2), ("BTC-USDT", 90, 2, at, 1),  # same instant: sequence 1 opens
+                   ("BTC-USDT", 120, 1, at + timedelta(seconds=29), 3),
+                   ("BTC-USDT", 80, 1, at + timedelta(seconds=30), 4),  # 10:01
+                   ("ETH-USDT", 5, 3, at, 1)])
+    apply_migrations(pg_url)
+    query = ("SELECT symbol, open_time, (open_ref)[3], high, low, (close_ref)[3], volume, quote_volume, "
+             "trades FROM candles_1m ORDER BY symbol, open_time")
+    minute = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(query).fetchall() == [
+            ("BTC-USDT", minute, 90, 120, 90, 120, 4, 400, 3),
+            ("BTC-USDT", minute + timedelta(minutes=1), 80, 80, 80, 80, 1, 80, 1),
+            ("ETH-USDT", minute, 5, 5, 5, 5, 3, 15, 1),
+        ]
+        # Any later INSERT (here plain SQL, one statement per trade) is merged into its minutes.
+        add(conn, [("BTC-USDT", 70, 1, at - timedelta(seconds=30), 5),  # 10:00:00, before the open
+                   ("BTC-USDT", 130, 2, at + timedelta(seconds=10), 6)])
+        assert conn.execute(query).fetchall()[0] == ("BTC-USDT", minute, 70, 130, 70, 120, 7, 730, 5)
