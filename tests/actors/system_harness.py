@@ -201,12 +201,33 @@ def assert_memory_balances_match_database(exchange: Exchange, pool: psycopg_pool
                 a: v for a, v in stored.items() if v != (0, 0)}, f"balances of user {user}"
 
 
+_CANDLES_OF_TRADES = """
+SELECT symbol, date_bin('1 minute', executed_at, TIMESTAMPTZ '1970-01-01 00:00:00+00'),
+       min(ARRAY[extract(epoch FROM executed_at), sequence, price]),
+       max(ARRAY[extract(epoch FROM executed_at), sequence, price]),
+       max(price), min(price), sum(quantity), sum(quote_quantity), count(*)
+FROM trades GROUP BY 1, 2
+"""
+_STORED_CANDLES = ("SELECT symbol, open_time, open_ref, close_ref, high, low, volume, quote_volume, trades "
+                   "FROM candles_1m")
+
+
+def assert_candles_match_trades(pool: psycopg_pool.ConnectionPool) -> None:
+    """The minute candles (migration 0011) are exactly the aggregate of the committed trades."""
+    with pool.connection() as conn:
+        for first, second, what in ((_STORED_CANDLES, _CANDLES_OF_TRADES, "without such trades"),
+                                    (_CANDLES_OF_TRADES, _STORED_CANDLES, "missing")):
+            rows = conn.execute(f"{first} EXCEPT ALL {second}").fetchall()
+            assert not rows, f"{len(rows)} minute candle(s) {what}: {rows[:3]}"
+
+
 def assert_consistent(exchange: Exchange, pool: psycopg_pool.ConnectionPool) -> None:
     """Every check of the durability contract at once (call it while nothing is in flight)."""
     assert_books_match_database(exchange, pool)
     assert_memory_balances_match_database(exchange, pool)
     assert_money_conserved(pool)
     assert_locked_equals_reserved(pool)
+    assert_candles_match_trades(pool)
 
 
 def stored_order_ids(conn: psycopg.Connection[Any], ids: Iterable[int]) -> set[int]:
