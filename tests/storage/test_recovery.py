@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from decimal import Decimal
+from typing import Any
 
 import psycopg_pool
 import pytest
@@ -166,6 +168,37 @@ def test_a_stored_price_off_the_tick_grid_is_refused_loudly(pg_pool: psycopg_poo
     add_order(pg_pool, 1, ALICE, "BUY", "LIMIT", "OPEN", price="50000.005", quantity="0.1", sequence=1)
     with pytest.raises(CorruptStoredAmount, match="price"):
         load_pair_state(pg_pool, BTC_USDT)
+
+
+@pytest.mark.parametrize(("field", "values", "message"), [
+    ("quantity", {"quantity": "0.000015"}, r"quantity 0\.00001500 is not a whole number ≥ 0 of 0\.00001"),
+    ("filled_quantity", {"filled": "0.000001"}, "filled_quantity 0.00000100 is not a whole number"),
+    ("stop_price", {"stop_price": "NaN"}, "stop_price is NaN, not an amount"),
+    ("price", {"price": "NaN"}, "price is NaN, not an amount"),
+])
+def test_every_stored_amount_off_its_pairs_grid_is_refused_naming_the_order_and_field(
+    pg_pool: psycopg_pool.ConnectionPool, field: str, values: dict[str, str], message: str,
+) -> None:
+    add_users(pg_pool)
+    order: dict[str, Any] = {"price": "50000", "quantity": "0.1", **values}
+    add_order(pg_pool, 7, ALICE, "BUY", "STOP_LIMIT" if field == "stop_price" else "LIMIT",
+              "PENDING_TRIGGER" if field == "stop_price" else "OPEN", sequence=1, **order)
+    with pytest.raises(CorruptStoredAmount, match=message) as error:
+        load_pair_state(pg_pool, BTC_USDT)
+    assert f"order {oid(7)} of BTC-USDT: {field}" in str(error.value)
+
+
+def test_amounts_beyond_a_bigint_of_atoms_load_exactly(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    """Amounts are read as whole atoms in text: 10^12 units are 10^20 atoms, more than a bigint holds."""
+    add_users(pg_pool)
+    spec = dataclasses.replace(BTC_USDT, tick_size=D(1), lot_size=D("0.00000001"), min_notional=D(0),
+                               max_quantity=D(10**13))
+    add_order(pg_pool, 1, ALICE, "SELL", "LIMIT", "PARTIALLY_FILLED", price="1",
+              quantity="1000000000000.00000001", filled="999999999999.99999999",
+              filled_quote="9999999999.99999999", sequence=1)
+    [snapshot] = load_pair_state(pg_pool, spec).snapshots
+    assert (snapshot.price, snapshot.quantity, snapshot.filled_quantity, snapshot.cumulative_quote) == (
+        1, 10**20 + 1, 10**20 - 1, 10**18 - 1)
 
 
 def test_load_pair_specs_returns_every_pair_with_its_status(pg_pool: psycopg_pool.ConnectionPool) -> None:
