@@ -125,13 +125,10 @@ def recent_trades(pool: ConnectionPool, symbol: str, limit: int = DEFAULT_RECENT
 
 
 # open and close: the price of the least / greatest (executed_at, sequence), as the third element of a
-# numeric array compared element by element. One pass, constant memory per bucket, no sort. candles_1m
-# keeps the same arrays per minute (open_ref, close_ref: migration 0011), so minutes merge exactly.
-_FIRST_PRICE = "(min(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
-_LAST_PRICE = "(max(ARRAY[extract(epoch FROM executed_at), sequence, price]))[3]"
-
-# Every candle interval is a whole number of minutes aligned to the epoch: a candle is the merge of its
-# minutes.
+# numeric array ARRAY[extract(epoch FROM executed_at), sequence, price] compared element by element: one
+# pass, constant memory per bucket, no sort. candles_1m keeps the least and greatest such array of each
+# minute (open_ref, close_ref: migration 0011), so minutes merge exactly. Every candle interval is a whole
+# number of minutes aligned to the epoch: a candle is the merge of its minutes.
 _CANDLES = """
 SELECT date_bin(%(stride)s, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS open_time,
        (min(open_ref))[3], max(high), min(low), (max(close_ref))[3],

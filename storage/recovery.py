@@ -175,18 +175,18 @@ class _Unit:
         if self.atoms == 0:
             raise CorruptStoredAmount(f"{what} is zero")
 
-    def count(self, atoms: str, row: tuple[Any, ...], field: str, symbol: str) -> int:
-        """`atoms` / this unit as an int ≥ 0, or CorruptStoredAmount (naming the order of `row` and its
-        `field`) if it is not exactly that."""
+    def count(self, atoms: str, order_id: int, field: str, symbol: str) -> int:
+        """`atoms` / this unit as an int ≥ 0, or CorruptStoredAmount (naming the order and the field) if it
+        is not exactly that."""
         try:
             value = int(atoms)
         except ValueError:  # NaN
-            raise CorruptStoredAmount(f"order {row[0]} of {symbol}: {field} is {atoms}, not an amount ≥ 0") \
-                from None
+            message = f"order {order_id} of {symbol}: {field} is {atoms}, not an amount ≥ 0"
+            raise CorruptStoredAmount(message) from None
         units, remainder = divmod(value, self.atoms)
         if value < 0 or remainder:
             amount = Decimal(value).scaleb(-ATOM_PLACES)
-            raise CorruptStoredAmount(f"order {row[0]} of {symbol}: {field} {amount} is not a whole number "
+            raise CorruptStoredAmount(f"order {order_id} of {symbol}: {field} {amount} is not a whole number "
                                       f"≥ 0 of {self.size}")
         return units
 
@@ -204,8 +204,8 @@ def _snapshot(symbol: str, tick: _Unit, lot: _Unit, row: tuple[Any, ...]) -> Ord
      time_in_force, post_only, stp, client_order_id, sequence, priority) = row
     if quantity is None:
         raise CorruptStoredAmount(f"order {order_id} of {symbol} is live ({status}) without a base quantity")
-    price_ticks = None if price is None else tick.count(price, row, "price", symbol)
-    stop_ticks = None if stop_price is None else tick.count(stop_price, row, "stop_price", symbol)
+    price_ticks = None if price is None else tick.count(price, order_id, "price", symbol)
+    stop_ticks = None if stop_price is None else tick.count(stop_price, order_id, "stop_price", symbol)
     if price_ticks == 0 or stop_ticks == 0:
         raise CorruptStoredAmount(f"order {order_id} of {symbol}: a price is zero")
     return OrderSnapshot(
@@ -216,9 +216,9 @@ def _snapshot(symbol: str, tick: _Unit, lot: _Unit, row: tuple[Any, ...]) -> Ord
         status=_STATUSES[status],
         price=price_ticks,
         stop_price=stop_ticks,
-        quantity=lot.count(quantity, row, "quantity", symbol),
-        filled_quantity=lot.count(filled, row, "filled_quantity", symbol),
-        cumulative_quote=_ATOM_UNIT.count(filled_quote, row, "filled_quote", symbol),
+        quantity=lot.count(quantity, order_id, "quantity", symbol),
+        filled_quantity=lot.count(filled, order_id, "filled_quantity", symbol),
+        cumulative_quote=_ATOM_UNIT.count(filled_quote, order_id, "filled_quote", symbol),
         time_in_force=_TIME_IN_FORCE[time_in_force],
         post_only=bool(post_only),
         self_trade_prevention=_STP[stp],
