@@ -141,22 +141,21 @@ ORDER BY 1
 
 # (now - 24 h, now]: the whole minutes [first_minute, last_minute) from candles_1m, the trades of the two
 # partial ends, (now - 24 h, first_minute) and [last_minute, now], from trades.
-_TICKER_ENDS = """
+_TRADES_OF_AN_END = """
 SELECT min(ARRAY[extract(epoch FROM executed_at), sequence, price]) AS open_ref,
        max(price) AS high, min(price) AS low, sum(quantity) AS volume, sum(quote_quantity) AS quote_volume,
        count(*) AS trades
 FROM trades
-WHERE symbol = %(symbol)s AND executed_at {lower_op} %({lower})s AND executed_at {upper_op} %({upper})s
-"""
+WHERE symbol = %(symbol)s AND"""
 _TICKER = f"""
 WITH parts AS (
-{_TICKER_ENDS.format(lower_op=">", lower="lower", upper_op="<", upper="first_minute")}
+{_TRADES_OF_AN_END} executed_at > %(lower)s AND executed_at < %(first_minute)s
 UNION ALL
 SELECT min(open_ref), max(high), min(low), sum(volume), sum(quote_volume), sum(trades)
 FROM candles_1m
 WHERE symbol = %(symbol)s AND open_time >= %(first_minute)s AND open_time < %(last_minute)s
 UNION ALL
-{_TICKER_ENDS.format(lower_op=">=", lower="last_minute", upper_op="<=", upper="upper")}
+{_TRADES_OF_AN_END} executed_at >= %(last_minute)s AND executed_at <= %(upper)s
 )
 SELECT (min(open_ref))[3], max(high), min(low), coalesce(sum(volume), 0), coalesce(sum(quote_volume), 0),
        coalesce(sum(trades), 0)::bigint
