@@ -30,7 +30,7 @@ import msgspec
 from tradeengine.engine.errors import ValidationError
 
 from .auth import ADMIN, PUBLIC, TRADER
-from .models import ErrorResponse, Health, Readiness, Request, Response, encode
+from .models import PATTERN_MEANINGS, ErrorResponse, Health, Readiness, Request, Response, encode
 
 T = TypeVar("T", bound=Request)
 
@@ -99,10 +99,16 @@ class Endpoint:
 
 _AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _FIELD_NAMED = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
+# msgspec writes a pattern as its repr: "Expected `str` matching regex '^[0-9]{1,30}(\\.[0-9]{1,30})?$'"
+_PATTERN_MISMATCH = {f"Expected `str` matching regex {pattern!r}": meaning
+                     for pattern, meaning in PATTERN_MEANINGS.items()}
+_NUMBER_FOR_TEXT = re.compile(r"^Expected `str( \| null)?`, got `(int|float)`$")
 
 
 def validation_error(error: msgspec.ValidationError, prefix: str = "") -> ValidationError:
-    """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault."""
+    """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault; a text that
+    does not match its pattern is told what the field takes, in words, and a number sent where the API
+    takes a string (every decimal) is told to send a string."""
     message = str(error)
     path = ""
     at = _AT_PATH.search(message)
@@ -113,7 +119,14 @@ def validation_error(error: msgspec.ValidationError, prefix: str = "") -> Valida
     if named is not None:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
     field = f"{prefix}{path}" if path else (prefix.rstrip(".") or None)
-    return ValidationError(f"{message} (field {field})" if field else message, field=field)
+    meaning = _PATTERN_MISMATCH.get(message)
+    if meaning is not None:
+        message = f"must be {meaning}"
+    elif _NUMBER_FOR_TEXT.match(message):
+        message += '; decimals are JSON strings ("0.5"), never numbers'
+    if field is None:
+        return ValidationError(message)
+    return ValidationError(f"{field} {message}" if meaning else f"{message} (field {field})", field=field)
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:

@@ -19,19 +19,35 @@ import msgspec
 from msgspec import Meta, Struct
 
 DECIMAL_PATTERN = r"^[0-9]{1,30}(\.[0-9]{1,30})?$"
+SYMBOL_PATTERN = r"^[A-Z0-9]{1,16}-[A-Z0-9]{1,16}$"
+ASSET_PATTERN = r"^[A-Z0-9]{2,12}$"
+PAIR_SYMBOL_PATTERN = r"^[A-Z0-9]{2,12}-[A-Z0-9]{2,12}$"
+CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+USER_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+PATTERN_MEANINGS = {
+    DECIMAL_PATTERN: 'a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '
+                     "before and after the point; no sign, exponent or spaces)",
+    SYMBOL_PATTERN: 'a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"',
+    ASSET_PATTERN: 'an asset code of 2 to 12 capital letters and digits, e.g. "USDT"',
+    PAIR_SYMBOL_PATTERN: 'a pair symbol BASE-QUOTE, each of 2 to 12 capital letters and digits, '
+                         'e.g. "AVAX-USDT"',
+    CLIENT_ORDER_ID_PATTERN: "1 to 64 characters of A-Z, a-z, 0-9 and . _ : -",
+    USER_NAME_PATTERN: "letters, digits and . _ -",
+}
+"""What each pattern of a request field asks for, in words (the API's VALIDATION_ERROR messages)."""
 
 DecimalText = Annotated[str, Meta(pattern=DECIMAL_PATTERN, description="a decimal number as a string",
                                   examples=["50000.5"])]
 Amount = Annotated[str, Meta(description="a decimal number as a string", examples=["0.5"])]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with microseconds",
                                 examples=["2026-11-24T10:00:00.123456Z"])]
-Symbol = Annotated[str, Meta(pattern=r"^[A-Z0-9]{1,16}-[A-Z0-9]{1,16}$", description="BASE-QUOTE",
+Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description="BASE-QUOTE",
                              examples=["BTC-USDT"])]
-AssetCode = Annotated[str, Meta(pattern=r"^[A-Z0-9]{2,12}$", description="an asset code", examples=["USDT"])]
-PairSymbol = Annotated[str, Meta(pattern=r"^[A-Z0-9]{2,12}-[A-Z0-9]{2,12}$", description="BASE-QUOTE",
+AssetCode = Annotated[str, Meta(pattern=ASSET_PATTERN, description="an asset code", examples=["USDT"])]
+PairSymbol = Annotated[str, Meta(pattern=PAIR_SYMBOL_PATTERN, description="BASE-QUOTE",
                                  examples=["AVAX-USDT"])]
 UserId = Annotated[str, Meta(description="opaque user id", examples=["1000"])]
-CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 ClientOrderId = Annotated[str, Meta(pattern=CLIENT_ORDER_ID_PATTERN, examples=["my-1"])]
 OrderId = Annotated[str, Meta(description="opaque order id", examples=["5764607523034234880"])]
 
@@ -364,7 +380,7 @@ class CandleQuery(Request):
 class NewUser(Request):
     """A user to create."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", examples=["alice"])]
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=USER_NAME_PATTERN, examples=["alice"])]
     role: RoleName = "trader"
 
 

@@ -10,6 +10,7 @@ import openapi_spec_validator
 from tests.http.api_harness import ApiHarness
 from tradeengine.http.api import Endpoint, operations_endpoints
 from tradeengine.http.auth import ADMIN, PUBLIC
+from tradeengine.http.models import PATTERN_MEANINGS
 from tradeengine.http.routes import api_endpoints
 
 RESPONDER = re.compile(r"^on_(get|post|put|patch|delete)$")
@@ -71,3 +72,23 @@ def test_the_order_schema_lists_every_field_of_the_contract(api: ApiHarness) -> 
     assert new_order["additionalProperties"] is False
     assert set(new_order["required"]) == {"symbol", "side", "type"}
     assert new_order["properties"]["price"]["anyOf"][0]["type"] == "string"
+
+
+def test_every_pattern_of_the_document_is_told_in_words_when_a_value_misses_it(api: ApiHarness) -> None:
+    """A request field's pattern that PATTERN_MEANINGS does not put in words would reach clients as a
+    regular expression in its VALIDATION_ERROR message."""
+    patterns: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                patterns.add(node["pattern"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(document(api))
+    assert patterns, "the document declares patterns"
+    assert patterns <= set(PATTERN_MEANINGS), patterns - set(PATTERN_MEANINGS)

@@ -314,6 +314,36 @@ def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
     assert error.get("field") == field
     assert api.get(ORDERS, bob).json["orders"] == []
 
+@pytest.mark.parametrize(("order", "message"), [
+    ({"quantity": "1e-1", "price": "50000"},
+     'quantity must be a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '
+     "before and after the point; no sign, exponent or spaces)"),
+    ({"quantity": "0.1", "price": 50000},
+     'Expected `str | null`, got `int`; decimals are JSON strings ("0.5"), never numbers (field price)'),
+    ({"quantity": "0.1", "price": "1", "client_order_id": "é"},
+     "client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9 and . _ : -"),
+    ({"quantity": "0.1", "price": "1", "symbol": "btc-usdt"},
+     'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"'),
+])
+def test_a_malformed_field_is_told_in_words_what_it_takes(
+        api: ApiHarness, bob: Trader, order: dict[str, Any], message: str) -> None:
+    single = api.post(ORDERS, bob, json={"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", **order})
+    assert single.status_code == 400, single.text
+    assert error_of(single)["message"] == message
+    batch = api.post(f"{ORDERS}/batch", bob, json={"orders": [
+        {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", **order}]})
+    assert batch.status_code == 400, batch.text  # a batch of the wrong shape is refused whole
+    assert error_of(batch)["message"].replace("orders[0].", "") == message
+
+
+def test_a_malformed_query_parameter_is_told_in_words_what_it_takes(api: ApiHarness, bob: Trader) -> None:
+    response = api.get(ORDERS, bob, params={"symbol": "btc"})
+    assert response.status_code == 400, response.text
+    assert error_of(response)["message"] == (
+        'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"')
+    assert api.get(ORDERS, bob).json["orders"] == []
+
+
 
 def test_an_unknown_symbol_is_404(api: ApiHarness, bob: Trader) -> None:
     response = api.post(ORDERS, bob, json={"symbol": "NOPE-USDT", "side": "BUY", "type": "LIMIT",
