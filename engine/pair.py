@@ -20,16 +20,17 @@ from .errors import InvalidLotSize, InvalidPairSpec, InvalidTickSize, Validation
 from .units import ATOMS_PER_UNIT, format_decimal, from_atoms, to_atoms, whole_units
 
 
-def _exact_atoms(value: Decimal, what: str) -> int:
+def _exact_atoms(value: Decimal, what: str, field: str | None) -> int:
     scaled = value * ATOMS_PER_UNIT
     if scaled != scaled.to_integral_value():
-        raise InvalidPairSpec(f"{what} {format_decimal(value)} is not a whole number of 1e-8 atoms")
+        raise InvalidPairSpec(f"{what} {format_decimal(value)} is not a whole number of 1e-8 atoms",
+                              field=field)
     return int(scaled)
 
 
 def _fee_fraction(rate: Decimal, what: str) -> tuple[int, int]:
     if not rate.is_finite() or rate < 0 or rate >= 1:
-        raise InvalidPairSpec(f"{what} must be in [0, 1), got {rate}")
+        raise InvalidPairSpec(f"{what} must be in [0, 1), got {rate}", field=what)
     return rate.as_integer_ratio()
 
 
@@ -59,34 +60,34 @@ class PairSpec:
     def __post_init__(self) -> None:
         expected_symbol = f"{self.base_asset}-{self.quote_asset}"
         if not self.base_asset or not self.quote_asset or self.symbol != expected_symbol:
-            raise InvalidPairSpec(f"symbol {self.symbol!r} must be BASE-QUOTE of its assets")
+            raise InvalidPairSpec(f"symbol {self.symbol!r} must be BASE-QUOTE of its assets", field="symbol")
         if self.base_asset == self.quote_asset:
-            raise InvalidPairSpec("base and quote assets must differ")
+            raise InvalidPairSpec("base and quote assets must differ", field="quote_asset")
         for name in ("tick_size", "lot_size", "min_quantity", "max_quantity", "min_notional",
                      "maker_fee", "taker_fee"):
             if not isinstance(getattr(self, name), Decimal):
-                raise InvalidPairSpec(f"{name} must be a Decimal")
+                raise InvalidPairSpec(f"{name} must be a Decimal", field=name)
         if not (self.tick_size.is_finite() and self.tick_size > 0):
-            raise InvalidPairSpec("tick_size must be positive")
+            raise InvalidPairSpec("tick_size must be positive", field="tick_size")
         if not (self.lot_size.is_finite() and self.lot_size > 0):
-            raise InvalidPairSpec("lot_size must be positive")
+            raise InvalidPairSpec("lot_size must be positive", field="lot_size")
         put = object.__setattr__
-        put(self, "base_atoms_per_lot", _exact_atoms(self.lot_size, "lot_size"))
-        notional_unit = _exact_atoms(self.tick_size * self.lot_size, "tick_size × lot_size")
+        put(self, "base_atoms_per_lot", _exact_atoms(self.lot_size, "lot_size", "lot_size"))
+        notional_unit = _exact_atoms(self.tick_size * self.lot_size, "tick_size × lot_size", None)
         put(self, "quote_atoms_per_tick_lot", notional_unit)
         put(self, "min_quantity_lots", self._whole_lots(self.min_quantity, "min_quantity"))
         put(self, "max_quantity_lots", self._whole_lots(self.max_quantity, "max_quantity"))
         if self.min_quantity_lots > self.max_quantity_lots:
-            raise InvalidPairSpec("min_quantity must not exceed max_quantity")
+            raise InvalidPairSpec("min_quantity must not exceed max_quantity", field="min_quantity")
         if not self.min_notional.is_finite() or self.min_notional < 0:
-            raise InvalidPairSpec("min_notional must be ≥ 0")
-        put(self, "min_notional_atoms", _exact_atoms(self.min_notional, "min_notional"))
+            raise InvalidPairSpec("min_notional must be ≥ 0", field="min_notional")
+        put(self, "min_notional_atoms", _exact_atoms(self.min_notional, "min_notional", "min_notional"))
         put(self, "maker_fee_fraction", _fee_fraction(self.maker_fee, "maker_fee"))
         put(self, "taker_fee_fraction", _fee_fraction(self.taker_fee, "taker_fee"))
 
     def _whole_lots(self, value: Decimal, what: str) -> int:
         if not value.is_finite() or value <= 0 or value % self.lot_size != 0:
-            raise InvalidPairSpec(f"{what} must be a positive multiple of lot_size")
+            raise InvalidPairSpec(f"{what} must be a positive multiple of lot_size", field=what)
         return int(value / self.lot_size)
 
     # -- edge conversions ---------------------------------------------------------------------------

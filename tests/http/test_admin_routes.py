@@ -200,11 +200,14 @@ def test_adding_a_pair_refuses_a_taken_symbol_inconsistent_rules_and_bad_fields(
     btc = {**AVAX_USDT, "symbol": "BTC-USDT", "base_asset": "BTC"}
     exists = error_of(api.post(path, admin, json=btc), 409)
     assert (exists["code"], exists["field"]) == ("PAIR_EXISTS", "symbol")
-    for change in ({"symbol": "AVAX-USDC"}, {"taker_fee": "1"}, {"max_quantity": "100000.005"},
-                   {"min_quantity": "0.001"}, {"tick_size": "0.0001", "lot_size": "0.00001"},
-                   {"tick_size": "0"}, {"min_quantity": "200000"}):
+    for change, field in (({"symbol": "AVAX-USDC"}, "symbol"), ({"taker_fee": "1"}, "taker_fee"),
+                          ({"max_quantity": "100000.005"}, "max_quantity"),
+                          ({"min_quantity": "0.001"}, "min_quantity"),
+                          ({"tick_size": "0.0001", "lot_size": "0.00001"}, None),  # their product
+                          ({"tick_size": "0"}, "tick_size"), ({"min_quantity": "200000"}, "min_quantity"),
+                          ({"quote_asset": "AVAX", "symbol": "AVAX-AVAX"}, "quote_asset")):
         error = error_of(api.post(path, admin, json={**AVAX_USDT, **change}), 422)
-        assert error["code"] == "INVALID_PAIR_SPEC", change
+        assert (error["code"], error.get("field")) == ("INVALID_PAIR_SPEC", field), change
     for change, field in (({"tick_size": "0.000000001"}, "tick_size"),
                           ({"maker_fee": "0.000000005"}, "maker_fee"),
                           ({"max_quantity": None}, "max_quantity"), ({"lot_size": 1}, "lot_size"),
