@@ -103,12 +103,40 @@ _FIELD_NAMED = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
 _PATTERN_MISMATCH = {f"Expected `str` matching regex {pattern!r}": meaning
                      for pattern, meaning in PATTERN_MEANINGS.items()}
 _NUMBER_FOR_TEXT = re.compile(r"^Expected `str( \| null)?`, got `(int|float)`$")
+_NOT_A_CHOICE = "Invalid enum value "
+_STEP = re.compile(r"\[\d+\]|[^.\[]+")
 
 
-def validation_error(error: msgspec.ValidationError, prefix: str = "") -> ValidationError:
+def _choices(kind: type, path: str) -> tuple[Any, ...]:
+    """The values of the Literal type at `path` ("orders[0].side") of the Struct `kind`, in the order the
+    model declares them; () when the path does not lead to one."""
+    node: Any = kind
+    for step in _STEP.findall(path):
+        while True:  # unwrap Annotated[...] and Optional[...] around the type
+            origin = typing.get_origin(node)
+            if origin is typing.Annotated:
+                node = typing.get_args(node)[0]
+            elif origin in (typing.Union, types.UnionType):
+                node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+            else:
+                break
+        if step.startswith("["):
+            args = typing.get_args(node)
+            node = args[0] if typing.get_origin(node) is list and args else None
+        elif isinstance(node, type) and issubclass(node, msgspec.Struct):
+            node = next((f.type for f in msgspec.structs.fields(node) if f.encode_name == step), None)
+        else:
+            return ()
+    while typing.get_origin(node) in (typing.Union, types.UnionType):
+        node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+    return typing.get_args(node) if typing.get_origin(node) is typing.Literal else ()
+
+
+def validation_error(error: msgspec.ValidationError, kind: type | None = None) -> ValidationError:
     """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault; a text that
-    does not match its pattern is told what the field takes, in words, and a number sent where the API
-    takes a string (every decimal) is told to send a string."""
+    does not match its pattern is told what the field takes, in words, a value outside a field's
+    choices (of `kind`, the Struct decoded) is told the choices, and a number sent where the API takes a
+    string (every decimal) is told to send a string."""
     message = str(error)
     path = ""
     at = _AT_PATH.search(message)
@@ -118,15 +146,17 @@ def validation_error(error: msgspec.ValidationError, prefix: str = "") -> Valida
     named = _FIELD_NAMED.search(message)
     if named is not None:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
-    field = f"{prefix}{path}" if path else (prefix.rstrip(".") or None)
-    meaning = _PATTERN_MISMATCH.get(message)
-    if meaning is not None:
-        message = f"must be {meaning}"
+    field = path or None
+    told = _PATTERN_MISMATCH.get(message)  # what the field takes, in words
+    if told is not None:
+        told = f"must be {told}"
+    elif kind is not None and message.startswith(_NOT_A_CHOICE) and (choices := _choices(kind, path)):
+        told = f"must be one of {', '.join(map(str, choices))}, not {message.removeprefix(_NOT_A_CHOICE)}"
     elif _NUMBER_FOR_TEXT.match(message):
-        message += '; decimals are JSON strings ("0.5"), never numbers'
+        message += '; send it as a JSON string (every decimal is one: "0.5", not 0.5)'
     if field is None:
-        return ValidationError(message)
-    return ValidationError(f"{field} {message}" if meaning else f"{message} (field {field})", field=field)
+        return ValidationError(told or message)
+    return ValidationError(f"{field} {told}" if told else f"{message} (field {field})", field=field)
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:
@@ -146,15 +176,15 @@ def _too_large() -> falcon.HTTPContentTooLarge:
                                       description=f"a request body of at most {MAX_BODY_BYTES} bytes is read")
 
 
-def decode_json(raw: bytes | msgspec.Raw, kind: type[T], *, prefix: str = "") -> T:
-    """Decode JSON bytes into ``kind``; ``prefix`` names where the document sits in a larger one."""
+def decode_json(raw: bytes | msgspec.Raw, kind: type[T]) -> T:
+    """Decode JSON bytes into ``kind``."""
     if not raw:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description="the request body is empty; a JSON document is required")
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        raise validation_error(exc, prefix) from None
+        raise validation_error(exc, kind) from None
     except msgspec.DecodeError as exc:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description=f"the request body is not valid JSON: {exc}") from None
@@ -173,7 +203,7 @@ def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
     try:
         return msgspec.convert(req.params, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, kind) from None
 
 
 def respond(resp: falcon.asgi.Response, body: Response, status: int = 200) -> None:

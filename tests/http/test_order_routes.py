@@ -319,7 +319,11 @@ def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
      'quantity must be a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '
      "before and after the point; no sign, exponent or spaces)"),
     ({"quantity": "0.1", "price": 50000},
-     'Expected `str | null`, got `int`; decimals are JSON strings ("0.5"), never numbers (field price)'),
+     'Expected `str | null`, got `int`; send it as a JSON string (every decimal is one: "0.5", not 0.5) '
+     "(field price)"),
+    ({"quantity": "0.1", "price": "1", "side": "HOLD"}, "side must be one of BUY, SELL, not 'HOLD'"),
+    ({"quantity": "0.1", "price": "1", "time_in_force": "DAY"},
+     "time_in_force must be one of GTC, IOC, FOK, not 'DAY'"),
     ({"quantity": "0.1", "price": "1", "client_order_id": "é"},
      "client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9 and . _ : -"),
     ({"quantity": "0.1", "price": "1", "symbol": "btc-usdt"},
@@ -341,7 +345,10 @@ def test_a_malformed_query_parameter_is_told_in_words_what_it_takes(api: ApiHarn
     assert response.status_code == 400, response.text
     assert error_of(response)["message"] == (
         'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"')
-    assert api.get(ORDERS, bob).json["orders"] == []
+    response = api.get("/api/v1/markets/BTC-USDT/candles", params={"interval": "2m"})
+    assert response.status_code == 400, response.text
+    assert error_of(response) == {"code": "VALIDATION_ERROR", "field": "interval",
+                                  "message": "interval must be one of 1m, 5m, 15m, 1h, 4h, 1d, not '2m'"}
 
 
 
