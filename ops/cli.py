@@ -91,6 +91,18 @@ def _engine_url(settings: Settings) -> str:
     return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
 
 
+def _amount(text: str) -> str:
+    """A deposit's or withdrawal's amount as the API takes it (argparse refuses anything else at once)."""
+    import re
+    from decimal import Decimal
+
+    from tradeengine.http.models import DECIMAL_PATTERN
+
+    if not re.match(DECIMAL_PATTERN, text) or Decimal(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive decimal of digits, e.g. 1000.5")
+    return text
+
+
 def _cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
     """``deposit`` / ``withdraw``: through the running engine's admin API, so its wallet moves the money."""
     import json
@@ -275,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "moves the money) and print the new balance.")
         transfer.add_argument("user_id", help="the user's id")
         transfer.add_argument("asset", help="an asset some pair trades, e.g. USDT")
-        transfer.add_argument("amount", help="a decimal with at most 8 places, e.g. 1000.5")
+        transfer.add_argument("amount", type=_amount, help="a decimal with at most 8 places, e.g. 1000.5")
         transfer.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
         transfer.add_argument("--key", help="an admin's API key [default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY]")
         transfer.add_argument("--json", action="store_true", help="print the balance as one JSON object")

@@ -131,3 +131,16 @@ def test_deposit_says_so_in_one_line_when_no_engine_answers_or_no_key_is_given(t
     assert one_line(result.stderr) == ("trade-engine: no admin key: pass --key or set "
                                        "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
     assert not (tmp_path / "data").exists()  # the command starts no database
+
+
+@pytest.mark.parametrize("amount", ["-1", "0", "0.000", "1e3", "abc", "1,5"])
+def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_request(
+        tmp_path: Path, amount: str) -> None:
+    port = free_port()  # nothing listens: a request would fail as "no engine answers"
+    env = engine_env(tmp_path / "data", port, bootstrap_admin_key=ADMIN_KEY)
+    for command in ("deposit", "withdraw"):
+        result = run_cli(command, "1000", "USDT", "--", amount, env=env, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.splitlines()[-1] == (
+            f"trade-engine {command}: error: argument amount: {amount!r} is not a positive decimal of "
+            "digits, e.g. 1000.5")
