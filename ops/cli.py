@@ -14,6 +14,16 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 
+from .admin_cli import (
+    add_admin_options,
+    amount,
+    cmd_actors,
+    cmd_pairs_add,
+    cmd_pairs_change,
+    cmd_transfer,
+    decimal,
+    print_table,
+)
 from .settings import Settings, SettingsError
 
 
@@ -50,6 +60,8 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from tradeengine.engine.units import format_decimal
+
     from .database import open_database
 
     with open_database(settings) as database:
@@ -57,13 +69,11 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
         pairs = database.pairs().list()
     header = ("SYMBOL", "STATUS", "TICK", "LOT", "MIN QTY", "MAX QTY", "MIN NOTIONAL", "MAKER", "TAKER")
     rows = [
-        (p.symbol, p.status, str(p.tick_size), str(p.lot_size), str(p.min_quantity),
-         str(p.max_quantity), str(p.min_notional), str(p.maker_fee), str(p.taker_fee))
+        (p.symbol, p.status, *map(format_decimal, (p.tick_size, p.lot_size, p.min_quantity, p.max_quantity,
+                                                   p.min_notional, p.maker_fee, p.taker_fee)))
         for p in pairs
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
     return 0
 
 
@@ -81,69 +91,6 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"created {user.role} {user.name} (id {user.id})")
         print(f"api key (shown once, keep it safe): {key}")
-    return 0
-
-
-def _engine_url(settings: Settings) -> str:
-    """The running engine's base URL, from the HTTP settings (a wildcard bind is reached on loopback)."""
-    host = settings.http_host
-    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
-
-
-def _amount(text: str) -> str:
-    """A deposit's or withdrawal's amount as the API takes it (argparse refuses anything else at once)."""
-    import re
-    from decimal import Decimal
-
-    from tradeengine.http.models import DECIMAL_PATTERN
-
-    if not re.match(DECIMAL_PATTERN, text) or Decimal(text) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive decimal of digits, e.g. 1000.5")
-    return text
-
-
-def _cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
-    """``deposit`` / ``withdraw``: through the running engine's admin API, so its wallet moves the money."""
-    import json
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    key = args.key or settings.bootstrap_admin_key
-    if not key:
-        print("trade-engine: no admin key: pass --key or set TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY",
-              file=sys.stderr)
-        return 2
-    base = (args.url or _engine_url(settings)).rstrip("/")
-    kind = "deposits" if args.command == "deposit" else "withdrawals"
-    request = urllib.request.Request(
-        f"{base}/api/v1/admin/users/{urllib.parse.quote(args.user_id, safe='')}/{kind}", method="POST",
-        data=json.dumps({"asset": args.asset, "amount": args.amount}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            balance = json.load(response)
-    except urllib.error.HTTPError as exc:
-        try:
-            error = json.load(exc)["error"]
-            why = f"{exc.code} {error['code']}: {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            why = f"{exc.code} {exc.reason}"
-        refused = "the admin key was refused" if exc.code in (401, 403) else f"{args.command} refused"
-        print(f"trade-engine: {refused} by {base} ({why})", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        print(f"trade-engine: no engine answers at {base} ({reason}); is `trade-engine serve` running?",
-              file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(balance))
-    else:
-        done = "deposited" if args.command == "deposit" else "withdrew"
-        print(f"{done} {args.amount} {args.asset} (user {balance['user_id']}): {balance['asset']} available "
-              f"{balance['available']}, locked {balance['locked']}")
     return 0
 
 
@@ -273,7 +220,34 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", _cmd_migrate, "Apply pending database migrations and exit.")
     pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.")
     pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="SUBCOMMAND", required=True)
-    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status.", pair_commands)
+    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status (from the database).",
+        pair_commands)
+    pair_add = add("add", cmd_pairs_add, "Add a pair to the running engine (its admin API): stored, its "
+                   "actor started, trading at once; print it.", pair_commands)
+    pair_add.add_argument("symbol", help="BASE-QUOTE, each 2-12 capital letters or digits, e.g. DOGE-BTC")
+    for option, kind, text in (
+            ("--tick-size", amount, "the price step, e.g. 0.01 (required)"),
+            ("--lot-size", amount, "the quantity step, e.g. 0.0001 (required)"),
+            ("--max-quantity", amount, "the largest order quantity (required)"),
+            ("--min-quantity", amount, "the smallest order quantity [default: the lot size]"),
+            ("--min-notional", decimal, "the smallest price × quantity [default: 0]"),
+            ("--maker-fee", decimal, "the resting side's fee rate, e.g. 0.001 [default: 0]"),
+            ("--taker-fee", decimal, "the incoming side's fee rate, e.g. 0.002 [default: 0]")):
+        pair_add.add_argument(option, type=kind, help=text, required="required" in text,
+                              default="0" if option.endswith("-fee") else None)
+    pair_add.add_argument("--halted", action="store_true", help="add it HALTED (no orders until resumed)")
+    add_admin_options(pair_add, "the pair")
+    for name, text in (("halt", "Halt a pair of the running engine: new orders are refused (409 "
+                                "PAIR_NOT_TRADING), cancels still work."),
+                       ("resume", "Resume a halted pair of the running engine."),
+                       ("restart", "Restart a pair's actor in the running engine; answered once the new "
+                                   "incarnation has rebuilt its book from the database.")):
+        change = add(name, cmd_pairs_change, text, pair_commands)
+        change.add_argument("symbol", help="the pair, e.g. BTC-USDT")
+        add_admin_options(change, "the pair" + (" with its actor" if name == "restart" else ""))
+    actors = add("actors", cmd_actors, "List the running engine's supervised actors: state, incarnation, "
+                 "restarts, mailbox and last failure.")
+    add_admin_options(actors, "the supervision tree")
     users = commands.add_parser("users", help="Users and their API keys.", description="Users.")
     user_commands = users.add_subparsers(dest="users_command", metavar="SUBCOMMAND", required=True)
     create = add("create", _cmd_users_create,
@@ -283,14 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON object")
     for name, text in (("deposit", "Credit a user's available balance"),
                        ("withdraw", "Debit a user's available balance")):
-        transfer = add(name, _cmd_transfer, f"{text} through the running engine's admin API (its wallet "
+        transfer = add(name, cmd_transfer, f"{text} through the running engine's admin API (its wallet "
                        "moves the money) and print the new balance.")
         transfer.add_argument("user_id", help="the user's id")
         transfer.add_argument("asset", help="an asset some pair trades, e.g. USDT")
-        transfer.add_argument("amount", type=_amount, help="a decimal with at most 8 places, e.g. 1000.5")
-        transfer.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
-        transfer.add_argument("--key", help="an admin's API key [default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY]")
-        transfer.add_argument("--json", action="store_true", help="print the balance as one JSON object")
+        transfer.add_argument("amount", type=amount, help="a decimal with at most 8 places, e.g. 1000.5")
+        add_admin_options(transfer, "the balance")
     events = commands.add_parser("events", help="The engine's published events.",
                                  description="The engine's published events.")
     event_commands = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)

@@ -50,7 +50,9 @@ def test_migrate_then_pairs_list_against_a_fresh_database(machine_pg_url: str, t
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
     assert header.split()[:2] == ["SYMBOL", "STATUS"]
-    assert "BTC-USDT" in [row.split()[0] for row in rows]
+    # decimals as the API renders them (no trailing zeros)
+    assert ["BTC-USDT", "ACTIVE", "0.01", "0.00001", "0.00001", "9000", "10", "0.0008", "0.001"] in [
+        row.split() for row in rows]
     assert not (tmp_path / "data").exists()  # an external database needs no data folder
 
 

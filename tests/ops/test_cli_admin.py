@@ -1,5 +1,7 @@
-"""``trade-engine deposit`` / ``withdraw`` against a real ``trade-engine serve``: the money moves through the
-running engine's wallet (its admin API), so it can be traded at once; failures end with one clear line.
+"""The command line's admin commands against a real ``trade-engine serve``, through its admin API:
+``deposit`` / ``withdraw`` (the money moves through the running engine's wallet, so it can be traded at
+once), ``pairs add|halt|resume|restart`` and ``actors`` (the supervisor acts at once); failures end with
+one clear line.
 
 The README's first steps, end to end: serve → users create → deposit → place an order that fills.
 """
@@ -144,3 +146,64 @@ def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_re
         assert result.stderr.splitlines()[-1] == (
             f"trade-engine {command}: error: argument amount: {amount!r} is not a positive decimal of "
             "digits, e.g. 1000.5")
+
+
+def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_running_engine(
+        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=ADMIN_KEY)
+    engine.wait_ready()
+    status, out, err = cli(engine, "users", "create", "alice", "--json", cwd=tmp_path,
+                           database_url=machine_pg_url)
+    assert status == 0, err
+    alice_id, alice_key = json.loads(out)["user"]["id"], json.loads(out)["api_key"]
+    assert cli(engine, "deposit", alice_id, "BTC", "1", cwd=tmp_path)[0] == 0
+
+    status, out, err = cli(engine, "pairs", "add", "ETH-BTC", "--tick-size", "0.00001", "--lot-size", "0.001",
+                           "--max-quantity", "1000", "--maker-fee", "0.001", "--taker-fee", "0.002",
+                           cwd=tmp_path)
+    assert status == 0, err
+    assert one_line(out) == ("added ETH-BTC (ACTIVE): tick 0.00001, lot 0.001, quantity 0.001–1000, "
+                             "min notional 0, fees maker 0.001 taker 0.002")
+    resting = order(engine, alice_key, symbol="ETH-BTC", side="BUY", quantity="2", price="0.05")
+    assert resting["order"]["status"] == "OPEN"  # it trades at once
+    status, out, err = cli(engine, "pairs", "add", "ETH-BTC", "--tick-size", "0.00001", "--lot-size", "0.001",
+                           "--max-quantity", "1000", cwd=tmp_path)
+    assert status == 1 and out == ""
+    assert one_line(err).startswith("trade-engine: pairs add refused by ") and "409 PAIR_EXISTS" in err
+    status, out, err = cli(engine, "pairs", "add", "SOL-BTC", "--tick-size", "0.01", "--lot-size", "1",
+                           "--max-quantity", "10", "--taker-fee", "1.5", cwd=tmp_path)
+    assert status == 1 and "422 INVALID_PAIR_SPEC: taker_fee must be in [0, 1), got 1.5" in one_line(err)
+    status, out, err = cli(engine, "pairs", "add", "SOL-BTC", "--tick-size", "0", "--lot-size", "1",
+                           "--max-quantity", "10", cwd=tmp_path)
+    assert status == 2 and "argument --tick-size: '0' is not a positive decimal" in err
+
+    status, out, err = cli(engine, "pairs", "halt", "ETH-BTC", cwd=tmp_path)
+    assert (status, out) == (0, "ETH-BTC: HALTED\n"), err
+    response = requests.post(f"{engine.base}/api/v1/orders", headers={"Authorization": f"Bearer {alice_key}"},
+                             json={"symbol": "ETH-BTC", "side": "BUY", "type": "LIMIT", "quantity": "1",
+                                   "price": "0.05"}, timeout=10)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "PAIR_NOT_TRADING"
+    status, out, err = cli(engine, "pairs", "resume", "ETH-BTC", "--json", cwd=tmp_path)
+    assert status == 0, err
+    assert json.loads(out)["status"] == "ACTIVE"
+
+    status, out, err = cli(engine, "pairs", "restart", "ETH-BTC", cwd=tmp_path)
+    assert status == 0, err
+    assert one_line(out) == ("restarted ETH-BTC (ACTIVE): actor running, incarnation 2, 1 open order(s) "
+                             "rebuilt")
+    status, out, err = cli(engine, "pairs", "halt", "NOPE-BTC", cwd=tmp_path)
+    assert status == 1 and "404 UNKNOWN_SYMBOL" in one_line(err)
+
+    status, out, err = cli(engine, "actors", cwd=tmp_path)
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "LAST", "FAILURE"]
+    actors = {row.split()[0]: row.split()[1:] for row in rows}
+    assert actors["pair:ETH-BTC"][:3] == ["running", "2", "1"] and actors["pair:BTC-USDT"][:3] == [
+        "running", "1", "0"]
+    assert {"writer", "wallet", "relay"} <= set(actors)
+    status, out, err = cli(engine, "actors", "--json", cwd=tmp_path)
+    assert status == 0 and {a["name"] for a in json.loads(out)["actors"]} == set(actors)
+
+    status, out, err = cli(engine, "actors", "--key", alice_key, cwd=tmp_path)
+    assert status == 1 and "the admin key was refused" in one_line(err) and "403 FORBIDDEN" in err
