@@ -59,15 +59,20 @@ def balances(engine: Engine, key: str) -> dict[str, tuple[str, str]]:
     return {b["asset"]: (b["available"], b["locked"]) for b in response.json()["balances"]}
 
 
-def test_deposit_goes_through_the_running_engine_and_the_funds_trade_at_once(
-        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
-    engine = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=ADMIN_KEY)
+def serve_with_alice(engines: Engines, database_url: str, tmp_path: Path) -> tuple[Engine, str, str]:
+    """A running engine with the bootstrap admin, and alice made by ``users create``: her id and key."""
+    engine = engines.start(tmp_path / "data", database_url=database_url, bootstrap_admin_key=ADMIN_KEY)
     engine.wait_ready()
     status, out, err = cli(engine, "users", "create", "alice", "--json", cwd=tmp_path,
-                           database_url=machine_pg_url)
+                           database_url=database_url)
     assert status == 0, err
     alice = json.loads(out)
-    alice_id, alice_key = alice["user"]["id"], alice["api_key"]
+    return engine, alice["user"]["id"], alice["api_key"]
+
+
+def test_deposit_goes_through_the_running_engine_and_the_funds_trade_at_once(
+        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
+    engine, alice_id, alice_key = serve_with_alice(engines, machine_pg_url, tmp_path)
 
     # settings give the URL (HTTP host and port) and the key (the bootstrap admin's)
     status, out, err = cli(engine, "deposit", alice_id, "USDT", "100000", cwd=tmp_path)
@@ -150,12 +155,7 @@ def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_re
 
 def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_running_engine(
         engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
-    engine = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=ADMIN_KEY)
-    engine.wait_ready()
-    status, out, err = cli(engine, "users", "create", "alice", "--json", cwd=tmp_path,
-                           database_url=machine_pg_url)
-    assert status == 0, err
-    alice_id, alice_key = json.loads(out)["user"]["id"], json.loads(out)["api_key"]
+    engine, alice_id, alice_key = serve_with_alice(engines, machine_pg_url, tmp_path)
     assert cli(engine, "deposit", alice_id, "BTC", "1", cwd=tmp_path)[0] == 0
 
     status, out, err = cli(engine, "pairs", "add", "ETH-BTC", "--tick-size", "0.00001", "--lot-size", "0.001",
