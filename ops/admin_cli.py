@@ -5,7 +5,8 @@ no restart of the engine) and ``actors`` (the supervision tree).
 Each takes ``--url`` (default: the engine's own address from TRADE_ENGINE_HTTP_HOST/PORT) and ``--key``
 (default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY), and ``--json`` to print the API's answer as it is. A refusal
 ends with one line giving the status, the API's code and message (exit status 1); no engine answering,
-or no key, likewise (1, 2). Standard library only (urllib): the commands stay instant.
+or no key, likewise (1, 2). Standard library only (urllib, imported when a command calls): the command
+line's ``--help`` stays instant.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import argparse
 import json
 import re
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -71,6 +69,9 @@ def engine_url(settings: Settings) -> str:
 def _call(args: argparse.Namespace, settings: Settings, what: str, method: str, path: str,
           body: dict[str, Any] | None = None) -> dict[str, Any]:
     """`method` `path` (under /api/v1/admin) on the running engine, as its admin; the answer's JSON."""
+    import urllib.error
+    import urllib.request
+
     key = args.key or settings.bootstrap_admin_key
     if not key:
         print("trade-engine: no admin key: pass --key or set TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY",
@@ -113,6 +114,8 @@ def _run(args: argparse.Namespace, settings: Settings, what: str, method: str, p
 
 
 def _quoted(text: str) -> str:
+    import urllib.parse
+
     return urllib.parse.quote(text, safe="")
 
 

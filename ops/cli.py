@@ -225,15 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     pair_add = add("add", cmd_pairs_add, "Add a pair to the running engine (its admin API): stored, its "
                    "actor started, trading at once; print it.", pair_commands)
     pair_add.add_argument("symbol", help="BASE-QUOTE, each 2-12 capital letters or digits, e.g. DOGE-BTC")
-    for option, kind, text in (
-            ("--tick-size", amount, "the price step, e.g. 0.01 (required)"),
-            ("--lot-size", amount, "the quantity step, e.g. 0.0001 (required)"),
-            ("--max-quantity", amount, "the largest order quantity (required)"),
-            ("--min-quantity", amount, "the smallest order quantity [default: the lot size]"),
-            ("--min-notional", decimal, "the smallest price × quantity [default: 0]"),
-            ("--maker-fee", decimal, "the resting side's fee rate, e.g. 0.001 [default: 0]"),
-            ("--taker-fee", decimal, "the incoming side's fee rate, e.g. 0.002 [default: 0]")):
-        pair_add.add_argument(option, type=kind, help=text, required="required" in text,
+    for option, kind, needed, text in (
+            ("--tick-size", amount, True, "the price step, e.g. 0.01 (required)"),
+            ("--lot-size", amount, True, "the quantity step, e.g. 0.0001 (required)"),
+            ("--max-quantity", amount, True, "the largest order quantity (required)"),
+            ("--min-quantity", amount, False, "the smallest order quantity [default: the lot size]"),
+            ("--min-notional", decimal, False, "the smallest price × quantity [default: 0]"),
+            ("--maker-fee", decimal, False, "the resting side's fee rate, e.g. 0.001 [default: 0]"),
+            ("--taker-fee", decimal, False, "the incoming side's fee rate, e.g. 0.002 [default: 0]")):
+        pair_add.add_argument(option, type=kind, required=needed, help=text,
                               default="0" if option.endswith("-fee") else None)
     pair_add.add_argument("--halted", action="store_true", help="add it HALTED (no orders until resumed)")
     add_admin_options(pair_add, "the pair")
