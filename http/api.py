@@ -20,7 +20,7 @@ import operator
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import falcon
@@ -102,9 +102,25 @@ _FIELD_NAMED = re.compile(r"(?:unknown|required) field `(?P<name>[^`]+)`")
 # msgspec writes a pattern as its repr: "Expected `str` matching regex '^[0-9]{1,30}(\\.[0-9]{1,30})?$'"
 _PATTERN_MISMATCH = {f"Expected `str` matching regex {pattern!r}": meaning
                      for pattern, meaning in PATTERN_MEANINGS.items()}
-_NUMBER_FOR_TEXT = re.compile(r"^Expected `str( \| null)?`, got `(int|float)`$")
 _NOT_A_CHOICE = "Invalid enum value "
 _STEP = re.compile(r"\[\d+\]|[^.\[]+")
+_BOUNDS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than"}
+# msgspec's other messages about one field, and what the API says instead (after the field's name).
+_IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"^Expected `(?:int|float)(?: \| null)?` (?P<op>[<>]=?) (?P<n>\S+)$"),
+     lambda m: f"must be {_BOUNDS[m['op']]} {m['n']}"),
+    (re.compile(r"^Expected `array` of length (?P<op>[<>]=) (?P<n>\d+)$"),
+     lambda m: f"must hold {_BOUNDS[m['op']]} {m['n']} item{'' if m['n'] == '1' else 's'}"),
+    (re.compile(r"^Expected `str` of length (?P<op>[<>]=) (?P<n>\d+)$"),
+     lambda m: f"must be {_BOUNDS[m['op']]} {m['n']} character{'' if m['n'] == '1' else 's'} long"),
+    (re.compile(r"^Expected `str(?: \| null)?`, got `(?:int|float)`$"),
+     lambda m: 'must be a JSON string (every decimal is one: "0.5", not 0.5)'),
+    (re.compile(r"^Expected `int(?: \| null)?`, got `\w+`$"), lambda m: "must be a whole number"),
+    (re.compile(r"^Expected `bool`, got `\w+`$"), lambda m: "must be true or false"),
+    (re.compile(r"^Object missing required field `[^`]+`$"), lambda m: "is required"),
+    (re.compile(r"^Object contains unknown field `[^`]+`$"),
+     lambda m: "is not a field of this request (unknown fields are refused)"),
+]
 
 
 def _choices(kind: type, path: str) -> tuple[Any, ...]:
@@ -132,11 +148,28 @@ def _choices(kind: type, path: str) -> tuple[Any, ...]:
     return typing.get_args(node) if typing.get_origin(node) is typing.Literal else ()
 
 
+def _in_words(message: str, kind: type | None, path: str) -> str | None:
+    """What the field at `path` takes, in words, for msgspec's `message` about it; None if not known."""
+    meaning = _PATTERN_MISMATCH.get(message)
+    if meaning is not None:
+        return f"must be {meaning}"
+    if message.startswith(_NOT_A_CHOICE):
+        choices = () if kind is None else _choices(kind, path)
+        if choices:
+            return f"must be one of {', '.join(map(str, choices))}, not {message.removeprefix(_NOT_A_CHOICE)}"
+        return None
+    for pattern, told in _IN_WORDS:
+        match = pattern.match(message)
+        if match is not None:
+            return told(match)
+    return None
+
+
 def validation_error(error: msgspec.ValidationError, kind: type | None = None) -> ValidationError:
-    """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault; a text that
-    does not match its pattern is told what the field takes, in words, a value outside a field's
-    choices (of `kind`, the Struct decoded) is told the choices, and a number sent where the API takes a
-    string (every decimal) is told to send a string."""
+    """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault and saying, in
+    words, what it takes ("quantity must be a decimal number written as a JSON string ...", "side must
+    be one of BUY, SELL, not 'HOLD'", "limit must be at most 500"); `kind` (the Struct decoded) gives a
+    field's choices. A message not put in words keeps msgspec's text, with the field named after it."""
     message = str(error)
     path = ""
     at = _AT_PATH.search(message)
@@ -146,17 +179,10 @@ def validation_error(error: msgspec.ValidationError, kind: type | None = None) -
     named = _FIELD_NAMED.search(message)
     if named is not None:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
-    field = path or None
-    told = _PATTERN_MISMATCH.get(message)  # what the field takes, in words
-    if told is not None:
-        told = f"must be {told}"
-    elif kind is not None and message.startswith(_NOT_A_CHOICE) and (choices := _choices(kind, path)):
-        told = f"must be one of {', '.join(map(str, choices))}, not {message.removeprefix(_NOT_A_CHOICE)}"
-    elif _NUMBER_FOR_TEXT.match(message):
-        message += '; send it as a JSON string (every decimal is one: "0.5", not 0.5)'
-    if field is None:
-        return ValidationError(told or message)
-    return ValidationError(f"{field} {told}" if told else f"{message} (field {field})", field=field)
+    if not path:
+        return ValidationError(message)
+    told = _in_words(message, kind, path)
+    return ValidationError(f"{path} {told}" if told else f"{message} (field {path})", field=path)
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:

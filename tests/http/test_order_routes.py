@@ -319,8 +319,10 @@ def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
      'quantity must be a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '
      "before and after the point; no sign, exponent or spaces)"),
     ({"quantity": "0.1", "price": 50000},
-     'Expected `str | null`, got `int`; send it as a JSON string (every decimal is one: "0.5", not 0.5) '
-     "(field price)"),
+     'price must be a JSON string (every decimal is one: "0.5", not 0.5)'),
+    ({"quantity": "0.1", "price": "1", "post_only": "yes"}, "post_only must be true or false"),
+    ({"quantity": "0.1", "price": "1", "colour": "red"},
+     "colour is not a field of this request (unknown fields are refused)"),
     ({"quantity": "0.1", "price": "1", "side": "HOLD"}, "side must be one of BUY, SELL, not 'HOLD'"),
     ({"quantity": "0.1", "price": "1", "time_in_force": "DAY"},
      "time_in_force must be one of GTC, IOC, FOK, not 'DAY'"),
@@ -345,6 +347,14 @@ def test_a_malformed_query_parameter_is_told_in_words_what_it_takes(api: ApiHarn
     assert response.status_code == 400, response.text
     assert error_of(response)["message"] == (
         'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"')
+    response = api.post(ORDERS, bob, json={"symbol": "BTC-USDT", "type": "LIMIT", "quantity": "1"})
+    assert (response.status_code, error_of(response)["message"]) == (400, "side is required")
+    response = api.post(f"{ORDERS}/batch", bob, json={"orders": []})
+    assert (response.status_code, error_of(response)["message"]) == (400, "orders must hold at least 1 item")
+    for params, message in (({"limit": "501"}, "limit must be at most 500"),
+                            ({"limit": "ten"}, "limit must be a whole number")):
+        response = api.get(ORDERS, bob, params=params)
+        assert (response.status_code, error_of(response)["message"]) == (400, message)
     response = api.get("/api/v1/markets/BTC-USDT/candles", params={"interval": "2m"})
     assert response.status_code == 400, response.text
     assert error_of(response) == {"code": "VALIDATION_ERROR", "field": "interval",
