@@ -123,19 +123,24 @@ _IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 ]
 
 
+def _bare(node: Any) -> Any:
+    """`node` without the Annotated[...] and Optional[...] around it."""
+    while True:
+        origin = typing.get_origin(node)
+        if origin is typing.Annotated:
+            node = typing.get_args(node)[0]
+        elif origin in (typing.Union, types.UnionType):
+            node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+        else:
+            return node
+
+
 def _choices(kind: type, path: str) -> tuple[Any, ...]:
     """The values of the Literal type at `path` ("orders[0].side") of the Struct `kind`, in the order the
     model declares them; () when the path does not lead to one."""
     node: Any = kind
     for step in _STEP.findall(path):
-        while True:  # unwrap Annotated[...] and Optional[...] around the type
-            origin = typing.get_origin(node)
-            if origin is typing.Annotated:
-                node = typing.get_args(node)[0]
-            elif origin in (typing.Union, types.UnionType):
-                node = next((a for a in typing.get_args(node) if a is not type(None)), None)
-            else:
-                break
+        node = _bare(node)
         if step.startswith("["):
             args = typing.get_args(node)
             node = args[0] if typing.get_origin(node) is list and args else None
@@ -143,8 +148,7 @@ def _choices(kind: type, path: str) -> tuple[Any, ...]:
             node = next((f.type for f in msgspec.structs.fields(node) if f.encode_name == step), None)
         else:
             return ()
-    while typing.get_origin(node) in (typing.Union, types.UnionType):
-        node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+    node = _bare(node)
     return typing.get_args(node) if typing.get_origin(node) is typing.Literal else ()
 
 
