@@ -24,14 +24,6 @@ __all__ = ["add_admin_options", "amount", "cmd_actors", "cmd_pairs_add", "cmd_pa
            "decimal", "print_table"]
 
 
-class _Refused(Exception):
-    """The call failed; the line saying why has been printed. `status` is the command's exit status."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 def add_admin_options(parser: argparse.ArgumentParser, answer: str) -> None:
     """The options every admin command takes; `answer` says what ``--json`` prints."""
     parser.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
@@ -66,9 +58,11 @@ def engine_url(settings: Settings) -> str:
     return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
 
 
-def _call(args: argparse.Namespace, settings: Settings, what: str, method: str, path: str,
-          body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`method` `path` (under /api/v1/admin) on the running engine, as its admin; the answer's JSON."""
+def _run(args: argparse.Namespace, settings: Settings, what: str, method: str, path: str,
+         body: dict[str, Any] | None = None) -> dict[str, Any] | int:
+    """`method` `path` (under /api/v1/admin) on the running engine, as its admin: the answer's JSON
+    (printed as it is with ``--json``), or the command's exit status once the line saying why it failed
+    is printed."""
     import urllib.error
     import urllib.request
 
@@ -76,7 +70,7 @@ def _call(args: argparse.Namespace, settings: Settings, what: str, method: str, 
     if not key:
         print("trade-engine: no admin key: pass --key or set TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY",
               file=sys.stderr)
-        raise _Refused(2)
+        return 2
     base = (args.url or engine_url(settings)).rstrip("/")
     request = urllib.request.Request(
         f"{base}/api/v1/admin/{path}", method=method,
@@ -85,7 +79,6 @@ def _call(args: argparse.Namespace, settings: Settings, what: str, method: str, 
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             answer: dict[str, Any] = json.load(response)
-            return answer
     except urllib.error.HTTPError as exc:
         try:
             error = json.load(exc)["error"]
@@ -94,20 +87,12 @@ def _call(args: argparse.Namespace, settings: Settings, what: str, method: str, 
             why = f"{exc.code} {exc.reason}"
         refused = "the admin key was refused" if exc.code in (401, 403) else f"{what} refused"
         print(f"trade-engine: {refused} by {base} ({why})", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         print(f"trade-engine: no engine answers at {base} ({reason}); is `trade-engine serve` running?",
               file=sys.stderr)
-    raise _Refused(1)
-
-
-def _run(args: argparse.Namespace, settings: Settings, what: str, method: str, path: str,
-         body: dict[str, Any] | None = None) -> dict[str, Any] | int:
-    """`_call`, printing the answer's JSON with ``--json``; the exit status instead when it failed."""
-    try:
-        answer = _call(args, settings, what, method, path, body)
-    except _Refused as refused:
-        return refused.status
+        return 1
     if args.json:
         print(json.dumps(answer))
     return answer
