@@ -21,6 +21,7 @@ FORCE) afterwards, so runs never collide:
     embedded_pg       the session's EmbeddedPostgres itself
     pg_data_dir       a folder for a test's own EmbeddedPostgres (server stopped, folder deleted after)
     redis_url, broker_url   reachable service URLs (reachability only, for now)
+    engines           real ``trade-engine serve`` subprocesses (tests.e2e.conftest.Engines), stopped after
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import uuid
 from collections.abc import Generator, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
@@ -49,6 +50,9 @@ from tradeengine.storage import (
     check_database,
     create_pool,
 )
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Engines
 
 pytest_plugins = ["pytester", "tests.broker_harness", "tests.redis_harness"]
 
@@ -250,6 +254,19 @@ def pg_pool(migrated_pg_url: str) -> Iterator[psycopg_pool.ConnectionPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[Engines]:
+    """Start real ``trade-engine serve`` processes with ``engines.start(...)``; every one is stopped after
+    the test (the end-to-end suite and the command line's tests against a running engine)."""
+    from tests.e2e.conftest import Engines
+
+    started = Engines(tmp_path)
+    try:
+        yield started
+    finally:
+        started.cleanup()
 
 
 def tcp_unreachable_reason(url: str, default_port: int, timeout: float = 2.0) -> str | None:

@@ -177,15 +177,6 @@ class Engines:
             psutil.wait_procs(leftovers, timeout=10)
 
 
-@pytest.fixture
-def engines(tmp_path: Path) -> Iterator[Engines]:
-    started = Engines(tmp_path)
-    try:
-        yield started
-    finally:
-        started.cleanup()
-
-
 class TcpProxy:
     """A loopback TCP proxy to ``target`` that a test can cut (no listener, every connection closed)
     and restore (listening again on the same port)."""

@@ -9,7 +9,6 @@ The README's first steps, end to end: serve → users create → deposit → pla
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ import requests
 from tests.e2e.conftest import Engine, Engines, engine_env, free_port, run_cli
 
 ADMIN_KEY = "te_" + "d" * 40
-
-
-@pytest.fixture
-def engines(tmp_path: Path) -> Iterator[Engines]:
-    started = Engines(tmp_path)
-    try:
-        yield started
-    finally:
-        started.cleanup()
 
 
 def cli(engine: Engine, *args: str, cwd: Path, **settings: str) -> tuple[int, str, str]:
