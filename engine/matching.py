@@ -8,23 +8,31 @@ answers and the start state: the same inputs give byte-identical events.
 Rules decided here (documented for the API layer):
 - A stop whose condition already holds when placed (BUY: last ≥ stop, SELL: last ≤ stop) triggers at once,
   in the same command: OrderAccepted(PENDING_TRIGGER) then StopTriggered. With no last price yet it waits.
-- Stops trigger on the last trade price; after every taker, the oldest (lowest sequence) triggered stop is
-  processed, its trades may move the price, and the check repeats until no pending stop is triggered.
+- A stop triggers when a trade prints at or through its stop price (BUY: a trade ≥ stop, SELL: a trade ≤
+  stop), also a trade in the middle of a sweep that the last price then moves past. After every taker that
+  traded, the oldest (lowest sequence) stop reached by a trade of the command is processed, its trades may
+  reach more, and the check repeats until no pending stop is reached.
 - An amend that changes the price so that the order crosses makes it a taker again (it matches like a new
   GTC order at the back of the queue); for a post-only order such an amend is refused (POST_ONLY_WOULD_TAKE).
 - Self-trade prevention is the taker's mode. EXPIRE_TAKER expires the taker's remainder at the first own
   resting order; EXPIRE_MAKER expires own resting orders and keeps matching; EXPIRE_BOTH expires the own
-  resting order and the taker's remainder; NONE lets them trade.
+  resting order and the taker's remainder; NONE lets them trade. This holds also for a MARKET BUY whose
+  walk finds nothing to buy because its own order is first in line.
 - Funds: LIMIT/STOP_LIMIT BUY lock price × quantity of quote, SELL orders lock their quantity of base, a
   MARKET BUY locks exactly what the book walk (with STP as above) says it will spend, a STOP_MARKET BUY
   locks nothing until triggered (refused then → EXPIRED, reason INSUFFICIENT_BALANCE). A FOK that cannot
   fill completely expires before asking for funds. A MARKET BUY by quote budget buys the whole lots the
-  walk found; its internal quantity is that lot count.
+  walk found; its internal quantity is that lot count, held to the pair's min and max quantity, and what
+  it spends to the minimum notional. A post-only order that would take is REJECTED before its funds are
+  asked for (the gate can only lock, and a rejected order must not move funds).
 - Fees: maker rate for the resting order, taker rate for the incoming one, on what each receives (buyer in
   base, seller in quote), rounded up to one atom, credited to `FEE_ACCOUNT` (see events.TradeExecuted).
 - Trade ids are the TradeExecuted event's sequence (see events.trade_id).
 - Cancelling a final order answers ORDER_NOT_CANCELLABLE while its id is remembered (see pair_state).
-- Market orders skip the minimum-notional check (their price is unknown until they trade).
+- A MARKET order by quantity is held to the minimum notional at the best opposite price (quantity × best
+  ask for a BUY, × best bid for a SELL; with that side empty it expires unfilled anyway), a STOP_MARKET
+  at its stop price.
+- An amend down to exactly the filled quantity completes the order: it ends FILLED and releases its lock.
 
 The hot paths (a well-formed GTC/IOC LIMIT or MARKET-by-quantity order, the trade loop) are written flat on
 purpose: every call and attribute lookup there is paid on each command. Some choices there are for the
@@ -46,10 +54,13 @@ from .errors import (
     DuplicateOrderId,
     IllegalStatusTransition,
     InsufficientBalance,
+    NotionalTooSmall,
     OrderNotAmendable,
     OrderNotCancellable,
     OrderNotFound,
     PostOnlyWouldTake,
+    QuantityTooLarge,
+    QuantityTooSmall,
     ValidationError,
 )
 from .events import EngineEvent, OrderAmended, OrderRejected, StopTriggered
@@ -92,7 +103,7 @@ from .order import (
     TimeInForce,
 )
 from .pair_state import PairState, by_sequence
-from .units import format_atoms
+from .units import format_atoms, format_decimal
 from .validation import validate_amend, validate_place
 
 Timestamp = Any
@@ -212,6 +223,8 @@ class MatchingEngine(PairState):
         is_buy = side is BUY
         events: list[EngineEvent] = []
         last_price = self.last_price
+        if order_type is MARKET and quantity is not None and self.min_notional:
+            self._check_market_notional(is_buy, quantity)
         lots, lock, expiry = self._plan_entry(
             order_type, side, user_id, stp, quantity, price, quote_quantity, tif
         )
@@ -233,12 +246,14 @@ class MatchingEngine(PairState):
             self._lock(order, lock, events, ts)
         if is_stop:
             self.stops.add(order)
+        elif expiry is _IOC:  # a MARKET BUY with nothing to buy: its own order may be first in line
+            self._expire(order, _STP if self._self_trade_at_top(order, events, ts) else _IOC, events, ts)
         elif expiry is not None:
             self._expire(order, expiry, events, ts)
         else:
             self._take(order, events, ts)
-        if self.stops.orders and (is_stop or self.last_price != last_price):
-            self._run_stops(events, ts)
+        if self.stops.orders and (is_stop or order.filled):
+            self._run_stops(events, ts, last_price)
         return events
 
     def _place_limit(  # the command's fields come in as arguments, already read by place()
@@ -277,8 +292,8 @@ class MatchingEngine(PairState):
         if crossing:
             last_price = self.last_price
             self._take(order, events, ts)
-            if self.stops.orders and self.last_price != last_price:
-                self._run_stops(events, ts)
+            if self.stops.orders and order.filled:
+                self._run_stops(events, ts, last_price)
         elif tif is GTC:
             book.add(order)
         else:
@@ -296,7 +311,11 @@ class MatchingEngine(PairState):
             lots, spend = walk_liquidity(
                 self.book, spec.quote_atoms_per_tick_lot, BUY, user_id, stp, None, quantity, quote_quantity,
             )
-            return (lots if quantity is None else quantity), spend, (_IOC if lots == 0 else None)
+            if quantity is not None:
+                return quantity, spend, (_IOC if lots == 0 else None)
+            if lots:
+                self._check_budget_buys(lots, spend)
+            return lots, spend, (_IOC if lots == 0 else None)
         assert quantity is not None
         if tif is FOK and order_type is LIMIT:
             lots, _ = walk_liquidity(
@@ -309,6 +328,56 @@ class MatchingEngine(PairState):
         if price is None:  # STOP_MARKET BUY: nothing until triggered
             return quantity, 0, None
         return quantity, price * quantity * spec.quote_atoms_per_tick_lot, None
+
+    def _check_market_notional(self, is_buy: bool, quantity: int) -> None:
+        """Refuse a MARKET order by quantity worth less than the minimum notional at the best price."""
+        best = self.book.best_ask if is_buy else self.book.best_bid
+        if best is not None and best * quantity * self.notional_unit < self.min_notional:
+            spec = self.spec
+            raise NotionalTooSmall(
+                f"quantity {spec.format_quantity(quantity)} at the best "
+                f"{'ask' if is_buy else 'bid'} {spec.format_price(best)} is worth less "
+                f"than the minimum notional {format_decimal(spec.min_notional)}", field="quantity")
+
+    def _check_budget_buys(self, lots: int, spend: int) -> None:
+        """Hold what a quote budget buys at the book's prices to the pair's quantity and notional rules."""
+        spec = self.spec
+        buys = f"quote_quantity buys {spec.format_quantity(lots)} at the book's prices"
+        if lots < self.min_lots:
+            raise QuantityTooSmall(f"{buys}, below the minimum quantity {format_decimal(spec.min_quantity)}",
+                                   field="quote_quantity")
+        if lots > self.max_lots:
+            raise QuantityTooLarge(f"{buys}, above the maximum quantity {format_decimal(spec.max_quantity)}",
+                                   field="quote_quantity")
+        if spend < self.min_notional:
+            raise NotionalTooSmall(
+                f"{buys} for {format_atoms(spend)}, less than the minimum notional "
+                f"{format_decimal(spec.min_notional)}", field="quote_quantity")
+
+    def _self_trade_at_top(self, taker: Order, events: list[EngineEvent], ts: Timestamp) -> bool:
+        """Apply the taker's self-trade prevention to its own orders first in line; True if it stopped.
+
+        For a MARKET BUY whose walk found nothing to buy: the match is never run, so what it would do to
+        the own orders it meets first is done here (EXPIRE_MAKER and EXPIRE_BOTH expire them).
+        """
+        stp = taker.stp
+        if stp is STP_NONE:
+            return False
+        book = self.book
+        is_buy = taker.side is BUY
+        while True:
+            best = book.best_ask if is_buy else book.best_bid
+            if best is None:
+                return False
+            maker = (book.ask_levels if is_buy else book.bid_levels)[best].head
+            if maker is None or maker.user_id != taker.user_id:
+                return False
+            if stp is EXPIRE_TAKER:
+                return True
+            book.remove(maker)
+            self._expire(maker, _STP, events, ts)
+            if stp is EXPIRE_BOTH:
+                return True
 
     def _crosses(self, is_buy: bool, price: int | None) -> bool:
         if price is None:
@@ -369,6 +438,8 @@ class MatchingEngine(PairState):
         if order.status is PENDING_TRIGGER:
             raise OrderNotAmendable("a pending stop cannot be amended; cancel and place it again")
         price, quantity = validate_amend(self.spec, command, order.price, order.quantity, order.filled)
+        if quantity == order.filled:
+            return self._amend_to_filled(order, command.timestamp)
         is_buy = order.side is BUY
         if price != order.price and self._crosses(is_buy, price) and order.post_only:
             raise PostOnlyWouldTake("the amended price would take liquidity", field="price")
@@ -404,10 +475,26 @@ class MatchingEngine(PairState):
         elif delta < 0:
             self._release(order, -delta, events, ts)
         if requeue:
-            last_price = self.last_price
+            last_price, filled = self.last_price, order.filled
             self._take(order, events, ts)
-            if self.stops.orders and self.last_price != last_price:
-                self._run_stops(events, ts)
+            if self.stops.orders and order.filled != filled:
+                self._run_stops(events, ts, last_price)
+        return events
+
+    def _amend_to_filled(self, order: Order, ts: Timestamp) -> list[EngineEvent]:
+        """Complete a partly filled order whose quantity is amended down to what it has filled."""
+        assert order.level is not None and order.price is not None
+        order.level.total -= order.quantity - order.filled
+        order.quantity = order.filled
+        self.book.remove(order)
+        order.status = check_transition(order.status, FILLED)
+        self.sequence += 1
+        events: list[EngineEvent] = [OrderAmended(
+            self.sequence, ts, order.order_id, order.user_id, order.price, order.quantity, 0, FILLED, False,
+            order.priority,
+        )]
+        self._release_all(order, events, ts)
+        self._remember_finished(order.order_id, order.user_id)
         return events
 
     def _live_order(self, order_id: str, user_id: str, when_final: type[OrderNotCancellable]
@@ -529,20 +616,34 @@ class MatchingEngine(PairState):
         ))
         return lots
 
-    def _run_stops(self, events: list[EngineEvent], ts: Timestamp) -> None:
-        """Trigger and process pending stops, oldest first, until none is triggered at the last price."""
+    def _run_stops(self, events: list[EngineEvent], ts: Timestamp, last_price: int | None) -> None:
+        """Trigger and process pending stops, oldest first, until no trade of the command reaches one.
+
+        `last_price` is the last price before the command; the command's trades are read off `events`.
+        """
         stops = self.stops
+        low = high = last_price
+        seen = 0
         while stops.orders:
-            order = stops.next_triggered(self.last_price)
+            for event in events[seen:]:
+                if type(event) is TradeExecuted:
+                    price = event.price
+                    if low is None or price < low:
+                        low = price
+                    if high is None or price > high:
+                        high = price
+            seen = len(events)
+            order = stops.next_triggered(low, high)
             if order is None:
                 return
             stops.remove(order)
             order.status = check_transition(order.status, OPEN)
             self.sequence += 1
             order.priority = self.sequence
-            assert order.stop_price is not None and self.last_price is not None
-            events.append(StopTriggered(
-                self.sequence, ts, order.order_id, order.user_id, order.stop_price, self.last_price,
+            assert order.stop_price is not None and low is not None and high is not None
+            events.append(StopTriggered(  # the price that reached it: the extreme on the stop's side
+                self.sequence, ts, order.order_id, order.user_id, order.stop_price,
+                high if order.side is BUY else low,
             ))
             if order.order_type is STOP_MARKET and order.side is BUY and not self._lock_triggered_buy(
                 order, events, ts

@@ -1,10 +1,11 @@
-"""Pending stop orders of one pair, waiting for the last trade price to reach their stop price.
+"""Pending stop orders of one pair, waiting for a trade price to reach their stop price.
 
-A BUY stop triggers when last ≥ stop_price, a SELL stop when last ≤ stop_price. Per side a `SortedDict`
-stop price → insertion-ordered dict of orders (placement order = sequence order, also on recovery, which
-restores in sequence order), plus an id index.
+A BUY stop triggers when a trade prints at or above its stop_price, a SELL stop at or below it. Per side
+a `SortedDict` stop price → insertion-ordered dict of orders (placement order = sequence order, also on
+recovery, which restores in sequence order), plus an id index.
 
-`next_triggered(last)` returns the triggered stop with the smallest sequence, so a cascade inside one
+`next_triggered(low, high)` returns the triggered stop with the smallest sequence, given the lowest and
+highest trade prices seen (a command's trades and the last price before them), so a cascade inside one
 command is resolved one stop at a time, oldest first, re-evaluated after each stop's trades.
 Complexity: add/remove O(log S) worst case (O(1) for an existing stop price); next_triggered
 O(log S + triggered price levels).
@@ -57,16 +58,18 @@ class StopBook:
             del levels[stop]
         del self.orders[order.order_id]
 
-    def next_triggered(self, last_price: int | None) -> Order | None:
-        """Return the oldest stop whose condition holds at last_price, or None."""
-        if last_price is None or not self.orders:
+    def next_triggered(self, low: int | None, high: int | None = None) -> Order | None:
+        """Return the oldest stop a price in [low, high] reaches (high defaults to low), or None."""
+        if low is None or not self.orders:
             return None
+        if high is None:
+            high = low
         oldest: Order | None = None
-        for stop in self.buys.irange(maximum=last_price):
+        for stop in self.buys.irange(maximum=high):
             first = next(iter(self.buys[stop].values()))
             if oldest is None or first.sequence < oldest.sequence:
                 oldest = first
-        for stop in self.sells.irange(minimum=last_price):
+        for stop in self.sells.irange(minimum=low):
             first = next(iter(self.sells[stop].values()))
             if oldest is None or first.sequence < oldest.sequence:
                 oldest = first

@@ -19,6 +19,7 @@ from .errors import (
 )
 from .order import BUY, GTC, IOC, LIMIT, MARKET, STOP_LIMIT, STOP_MARKET, TimeInForce
 from .pair import PairSpec
+from .units import format_decimal
 
 
 def validate_place(spec: PairSpec, command: PlaceOrder) -> TimeInForce:
@@ -34,6 +35,8 @@ def validate_place(spec: PairSpec, command: PlaceOrder) -> TimeInForce:
         check_quantity(spec, command.quantity)
         if is_limit:
             check_notional(spec, command.price, command.quantity)  # type: ignore[arg-type]
+        elif order_type is STOP_MARKET:  # it enters as a MARKET order at about its stop price
+            check_notional(spec, command.stop_price, command.quantity, "stop_price")  # type: ignore[arg-type]
     tif = command.time_in_force
     if is_limit:
         tif = GTC if tif is None else tif
@@ -74,7 +77,9 @@ def _check_quote_quantity(spec: PairSpec, command: PlaceOrder) -> None:
     if type(quote) is not int or quote <= 0:
         raise ValidationError("quote_quantity must be a positive number of atoms", field="quote_quantity")
     if quote < spec.min_notional_atoms:
-        raise NotionalTooSmall("quote_quantity is below the minimum notional", field="quote_quantity")
+        raise NotionalTooSmall(
+            f"quote_quantity is below the minimum notional {format_decimal(spec.min_notional)}",
+            field="quote_quantity")
 
 
 def check_quantity(spec: PairSpec, quantity: int | None) -> None:
@@ -84,15 +89,18 @@ def check_quantity(spec: PairSpec, quantity: int | None) -> None:
     if type(quantity) is not int or quantity <= 0:
         raise ValidationError("quantity must be a positive number of lots", field="quantity")
     if quantity < spec.min_quantity_lots:
-        raise QuantityTooSmall(f"quantity is below the minimum {spec.min_quantity}", field="quantity")
+        raise QuantityTooSmall(f"quantity is below the minimum {format_decimal(spec.min_quantity)}",
+                               field="quantity")
     if quantity > spec.max_quantity_lots:
-        raise QuantityTooLarge(f"quantity is above the maximum {spec.max_quantity}", field="quantity")
+        raise QuantityTooLarge(f"quantity is above the maximum {format_decimal(spec.max_quantity)}",
+                               field="quantity")
 
 
-def check_notional(spec: PairSpec, price: int, quantity: int) -> None:
-    """Check price × quantity against the pair's minimum notional."""
+def check_notional(spec: PairSpec, price: int, quantity: int, what: str = "price") -> None:
+    """Check price × quantity against the pair's minimum notional (`what` names the price in the message)."""
     if price * quantity * spec.quote_atoms_per_tick_lot < spec.min_notional_atoms:
-        raise NotionalTooSmall(f"price × quantity is below the minimum notional {spec.min_notional}")
+        raise NotionalTooSmall(
+            f"{what} × quantity is below the minimum notional {format_decimal(spec.min_notional)}")
 
 
 def validate_amend(
@@ -105,8 +113,10 @@ def validate_amend(
     quantity = quantity_now if command.quantity is None else command.quantity
     if type(price) is not int or price <= 0:
         raise ValidationError("price must be a positive number of ticks", field="price")
+    if quantity == filled and filled:  # down to what it has filled: the order completes (no size rules)
+        return price, quantity
     check_quantity(spec, quantity)
-    if quantity <= filled:
-        raise QuantityTooSmall("quantity must stay above the filled quantity", field="quantity")
+    if quantity < filled:
+        raise QuantityTooSmall("quantity cannot go below the filled quantity", field="quantity")
     check_notional(spec, price, quantity)
     return price, quantity

@@ -110,6 +110,7 @@ class Ledger:
             self.statuses[event.order_id] = OrderStatus.OPEN
         else:
             assert isinstance(event, OrderAmended)
+            self.statuses[event.order_id] = event.status
 
     def _settle(self, trade: TradeExecuted, deltas: dict[str, int]) -> None:
         base, quote = self.spec.base_asset, self.spec.quote_asset

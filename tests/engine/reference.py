@@ -24,6 +24,7 @@ from tradeengine.engine import (
     DomainError,
     FundsGate,
     InsufficientBalance,
+    NotionalTooSmall,
     OrderNotAmendable,
     OrderNotCancellable,
     OrderNotFound,
@@ -32,6 +33,8 @@ from tradeengine.engine import (
     PairSpec,
     PlaceOrder,
     PostOnlyWouldTake,
+    QuantityTooLarge,
+    QuantityTooSmall,
     SelfTradePrevention,
     Side,
     TimeInForce,
@@ -77,6 +80,7 @@ class ReferenceMatcher:
         self.stops: list[RefOrder] = []
         self.orders: dict[str, RefOrder] = {}
         self.last_price: int | None = None
+        self.last_before: int | None = None  # the last price when the current command came
         self.clock = 0
         self.trades: list[Trade] = []
         self.maker_rate = Fraction(spec.maker_fee)
@@ -89,6 +93,7 @@ class ReferenceMatcher:
     def execute(self, command: Command) -> tuple[str | None, list[Trade]]:
         """Apply a command; return (error code or None, trades in order)."""
         self.trades = []
+        self.last_before = self.last_price
         try:
             if isinstance(command, PlaceOrder):
                 self.place(command)
@@ -160,6 +165,11 @@ class ReferenceMatcher:
         quantity = command.quantity
         expire_now = False
         lock = 0
+        if command.order_type is OrderType.MARKET and quantity is not None:
+            makers = self.makers_for(command.side, None)
+            worth = makers[0].price * quantity * spec.quote_atoms_per_tick_lot if makers else None  # type: ignore[operator]
+            if worth is not None and worth < spec.min_notional_atoms:
+                raise NotionalTooSmall("worth less than the minimum notional at the best price")
         if command.order_type is OrderType.MARKET and command.side is Side.BUY:
             lots, lock = self.walk(
                 Side.BUY,
@@ -169,6 +179,13 @@ class ReferenceMatcher:
                 command.quantity,
                 command.quote_quantity,
             )
+            if quantity is None and lots:
+                if lots < spec.min_quantity_lots:
+                    raise QuantityTooSmall("the budget buys too little")
+                if lots > spec.max_quantity_lots:
+                    raise QuantityTooLarge("the budget buys too much")
+                if lock < spec.min_notional_atoms:
+                    raise NotionalTooSmall("the budget spends too little")
             quantity = lots if quantity is None else quantity
             expire_now = lots == 0
         elif (
@@ -196,6 +213,8 @@ class ReferenceMatcher:
             self.stops.append(order)
         elif expire_now:
             order.status = OrderStatus.EXPIRED
+            if order.order_type is OrderType.MARKET:
+                self.self_trade_at_top(order)
         else:
             self.take(order)
         self.run_stops()
@@ -254,6 +273,18 @@ class ReferenceMatcher:
             self.trade(taker, maker)
         return False
 
+    def self_trade_at_top(self, taker: RefOrder) -> None:
+        """A MARKET BUY with nothing to buy still applies its STP to the own orders first in line."""
+        if taker.stp is SelfTradePrevention.NONE or taker.stp is SelfTradePrevention.EXPIRE_TAKER:
+            return
+        for maker in self.makers_for(taker.side, None):
+            if maker.user_id != taker.user_id:
+                return
+            self.resting.remove(maker)
+            maker.status = OrderStatus.EXPIRED
+            if taker.stp is SelfTradePrevention.EXPIRE_BOTH:
+                return
+
     def trade(self, taker: RefOrder, maker: RefOrder) -> None:
         lots = min(taker.remaining, maker.remaining)
         price = maker.price
@@ -282,14 +313,17 @@ class ReferenceMatcher:
         self.last_price = price
 
     def run_stops(self) -> None:
+        """Trigger stops that the last price before the command or any trade of the command reached."""
         while self.last_price is not None:
-            last = self.last_price
+            prices = [trade[0] for trade in self.trades]
+            if self.last_before is not None:
+                prices.append(self.last_before)
             triggered = [
                 s
                 for s in self.stops
-                if (s.side is Side.BUY and last >= s.stop_price)  # type: ignore[operator]
-                or (s.side is Side.SELL and last <= s.stop_price)
-            ]  # type: ignore[operator]
+                if (s.side is Side.BUY and max(prices) >= s.stop_price)  # type: ignore[operator]
+                or (s.side is Side.SELL and min(prices) <= s.stop_price)  # type: ignore[operator]
+            ]
             if not triggered:
                 return
             stop = min(triggered, key=lambda s: s.placed)
@@ -333,6 +367,11 @@ class ReferenceMatcher:
         if order.status is OrderStatus.PENDING_TRIGGER:
             raise OrderNotAmendable("pending stop")
         price, quantity = validate_amend(self.spec, command, order.price, order.quantity, order.filled)
+        if quantity == order.filled:
+            self.resting.remove(order)
+            order.quantity = quantity
+            order.status = OrderStatus.FILLED
+            return
         if price != order.price and order.post_only and self.crosses(order.side, price):
             raise PostOnlyWouldTake("would take")
         remaining = quantity - order.filled

@@ -22,6 +22,7 @@ from tradeengine.engine import (
     EngineEvent,
     MatchingEngine,
     OrderAccepted,
+    OrderAmended,
     OrderCancelled,
     OrderExpired,
     OrderRejected,
@@ -79,6 +80,8 @@ def track_statuses(events: list[EngineEvent], statuses: dict[str, OrderStatus]) 
             statuses[e.order_id] = OrderStatus.EXPIRED
         elif isinstance(e, StopTriggered):
             statuses[e.order_id] = OrderStatus.OPEN
+        elif isinstance(e, OrderAmended):
+            statuses[e.order_id] = e.status
 
 
 def engine_book(engine: MatchingEngine) -> list[tuple[object, int, str, int]]:

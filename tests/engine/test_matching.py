@@ -231,6 +231,29 @@ def test_self_trade_expire_both_expires_the_resting_and_the_incoming_order() -> 
     assert h.engine.depth(5) == ([], [(100, 2, 1)])
 
 
+@pytest.mark.parametrize(
+    ("stp", "own_status", "reason"),
+    [
+        (SelfTradePrevention.EXPIRE_TAKER, OrderStatus.OPEN, Reason.SELF_TRADE_PREVENTION),
+        (SelfTradePrevention.EXPIRE_MAKER, OrderStatus.EXPIRED, Reason.IMMEDIATE_OR_CANCEL),  # kept going
+        (SelfTradePrevention.EXPIRE_BOTH, OrderStatus.EXPIRED, Reason.SELF_TRADE_PREVENTION),
+    ],
+)
+@pytest.mark.parametrize("by_budget", [False, True])
+def test_a_market_buy_meeting_its_own_order_first_applies_its_self_trade_prevention(
+    stp: SelfTradePrevention, own_status: OrderStatus, reason: Reason, by_budget: bool
+) -> None:
+    # the walk finds nothing to buy before the own order: the match is never run, yet STP applies
+    h = Harness()
+    h.sell(5, 100, user="alice", order_id="own")
+    size = {"quote_quantity": 300 * ATOMS} if by_budget else {"quantity": 3}
+    events = h.market(Side.BUY, user="alice", order_id="taker", self_trade_prevention=stp, **size)
+    assert trades(events) == []
+    assert of_type(events, OrderExpired)[-1].order_id == "taker"
+    assert of_type(events, OrderExpired)[-1].reason is reason
+    assert h.status("own") == own_status
+
+
 def test_self_trade_prevention_none_lets_a_user_trade_with_themself() -> None:
     h = Harness()
     h.sell(2, 100, user="alice", order_id="own")

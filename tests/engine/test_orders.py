@@ -125,8 +125,21 @@ def test_amend_below_the_filled_quantity_is_refused() -> None:
     h.buy(5, 100, order_id="b", user="alice")
     h.sell(3, 100)
     with pytest.raises(QuantityTooSmall) as caught:
-        h.amend("b", "alice", quantity=3)
+        h.amend("b", "alice", quantity=2)
     assert caught.value.field == "quantity"
+
+
+def test_amend_down_to_the_filled_quantity_completes_the_order_and_releases_its_lock() -> None:
+    h = Harness()
+    h.buy(5, 100, order_id="b", user="alice")
+    h.sell(3, 100)
+    events = h.amend("b", "alice", quantity=3)
+    amended = of_type(events, OrderAmended)[0]
+    assert (amended.status, amended.quantity, amended.remaining_quantity) == (OrderStatus.FILLED, 3, 0)
+    assert of_type(events, FundsReleased)[0].amount == 2 * 100 * ATOMS
+    assert h.status("b") == OrderStatus.FILLED and h.engine.best_bid() is None
+    with pytest.raises(OrderNotAmendable):
+        h.amend("b", "alice", quantity=4)
 
 
 def test_amend_to_a_crossing_price_matches_like_a_new_taker() -> None:

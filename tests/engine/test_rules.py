@@ -11,6 +11,7 @@ from tradeengine.engine import (
     DomainError,
     DuplicateOrderId,
     MatchingEngine,
+    OrderExpired,
     OrderType,
     PairSpec,
     PlaceOrder,
@@ -87,6 +88,11 @@ def _place(**fields: Any) -> PlaceOrder:
             "quote_quantity",
         ),
         ({"order_id": ""}, "VALIDATION_ERROR", None),
+        (
+            {"order_type": OrderType.STOP_MARKET, "price": None, "stop_price": 1_00, "quantity": 10},
+            "NOTIONAL_TOO_SMALL",
+            None,
+        ),
     ],
 )
 def test_an_order_breaking_a_rule_raises_its_code_and_field_and_changes_nothing(
@@ -137,3 +143,57 @@ def test_market_orders_default_to_ioc_and_limits_to_gtc() -> None:
     assert accepted.time_in_force is TimeInForce.GTC
     market = engine.place(_place(order_id="m", order_type=OrderType.MARKET, price=None))[0]
     assert market.time_in_force is TimeInForce.IOC
+
+
+def _book(engine: MatchingEngine) -> None:
+    engine.place(_place(order_id="ask", user_id="maker", side=Side.SELL, quantity=100, price=100_00))
+    engine.place(_place(order_id="bid", user_id="maker", quantity=100, price=99_00))
+
+
+@pytest.mark.parametrize("side", [Side.BUY, Side.SELL])
+def test_a_market_order_by_quantity_worth_less_than_the_minimum_notional_at_the_best_price_is_refused(
+    side: Side,
+) -> None:
+    engine = MatchingEngine(SPEC, UnlimitedFunds())
+    _book(engine)
+    before = engine.sequence
+    small = _place(order_type=OrderType.MARKET, side=side, price=None, quantity=40)  # 0.04 × ~100 < 5
+    with pytest.raises(DomainError) as caught:
+        engine.place(small)
+    assert (caught.value.code, caught.value.field) == ("NOTIONAL_TOO_SMALL", "quantity")
+    assert "minimum notional 5" in str(caught.value)
+    assert engine.sequence == before
+    engine.place(_place(order_id="o2", order_type=OrderType.MARKET, side=side, price=None, quantity=51))
+
+
+def test_a_market_order_on_an_empty_side_is_not_held_to_the_minimum_notional() -> None:
+    engine = MatchingEngine(SPEC, UnlimitedFunds())
+    events = engine.place(_place(order_type=OrderType.MARKET, price=None, quantity=10))
+    assert isinstance(events[-1], OrderExpired) and events[-1].filled_quantity == 0
+
+
+@pytest.mark.parametrize(
+    ("price", "budget", "code"),
+    [
+        (3000_00, 9 * 10**8, "QUANTITY_TOO_SMALL"),  # 9 USDT buys 0.003 ETH at 3000: below min 0.01
+        (100_00, 1001 * 10**8, "QUANTITY_TOO_LARGE"),  # 1001 USDT would buy 10.01 ETH: above max 10
+    ],
+)
+def test_what_a_quote_budget_buys_is_held_to_the_quantity_rules(price: int, budget: int, code: str) -> None:
+    engine = MatchingEngine(SPEC, UnlimitedFunds())
+    engine.place(_place(order_id="ask", user_id="maker", side=Side.SELL, quantity=10_000, price=price))
+    engine.place(_place(order_id="ask2", user_id="maker", side=Side.SELL, quantity=10_000, price=price))
+    before = engine.sequence
+    with pytest.raises(DomainError) as caught:
+        engine.place(_place(order_type=OrderType.MARKET, price=None, quantity=None, quote_quantity=budget))
+    assert (caught.value.code, caught.value.field) == (code, "quote_quantity")
+    assert engine.sequence == before
+
+
+def test_what_a_quote_budget_spends_is_held_to_the_minimum_notional() -> None:
+    # at 100.03 a lot of 0.001 ETH costs 0.10003 USDT: a budget of 5 buys 49 lots for 4.90147 < 5
+    engine = MatchingEngine(SPEC, UnlimitedFunds())
+    engine.place(_place(order_id="ask", user_id="maker", side=Side.SELL, quantity=100, price=100_03))
+    with pytest.raises(DomainError) as caught:
+        engine.place(_place(order_type=OrderType.MARKET, price=None, quantity=None, quote_quantity=5 * 10**8))
+    assert (caught.value.code, caught.value.field) == ("NOTIONAL_TOO_SMALL", "quote_quantity")

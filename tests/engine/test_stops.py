@@ -1,4 +1,4 @@
-"""Stop orders: pending, triggering on the last trade price, cascades, funds of STOP_MARKET BUY."""
+"""Stop orders: pending, triggering on a trade price, cascades, funds of STOP_MARKET BUY."""
 
 from __future__ import annotations
 
@@ -69,6 +69,36 @@ def test_sell_stop_triggers_when_the_last_price_falls_to_it() -> None:
     assert of_type(events, StopTriggered)[0].order_id == "s"
     assert h.engine.get_order("s").status is OrderStatus.OPEN  # rests at 94 (no bids)
     assert h.engine.best_ask() == 94
+
+
+def test_a_sell_stop_triggers_on_a_trade_in_the_middle_of_a_rising_sweep() -> None:
+    # last 103, a SELL stop at 102; a BUY sweep prints 100 then 105: the print at 100 reached the stop
+    h = Harness()
+    _trade_at(h, 103)
+    h.stop(Side.SELL, 102, quantity=1, order_id="s", user="dave")
+    h.sell(1, 100, user="mm1")
+    h.sell(1, 105, user="mm1")
+    h.buy(1, 90, user="mm2", order_id="bid90")
+    events = h.market(Side.BUY, quantity=2)
+    assert [price for price, *_ in trades(events)] == [100, 105, 90]
+    triggered = of_type(events, StopTriggered)
+    assert [(t.order_id, t.last_price) for t in triggered] == [("s", 100)]
+    assert trades(events)[-1] == (90, 1, "bid90", "s")
+
+
+def test_a_buy_stop_triggers_on_a_trade_in_the_middle_of_a_falling_sweep_back_to_the_last_price() -> None:
+    # last 100, a BUY stop at 104; a SELL sweep prints 105 then 100: the last price is unchanged, yet the
+    # print at 105 reached the stop
+    h = Harness()
+    _trade_at(h, 100)
+    h.stop(Side.BUY, 104, price=110, quantity=1, order_id="s", user="dave")
+    h.buy(1, 105, user="mm1")
+    h.buy(1, 100, user="mm1")
+    events = h.sell(2, 100, user="mm2")
+    assert [price for price, *_ in trades(events)] == [105, 100]
+    assert h.engine.last_price == 100
+    assert [(t.order_id, t.last_price) for t in of_type(events, StopTriggered)] == [("s", 105)]
+    assert h.status("s") == OrderStatus.OPEN and h.engine.best_bid() == 110
 
 
 def test_stop_already_met_when_placed_triggers_at_once() -> None:
