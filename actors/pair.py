@@ -67,7 +67,8 @@ class CommandOutcome:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SetTrading:
-    """Accept new orders (True) or refuse them with PAIR_NOT_TRADING (halted); cancels always work."""
+    """Accept new orders (True) or refuse them with PAIR_NOT_TRADING (halted or delisted), and with them
+    amends that re-queue (a new price, a larger quantity); cancels and quantity reductions always work."""
 
     trading: bool
 
@@ -186,11 +187,19 @@ class PairActor(SupervisedActor):
 
     def _execute(self, command: Command, reply: Future[Any]) -> None:
         if not self.trading and isinstance(command, PlaceOrder):
-            reply.set_exception(PairNotTrading(f"{self.spec.symbol} is not trading (halted)"))
+            reply.set_exception(PairNotTrading(
+                f"{self.spec.symbol} is not trading: it takes no new orders (cancels still work)"))
             return
         before = None
         if isinstance(command, CancelOrder | AmendOrder):
             before = self.engine.get_order(command.order_id)
+        if not self.trading and isinstance(command, AmendOrder) and before is not None and _requeues(
+            command, before
+        ):
+            reply.set_exception(PairNotTrading(
+                f"{self.spec.symbol} is not trading: an amend may only reduce the quantity (a new price or "
+                "a larger quantity would re-queue the order, and it could trade)"))
+            return
         self._journal.begin()
         sequence = self.engine.sequence
         try:
@@ -232,6 +241,12 @@ class PairActor(SupervisedActor):
         best_bid = (bids[0][0], bids[0][1]) if bids else None
         best_ask = (asks[0][0], asks[0][1]) if asks else None
         return Top(self.engine.sequence, best_bid, best_ask, self.engine.last_price)
+
+
+def _requeues(command: AmendOrder, order: OrderSnapshot) -> bool:
+    """Would the amend re-queue the order (a new price, or a larger quantity), so that it may trade?"""
+    return (command.price is not None and command.price != order.price) or (
+        command.quantity is not None and command.quantity > order.quantity)
 
 
 def _refuse(reply: Future[Any], symbol: str) -> None:

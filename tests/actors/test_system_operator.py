@@ -79,7 +79,7 @@ def test_a_restarted_pair_keeps_its_book_and_its_sequence_continues(system: Acto
     assert outcome.events[0].sequence == before.sequence + 1
 
 
-def test_a_halted_pair_refuses_new_orders_accepts_cancels_and_trades_again_once_active(
+def test_a_halted_pair_refuses_new_orders_and_requeueing_amends_accepts_cancels_and_trades_again_once_active(
     pool: psycopg_pool.ConnectionPool, system: ActorSystem,
 ) -> None:
     exchange = system.exchange
@@ -88,6 +88,12 @@ def test_a_halted_pair_refuses_new_orders_accepts_cancels_and_trades_again_once_
     assert system.update_pair("SOL-USDT", status="HALTED").status == "HALTED"
     with pytest.raises(PairNotTrading):
         exchange.place(1002, limit("SOL-USDT", Side.SELL, "1", "100"))
+    exchange.place(1002, limit("ETH-USDT", Side.SELL, "0.1", "3000"))
+    for change in ({"price": Decimal("101")}, {"quantity": Decimal("2")}):  # would re-queue, so may trade
+        with pytest.raises(PairNotTrading, match="may only reduce the quantity"):
+            exchange.amend(1001, str(resting), **change)
+    reduced = exchange.amend(1001, str(resting), quantity=Decimal("0.5"))
+    assert [type(e).__name__ for e in reduced.events] == ["OrderAmended", "FundsReleased"]
     cancelled = exchange.cancel(1001, str(resting))
     assert any(isinstance(e, OrderCancelled) for e in cancelled.events)
     other_pair = exchange.place(1002, limit("ETH-USDT", Side.SELL, "0.1", "3000"))  # others trade on
