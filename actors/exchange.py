@@ -25,13 +25,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from tradeengine.engine import (
     AmendOrder,
     CancelAll,
     CancelOrder,
     Command,
+    DomainError,
     OrderAccepted,
     OrderNotAmendable,
     OrderNotCancellable,
@@ -161,13 +162,17 @@ class Exchange:
         """Place several orders: all are sent before any reply is awaited, results in request order."""
         held: list[tuple[int, str]] = []
         try:
-            refused = self._hold_client_ids(user_id, requests, held)
-            pending = [refusal if refusal is not None else self._submit(user_id, request)
-                       for request, refusal in zip(requests, refused, strict=True)]
-            results = [item if isinstance(item, TradeEngineError) else self._settle(item) for item in pending]
+            claims = self._hold_client_ids(user_id, requests, held)
+            results = _refusals(claims)
+            todo = [index for index, claim in enumerate(claims) if claim is None]
+            while todo:
+                pending = [self._submit(user_id, requests[index]) for index in todo]
+                for index, item in zip(todo, pending, strict=True):
+                    results[index] = item if isinstance(item, TradeEngineError) else self._settle(item)
+                todo = _next_round(requests, claims, results)
         finally:
             self._release_client_ids(held)
-        return self._placed(user_id, requests, results)
+        return self._placed(user_id, requests, _answers(results))
 
     async def place_batch_async(
         self, user_id: int, requests: Sequence[OrderRequest]
@@ -180,25 +185,29 @@ class Exchange:
         """
         held: list[tuple[int, str]] = []
         try:
+            claims: list[_Claim]
             if any(request.client_order_id is not None for request in requests):
-                refused = await asyncio.to_thread(self._hold_client_ids, user_id, requests, held)
+                claims = await asyncio.to_thread(self._hold_client_ids, user_id, requests, held)
             else:
-                refused = [None] * len(requests)
-            pending: list[Future[Any] | TradeEngineError] = []
-            for request, refusal in zip(requests, refused, strict=True):
-                if refusal is None:
+                claims = [None] * len(requests)
+            results = _refusals(claims)
+            todo = [index for index, claim in enumerate(claims) if claim is None]
+            while todo:
+                pending: list[Future[Any] | TradeEngineError] = []
+                for index in todo:
                     try:
-                        pending.append(await self._send_async(*self._in_flight_command(user_id, request)))
-                        continue
+                        route, command = self._in_flight_command(user_id, requests[index])
+                        pending.append(await self._send_async(route, command))
                     except TradeEngineError as exc:
-                        refusal = exc
-                pending.append(refusal)
-            await _answered([item for item in pending if isinstance(item, Future)], self._timeout)
-            results = [item if isinstance(item, TradeEngineError) else self._settle(item, timeout=0.0)
-                       for item in pending]
+                        pending.append(exc)
+                await _answered([item for item in pending if isinstance(item, Future)], self._timeout)
+                for index, item in zip(todo, pending, strict=True):
+                    results[index] = (item if isinstance(item, TradeEngineError)
+                                      else self._settle(item, timeout=0.0))
+                todo = _next_round(requests, claims, results)
         finally:
             self._release_client_ids(held)
-        return self._placed(user_id, requests, results)
+        return self._placed(user_id, requests, _answers(results))
 
     def _submit(self, user_id: int, request: OrderRequest) -> Future[Any] | TradeEngineError:
         """Send one placement to its pair: the reply's future, or the error that stopped it here."""
@@ -368,12 +377,24 @@ class Exchange:
         return outcome
 
     def _hold_client_ids(self, user_id: int, requests: Sequence[OrderRequest],
-                         held: list[tuple[int, str]]) -> list[TradeEngineError | None]:
+                         held: list[tuple[int, str]]) -> list[_Claim]:
         """Hold the batch's client order ids (added to ``held``) while it is in flight; refuse duplicates.
 
-        Reads the database for each id given. The caller releases ``held`` when the batch is answered.
+        Per item: None (go), the refusal, or, for an id an earlier item of the batch carries, that item's
+        index (its outcome decides: see `_next_round`). Reads the database for each id given. The caller
+        releases ``held`` when the batch is answered.
         """
-        return [self._hold_client_id(user_id, request.client_order_id, held) for request in requests]
+        first: dict[str, int] = {}
+        claims: list[_Claim] = []
+        for index, request in enumerate(requests):
+            client_order_id = request.client_order_id
+            if client_order_id is not None and client_order_id in first:
+                claims.append(first[client_order_id])
+                continue
+            if client_order_id is not None:
+                first[client_order_id] = index
+            claims.append(self._hold_client_id(user_id, client_order_id, held))
+        return claims
 
     def _release_client_ids(self, held: list[tuple[int, str]]) -> None:
         with self._in_flight_lock:
@@ -399,6 +420,54 @@ class Exchange:
         if existing is not None:
             return _duplicate(client_order_id, existing)
         return None
+
+
+_Claim = TradeEngineError | int | None
+"""A batch item's standing before it is sent: go (None), refused, or waiting on an earlier item (its
+index)."""
+_Result = CommandOutcome | TradeEngineError | None
+
+
+def _refusals(claims: list[_Claim]) -> list[_Result]:
+    """The results known before anything is sent: the refusals; None for the rest."""
+    return [claim if isinstance(claim, TradeEngineError) else None for claim in claims]
+
+
+def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results: list[_Result]) -> list[int]:
+    """Decide the items that wait on an earlier item with the same client order id; return those to send.
+
+    The earlier item placed an order (accepted or rejected: stored): the later one is a duplicate of it.
+    It was refused before anything changed (a rule, an unknown pair): the id is still free, so the first
+    item waiting on it is sent in the next round and the others wait on that one. Its outcome is unknown
+    (a timeout, an engine restarting): the later items are refused, as the id may be taken.
+    """
+    todo: list[int] = []
+    for index, claim in enumerate(claims):
+        if type(claim) is not int or results[index] is not None:
+            continue
+        earlier = results[claim]
+        if earlier is None:  # the earlier item waits itself (or is in the round being sent)
+            continue
+        client_order_id = requests[index].client_order_id
+        assert client_order_id is not None
+        if isinstance(earlier, CommandOutcome):
+            results[index] = _duplicate(client_order_id, earlier.events[0].order_id)
+        elif isinstance(earlier, DomainError):
+            claims[index] = None
+            todo.append(index)
+            for later in range(index + 1, len(claims)):
+                if claims[later] == claim:
+                    claims[later] = index
+        else:
+            results[index] = _duplicate(client_order_id, None, "is carried by an earlier order of this batch "
+                                        "whose outcome is unknown")
+    return todo
+
+
+def _answers(results: list[_Result]) -> list[CommandOutcome | TradeEngineError]:
+    """The results once every item is decided."""
+    assert all(result is not None for result in results)
+    return cast(list[CommandOutcome | TradeEngineError], results)
 
 
 async def _answered(replies: list[Future[Any]], timeout: float) -> None:
@@ -433,8 +502,8 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _duplicate(client_order_id: str, existing: int | str | None) -> DuplicateClientOrderId:
-    error = DuplicateClientOrderId(f"client_order_id {client_order_id} is already used",
-                                   field="client_order_id")
+def _duplicate(client_order_id: str, existing: int | str | None,
+               why: str = "is already used") -> DuplicateClientOrderId:
+    error = DuplicateClientOrderId(f"client_order_id {client_order_id} {why}", field="client_order_id")
     error.order_id = None if existing is None else str(existing)
     return error

@@ -15,13 +15,20 @@ from concurrent.futures import Future
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from tests.actors.system_harness import limit, order_id_of
 from tradeengine.actors.exchange import Exchange
 from tradeengine.actors.pair import CommandOutcome, Execute
 from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import OrderAccepted, PairSpec, PlaceOrder, Side, TimeInForce
-from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, EngineUnavailable
+from tradeengine.engine.errors import (
+    DuplicateClientOrderId,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidTickSize,
+)
 from tradeengine.engine.lifecycle import OrderStatus
 
 SPEC = PairSpec(
@@ -115,8 +122,36 @@ def test_client_order_ids_are_looked_up_on_a_thread_and_duplicates_refused() -> 
     placed, taken, again = asyncio.run(main())
     assert order_id_of(placed) == 1
     assert isinstance(taken, DuplicateClientOrderId) and taken.order_id == "99"
-    assert isinstance(again, DuplicateClientOrderId)  # in flight in the same batch
+    assert isinstance(again, DuplicateClientOrderId) and again.order_id == "1"  # placed earlier in the batch
     assert directory.lookups and loop_thread not in directory.lookups
+    assert len(route.sends) == 1
+
+
+def off_tick(client_order_id: str) -> Any:
+    return limit("BTC-USDT", Side.BUY, "0.01", "50000.001", client_order_id=client_order_id)
+
+
+@pytest.mark.parametrize("on_loop", [True, False])
+def test_an_id_whose_earlier_item_was_refused_is_free_for_the_next_item_of_the_batch(on_loop: bool) -> None:
+    # nothing is stored for a refused item, so its client order id may be placed by a later one; each
+    # later item waits for the outcome of the one before it with the same id
+    route = Route()
+    batch = [off_tick("z"), off_tick("z"), order("z"), order("z"), order("y")]
+    engine = exchange(route)
+    results = asyncio.run(engine.place_batch_async(7, batch)) if on_loop else engine.place_batch(7, batch)
+    first, second, placed, duplicate, other = results
+    assert isinstance(first, InvalidTickSize) and isinstance(second, InvalidTickSize)
+    assert isinstance(placed, CommandOutcome) and isinstance(other, CommandOutcome)
+    assert isinstance(duplicate, DuplicateClientOrderId) and duplicate.order_id == str(order_id_of(placed))
+    assert len(route.sends) == 2
+
+
+def test_an_id_whose_earlier_item_has_an_unknown_outcome_is_refused_for_the_later_one() -> None:
+    route = Route(answer=False)
+    results = exchange(route, timeout=0.2).place_batch(7, [order("z"), order("z")])
+    assert isinstance(results[0], EngineTimeout)
+    assert isinstance(results[1], DuplicateClientOrderId) and results[1].order_id is None
+    assert "outcome is unknown" in str(results[1])
     assert len(route.sends) == 1
 
 
