@@ -451,7 +451,9 @@ def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results:
         client_order_id = requests[index].client_order_id
         assert client_order_id is not None
         if isinstance(earlier, CommandOutcome):
-            results[index] = _duplicate(client_order_id, earlier.events[0].order_id)
+            placed = earlier.events[0]
+            assert isinstance(placed, OrderAccepted | OrderRejected)
+            results[index] = _duplicate(client_order_id, placed.order_id)
         elif isinstance(earlier, DomainError):
             claims[index] = None
             todo.append(index)

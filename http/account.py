@@ -26,6 +26,7 @@ from . import render
 from .api import Operation, Resource, read_query, respond
 from .auth import TRADER
 from .blocking import blocking
+from .errors import not_found
 from .models import Balance, Balances, TradeQuery, UserTrade, UserTradePage
 from .orders import user_of
 
@@ -104,6 +105,6 @@ class UserTradeResource(Resource):
         views = await blocking(history.get_user_trade, self._pool, user_of(req), trade_id)
         if not views:
             raise falcon.HTTPNotFound(title="Not found", code="NOT_FOUND",
-                                      description=f"trade {trade_id} not found")
+                                      description=not_found("trade", trade_id))
         (view,) = [v for v in views if v.role == "TAKER"] if len(views) > 1 else views
         respond(resp, user_trade(view))

@@ -45,6 +45,7 @@ from . import render
 from .api import Operation, Resource, read_body, respond
 from .auth import ADMIN
 from .blocking import blocking
+from .errors import not_found
 from .market import known_format, pair
 from .models import (
     Actor,
@@ -67,8 +68,8 @@ SUPERVISOR = "supervisor"
 PAIR_VALUE_LIMIT = Decimal(10) ** 15
 
 
-def _not_found(what: str) -> falcon.HTTPNotFound:
-    return falcon.HTTPNotFound(title="Not found", code="NOT_FOUND", description=f"{what} not found")
+def _not_found(what: str, value: str) -> falcon.HTTPNotFound:
+    return falcon.HTTPNotFound(title="Not found", code="NOT_FOUND", description=not_found(what, value))
 
 
 def pair_value(text: str, field: str) -> Decimal:
@@ -166,7 +167,7 @@ class _TransferResource(Resource):
               transfer: Transfer) -> UserBalance:
         uid = int(user_id) if user_id.isascii() and user_id.isdigit() and len(user_id) <= 18 else None
         if uid is None or self._users.get(uid) is None:
-            raise _not_found(f"user {user_id}")
+            raise _not_found("user", user_id)
         atoms = to_atoms(Decimal(transfer.amount), field="amount")
         traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
         if transfer.asset not in traded:
@@ -269,6 +270,7 @@ class AdminPairResource(Resource):
 
     async def on_patch(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Change a pair."""
+        symbol = known_format(symbol)  # the engine's refusal of an unknown symbol repeats it whole
         change = await read_body(req, PairChange)
         if change.status is None and change.maker_fee is None and change.taker_fee is None:
             raise ValidationError("give status, maker_fee or taker_fee")

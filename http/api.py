@@ -30,7 +30,17 @@ import msgspec
 from tradeengine.engine.errors import ValidationError
 
 from .auth import ADMIN, PUBLIC, TRADER
-from .models import PATTERN_MEANINGS, ErrorResponse, Health, Readiness, Request, Response, encode
+from .errors import echoed
+from .models import (
+    DECIMAL_PATTERN,
+    PATTERN_MEANINGS,
+    ErrorResponse,
+    Health,
+    Readiness,
+    Request,
+    Response,
+    encode,
+)
 
 T = TypeVar("T", bound=Request)
 
@@ -113,8 +123,8 @@ _IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
      lambda m: f"must hold {_BOUNDS[m['op']]} {m['n']} item{'' if m['n'] == '1' else 's'}"),
     (re.compile(r"^Expected `str` of length (?P<op>[<>]=) (?P<n>\d+)$"),
      lambda m: f"must be {_BOUNDS[m['op']]} {m['n']} character{'' if m['n'] == '1' else 's'} long"),
-    (re.compile(r"^Expected `str(?: \| null)?`, got `(?:int|float)`$"),
-     lambda m: 'must be a JSON string (every decimal is one: "0.5", not 0.5)'),
+    (re.compile(r"^Expected `object(?: \| null)?`, got `\w+`$"), lambda m: "must be a JSON object"),
+    (re.compile(r"^Expected `array(?: \| null)?`, got `\w+`$"), lambda m: "must be a JSON array"),
     (re.compile(r"^Expected `int(?: \| null)?`, got `\w+`$"), lambda m: "must be a whole number"),
     (re.compile(r"^Expected `bool`, got `\w+`$"), lambda m: "must be true or false"),
     (re.compile(r"^Object missing required field `[^`]+`$"), lambda m: "is required"),
@@ -135,9 +145,9 @@ def _bare(node: Any) -> Any:
             return node
 
 
-def _choices(kind: type, path: str) -> tuple[Any, ...]:
-    """The values of the Literal type at `path` ("orders[0].side") of the Struct `kind`, in the order the
-    model declares them; () when the path does not lead to one."""
+def _field_type(kind: type | None, path: str) -> Any:
+    """The declared type (Annotated and Optional kept) at `path` ("orders[0].side") of the Struct `kind`;
+    None when the path does not lead to a field."""
     node: Any = kind
     for step in _STEP.findall(path):
         node = _bare(node)
@@ -147,9 +157,35 @@ def _choices(kind: type, path: str) -> tuple[Any, ...]:
         elif isinstance(node, type) and issubclass(node, msgspec.Struct):
             node = next((f.type for f in msgspec.structs.fields(node) if f.encode_name == step), None)
         else:
-            return ()
-    node = _bare(node)
+            return None
+    return node
+
+
+def _choices(kind: type | None, path: str) -> tuple[Any, ...]:
+    """The values of the Literal type at `path` of the Struct `kind`, in the order the model declares
+    them; () when the path does not lead to one."""
+    node = _bare(_field_type(kind, path))
     return typing.get_args(node) if typing.get_origin(node) is typing.Literal else ()
+
+
+def _is_decimal(kind: type | None, path: str) -> bool:
+    """Whether the field at `path` of `kind` is a decimal written as a string (``DecimalText``)."""
+    node = _field_type(kind, path)
+    while node is not None:
+        origin = typing.get_origin(node)
+        if origin is typing.Annotated:
+            args = typing.get_args(node)
+            if any(isinstance(m, msgspec.Meta) and m.pattern == DECIMAL_PATTERN for m in args[1:]):
+                return True
+            node = args[0]
+        elif origin in (typing.Union, types.UnionType):
+            node = next((a for a in typing.get_args(node) if a is not type(None)), None)
+        else:
+            return False
+    return False
+
+
+_NOT_A_STRING = re.compile(r"^Expected `str(?: \| null)?`, got `(?P<got>\w+)`$")
 
 
 def _in_words(message: str, kind: type | None, path: str) -> str | None:
@@ -157,8 +193,13 @@ def _in_words(message: str, kind: type | None, path: str) -> str | None:
     meaning = _PATTERN_MISMATCH.get(message)
     if meaning is not None:
         return f"must be {meaning}"
+    not_a_string = _NOT_A_STRING.match(message)
+    if not_a_string is not None:  # the decimal hint only where a decimal is meant and a number was given
+        number = not_a_string["got"] in ("int", "float")
+        return ('must be a JSON string (every decimal is one: "0.5", not 0.5)'
+                if number and _is_decimal(kind, path) else "must be a JSON string")
     if message.startswith(_NOT_A_CHOICE):
-        choices = () if kind is None else _choices(kind, path)
+        choices = _choices(kind, path)
         if choices:
             return f"must be one of {', '.join(map(str, choices))}, not {message.removeprefix(_NOT_A_CHOICE)}"
         return None
@@ -169,11 +210,16 @@ def _in_words(message: str, kind: type | None, path: str) -> str | None:
     return None
 
 
-def validation_error(error: msgspec.ValidationError, kind: type | None = None) -> ValidationError:
+def validation_error(error: msgspec.ValidationError, kind: type | None = None,
+                     prefix: str = "") -> ValidationError:
     """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault and saying, in
     words, what it takes ("quantity must be a decimal number written as a JSON string ...", "side must
     be one of BUY, SELL, not 'HOLD'", "limit must be at most 500"); `kind` (the Struct decoded) gives a
-    field's choices. A message not put in words keeps msgspec's text, with the field named after it."""
+    field's choices. A message not put in words keeps msgspec's text, with the field named after it.
+
+    `prefix` is where the decoded value sits in the request ("orders[1]" for an item of a batch decoded
+    on its own): the field and the message name the field from the request's top ("orders[1].side").
+    """
     message = str(error)
     path = ""
     at = _AT_PATH.search(message)
@@ -183,10 +229,11 @@ def validation_error(error: msgspec.ValidationError, kind: type | None = None) -
     named = _FIELD_NAMED.search(message)
     if named is not None:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
-    if not path:
-        return ValidationError(message)
+    field = f"{prefix}.{path}" if prefix and path and not path.startswith("[") else prefix + path
     told = _in_words(message, kind, path)
-    return ValidationError(f"{path} {told}" if told else f"{message} (field {path})", field=path)
+    if not field:  # the body itself
+        return ValidationError(f"the request body {told}" if told else message)
+    return ValidationError(f"{field} {told}" if told else f"{message} (field {field})", field=field)
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:
@@ -206,34 +253,101 @@ def _too_large() -> falcon.HTTPContentTooLarge:
                                       description=f"a request body of at most {MAX_BODY_BYTES} bytes is read")
 
 
-def decode_json(raw: bytes | msgspec.Raw, kind: type[T]) -> T:
-    """Decode JSON bytes into ``kind``."""
+def decode_json(raw: bytes | msgspec.Raw, kind: type[T], prefix: str = "") -> T:
+    """Decode JSON bytes into ``kind``; ``prefix`` names where they sit in the request (see
+    :func:`validation_error`)."""
     if not raw:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description="the request body is empty; a JSON document is required")
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        raise validation_error(exc, kind) from None
+        raise validation_error(exc, kind, prefix) from None
     except msgspec.DecodeError as exc:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description=f"the request body is not valid JSON: {exc}") from None
 
 
-def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
-    """Convert the query string into ``kind`` (numbers and booleans from their text).
+def query_parameters(req: falcon.asgi.Request) -> dict[str, str]:
+    """The query string's parameters by name, as every route reads them.
 
-    An absent parameter takes its default; the text ``null`` is no value of any parameter of the API
+    A parameter given with an empty value (``symbol=``, as API.md writes its templates) is absent; one
+    given twice with values is refused; the text ``null`` is no value of any parameter of the API
     (lenient conversion would read it as "absent"), so it is refused like any other bad value.
     """
+    parameters: dict[str, str] = {}
     for name, value in req.params.items():
-        if value == "null":
-            raise ValidationError(f"{name}=null is not a valid value; leave the parameter out instead",
-                                  field=name)
+        values = [v for v in (value if isinstance(value, list) else [value]) if v != ""]
+        if not values:
+            continue
+        if len(values) > 1:
+            raise ValidationError(f"{echoed(name)} is given more than once", field=name)
+        if values[0] == "null":
+            raise ValidationError(
+                f"{echoed(name)}=null is not a valid value; leave the parameter out instead", field=name)
+        parameters[name] = values[0]
+    return parameters
+
+
+def refuse_unknown_parameters(parameters: Mapping[str, str], kind: type[Request] | None) -> None:
+    """400 naming the first parameter that is not a field of ``kind`` (no query at all: None)."""
+    known = _query_fields(kind)
+    for name in parameters:
+        if name not in known:
+            raise ValidationError(
+                f"{echoed(name)} is not a field of this request (unknown fields are refused)", field=name)
+
+
+@functools.cache
+def _query_fields(kind: type[Request] | None) -> frozenset[str]:
+    return frozenset(() if kind is None else (f.encode_name for f in msgspec.structs.fields(kind)))
+
+
+@functools.cache
+def _whole_number_fields(kind: type[Request]) -> frozenset[str]:
+    return frozenset(f.encode_name for f in msgspec.structs.fields(kind) if _bare(f.type) is int)
+
+
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+_DIGITS_KEPT = 30  # more digits than any bound of the API: the value is out of range either way
+
+
+def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
+    """Convert the query string into ``kind`` (numbers from their text).
+
+    An absent or empty parameter takes its default (see :func:`query_parameters`). A whole number is
+    written in plain digits (leading zeros are fine): ``1.0`` or ``1e2`` is not one.
+    """
+    parameters: dict[str, Any] = query_parameters(req)
+    refuse_unknown_parameters(parameters, kind)
+    for name in _whole_number_fields(kind) & parameters.keys():
+        text = parameters[name]
+        if not _WHOLE_NUMBER.fullmatch(text):
+            raise ValidationError(f"{name} must be a whole number", field=name)
+        digits = text.lstrip("-").lstrip("0")
+        sign = -1 if text.startswith("-") else 1
+        parameters[name] = int(text) if len(digits) <= _DIGITS_KEPT else sign * 10**_DIGITS_KEPT
     try:
-        return msgspec.convert(req.params, kind, strict=False)
+        return msgspec.convert(parameters, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise validation_error(exc, kind) from None
+
+
+class QueryParametersMiddleware:
+    """Refuse, on every route of the API, a query parameter its operation does not declare.
+
+    Routes with a query model refuse unknown parameters when :func:`read_query` decodes it; this also
+    covers the routes that take no query at all (``/api/v1/pairs?x=1``), with the same words. It runs
+    after authentication and rate limiting (a stranger learns nothing from a 400 before their 401).
+    """
+
+    async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, params: dict[str, Any]) -> None:
+        if not isinstance(resource, Resource):
+            return
+        operation = resource.operations.get(req.method)
+        if operation is not None:
+            refuse_unknown_parameters(query_parameters(req), operation.query)
 
 
 def respond(resp: falcon.asgi.Response, body: Response, status: int = 200) -> None:
@@ -306,8 +420,8 @@ def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[st
     if operation.query is not None:
         parameters.extend(_query_parameters(operation.query))
     statuses = set(operation.errors)
-    if operation.body is not None or operation.query is not None:
-        statuses.add(400)
+    if operation.body is not None or operation.query is not None or api:
+        statuses.add(400)  # every API route refuses unknown query parameters
     if operation.body is not None:
         statuses.add(413)
     if endpoint.auth in (TRADER, ADMIN):

@@ -59,6 +59,23 @@ CODES_BY_STATUS = {
 
 INTERNAL_ERROR_MESSAGE = "internal error; quote the request id when reporting it"
 
+ECHO_LIMIT = 64
+"""The most characters of a client's value (an id, a symbol, a path) an error message repeats."""
+
+
+def echoed(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` as an error message repeats it: cut after ``limit`` characters (marked with "…"), so a
+    client sending a 5,000-character id does not get it back whole."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def not_found(what: str, value: str) -> str:
+    """The message of a 404 for the ``what`` named ``value`` by the path (``"order 12 not found"``); an
+    empty path segment (``/api/v1/orders/``) names none, and the message says so."""
+    if not value:
+        return f"the path names no {what}: its {what} segment is empty"
+    return f"{what} {echoed(value)} not found"
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ErrorMapping:
@@ -154,10 +171,11 @@ async def _handle_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Respons
                              params: dict[str, Any]) -> None:
     status = ex.status_code
     if isinstance(ex, falcon.HTTPRouteNotFound):
-        message = f"no route matches {req.path}"
+        message = f"no route matches {echoed(req.path, 2 * ECHO_LIMIT)}"
     elif isinstance(ex, falcon.HTTPMethodNotAllowed):
         allowed = dict(ex.headers or {}).get("Allow", "")
-        message = f"method {req.method} is not allowed on {req.path}; allowed: {allowed}"
+        message = (f"method {echoed(req.method)} is not allowed on {echoed(req.path, 2 * ECHO_LIMIT)}; "
+                   f"allowed: {allowed}")
     else:
         message = ex.description or ex.title or str(status)
     code = ex.code if isinstance(ex.code, str) and ex.code else CODES_BY_STATUS.get(status, "HTTP_ERROR")

@@ -33,6 +33,7 @@ from . import render
 from .api import Operation, Resource, read_query, respond
 from .auth import PUBLIC
 from .blocking import blocking
+from .errors import echoed
 from .models import (
     Candle,
     CandleQuery,
@@ -69,7 +70,9 @@ def known_format(symbol: str) -> str:
     """``symbol`` when it has the shape every stored symbol has; else UNKNOWN_SYMBOL without a query (a
     path segment may hold anything, a NUL byte included, which the database would refuse)."""
     if not _SYMBOL.fullmatch(symbol):
-        raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
+        if not symbol:  # /api/v1/pairs/: the path ends where the symbol should be
+            raise UnknownSymbol("the path names no symbol: give one, e.g. BTC-USDT", field="symbol")
+        raise UnknownSymbol(f"unknown symbol {echoed(symbol)}", field="symbol")
     return symbol
 
 
@@ -121,7 +124,7 @@ class OrderBookResource(Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Read the book."""
         query = read_query(req, DepthQuery)
-        _send(resp, await blocking(self._book, symbol, query.depth))
+        _send(resp, await blocking(self._book, known_format(symbol), query.depth))
 
     def _book(self, symbol: str, levels: int) -> bytes:
         spec = self._exchange.spec(symbol)
@@ -158,7 +161,7 @@ class TickerResource(Resource):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Read the ticker."""
-        _send(resp, await blocking(self._ticker, symbol))
+        _send(resp, await blocking(self._ticker, known_format(symbol)))
 
     def _ticker(self, symbol: str) -> bytes:
         spec = self._exchange.spec(symbol)
@@ -202,11 +205,12 @@ class CandlesResource(Resource):
     operations: ClassVar = {
         "GET": Operation(
             "Candles of a pair, ascending by open_time", Candles, query=CandleQuery,
-            description="Open times are multiples of the interval since the Unix epoch (UTC). `start` and "
-                        "`end` are RFC 3339 with an offset (2026-11-24T10:00:00Z) or unix seconds. With "
-                        "`start`: the `limit` intervals (default 500, at most 1000) from the first open "
-                        "time at or after it, up to `end`. Without: the `limit` intervals ending with "
-                        "the one holding `end` (default: now). Intervals without trades are left out."),
+            description="Open times are multiples of the interval since the Unix epoch (UTC); intervals "
+                        "without trades have no candle. `start` and `end` are RFC 3339 with an offset "
+                        "(2026-11-24T10:00:00Z) or unix seconds. `limit` (default 500, at most 1000) counts "
+                        "candles. With `start`: the first `limit` candles opening at or after it (up to "
+                        "the one holding `end`, when given). Without: the last `limit` candles up to the "
+                        "one holding `end` (default: now)."),
     }
 
     def __init__(self, pool: ConnectionPool) -> None:

@@ -25,8 +25,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REQUEST_ID_HEADER = "X-Request-ID"
 
-# A client's request id is echoed only when it is short and made of harmless characters.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+# A client's request id is echoed when it is printable ASCII (spaces included) of at most 200 characters:
+# nothing in it can break a header or a log line (no control character: no CR/LF). The JSON log lines
+# escape it like any string; it is never put into a format string.
+MAX_REQUEST_ID = 200
+_SANE_REQUEST_ID = re.compile(rf"[\x20-\x7e]{{1,{MAX_REQUEST_ID}}}")
 
 # The route label of requests no route matched: a fixed value keeps the metric's label set bounded.
 UNMATCHED_ROUTE = "<unmatched>"
@@ -65,14 +68,17 @@ def route_of(req: falcon.asgi.Request) -> str:
 
 
 class RequestIdMiddleware:
-    """Echo a sane ``X-Request-ID`` from the client, or make one; send it back on every response."""
+    """Echo the client's ``X-Request-ID`` (printable ASCII and spaces, at most 200 characters), or make one
+    (when it sent none, or one with control or non-ASCII characters, or longer); send it back on every
+    response."""
 
     def __init__(self, new_request_id: Callable[[], str]) -> None:
         self._new_request_id = new_request_id
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        sent = req.get_header(REQUEST_ID_HEADER)
-        sane = sent is not None and _SANE_REQUEST_ID.fullmatch(sent) is not None
+        # HTTP's optional whitespace around a value is not part of it (servers strip it already).
+        sent = (req.get_header(REQUEST_ID_HEADER) or "").strip(" \t")
+        sane = _SANE_REQUEST_ID.fullmatch(sent) is not None
         req.context.request_id = sent if sane else self._new_request_id()
         req.context.request_id_token = _REQUEST_ID.set(req.context.request_id)
 

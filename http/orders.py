@@ -34,9 +34,9 @@ from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.rows import OrderRow, build_rows
 
 from . import render
-from .api import Operation, Resource, read_body, read_query, respond
+from .api import Operation, Resource, decode_json, read_body, read_query, respond
 from .blocking import blocking
-from .errors import error_detail
+from .errors import echoed, error_detail, not_found
 from .models import (
     CLIENT_ORDER_ID_PATTERN,
     BatchItem,
@@ -46,6 +46,7 @@ from .models import (
     NewOrder,
     NewOrderBatch,
     Order,
+    OrderBatchEnvelope,
     OrderChange,
     OrderPage,
     OrderQuery,
@@ -155,20 +156,22 @@ class OrderBatchResource(Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Place a batch of orders.
 
-        A batch that does not match the schema (a wrong type, an unknown field, more than 100 orders) is
-        a 400 and places nothing; each well-formed order then gets its own engine answer, so a rule
-        violation (422 alone) is that order's ``error`` and the others are placed.
+        A body that is not a batch (not an object, ``orders`` missing or not an array, 0 or more than 100
+        orders, another field) is a 400 and places nothing. Each order is then answered on its own: one
+        that breaks the schema (a wrong type, an unknown or missing field, not an object) gets the
+        VALIDATION_ERROR the single-order route gives, naming ``orders[i].field``; a rule violation
+        (422 alone) gets its engine error; the others are placed.
         """
-        batch = await read_body(req, NewOrderBatch)
+        batch = await read_body(req, OrderBatchEnvelope)
         await charge(req, len(batch.orders) - 1)  # the middleware charged one token; each order costs one
         results: list[BatchItem | None] = [None] * len(batch.orders)
         requests: list[OrderRequest] = []
         positions: list[int] = []
-        for index, order in enumerate(batch.orders):
+        for index, raw in enumerate(batch.orders):
             try:
-                requests.append(order_request(order))
+                requests.append(order_request(decode_json(raw, NewOrder, f"orders[{index}]")))
                 positions.append(index)
-            except TradeEngineError as exc:
+            except (TradeEngineError, falcon.HTTPBadRequest) as exc:
                 results[index] = BatchItem(error=error_detail(exc))
         answers = await self._exchange.place_batch_async(user_of(req), requests) if requests else []
         for index, answer in zip(positions, answers, strict=True):
@@ -212,17 +215,17 @@ class OrderResource(Resource):
 
     def _amend(self, user_id: int, order_id: str, quantity: Decimal | None,
                price: Decimal | None) -> OrderRow:
-        self._exchange.amend(user_id, order_id, quantity=quantity, price=price)
+        self._exchange.amend(user_id, _engine_order_id(order_id), quantity=quantity, price=price)
         return self._stored(user_id, order_id)
 
     def _cancel(self, user_id: int, order_id: str) -> OrderRow:
-        self._exchange.cancel(user_id, order_id)
+        self._exchange.cancel(user_id, _engine_order_id(order_id))
         return self._stored(user_id, order_id)
 
     def _stored(self, user_id: int, order_id: str) -> OrderRow:
         row = history.get_order(self._pool, user_id, _order_id(order_id))
         if row is None:
-            raise OrderNotFound(f"order {order_id} not found")
+            raise OrderNotFound(not_found("order", order_id))
         return row
 
 
@@ -237,8 +240,10 @@ class OrderByClientIdResource(Resource):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                      client_order_id: str) -> None:
         """Read one order by client order id."""
+        if not client_order_id:
+            raise OrderNotFound(not_found("client_order_id", client_order_id))
         if not CLIENT_ORDER_ID.fullmatch(client_order_id):
-            raise OrderNotFound(f"no order with client_order_id {client_order_id!r}")
+            raise OrderNotFound(f"no order with client_order_id {echoed(repr(client_order_id))}")
         row = await blocking(history.get_order_by_client_id, self._pool, user_of(req), client_order_id)
         if row is None:
             raise OrderNotFound(f"no order with client_order_id {client_order_id}")
@@ -247,9 +252,17 @@ class OrderByClientIdResource(Resource):
 
 def _order_id(text: str) -> int:
     """An order id from the path; anything that is not one is simply not found."""
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         return -1
     return int(text)
+
+
+def _engine_order_id(text: str) -> str:
+    """The path's order id as the Exchange is given it: one that cannot be an id answers 404 here, with
+    the id cut to a sane length (the Exchange repeats what it is given in its message whole)."""
+    if _order_id(text) < 0:
+        raise OrderNotFound(not_found("order", text))
+    return text
 
 
 def _statuses(text: str | None) -> list[str] | None:

@@ -88,13 +88,22 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        extras = " ".join(f"{key}={value}" for key, value in _extra_fields(record).items())
+        extras = " ".join(f"{key}={_text_value(value)}" for key, value in _extra_fields(record).items())
         if extras:
             line = f"{line}  {extras}"
         exception = _exception_text(record)
         if exception:
             line = f"{line}\n{exception}"
         return line
+
+
+def _text_value(value: object) -> str:
+    """A field's value as the text format writes it: bare, or quoted (JSON) where a space, a quote, an
+    equals sign or a control character would make it look like more fields or more lines."""
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return orjson.dumps(text).decode()
 
 
 def make_formatter(log_format: str) -> logging.Formatter:

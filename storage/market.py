@@ -129,15 +129,44 @@ def recent_trades(pool: ConnectionPool, symbol: str, limit: int = DEFAULT_RECENT
 # pass, constant memory per bucket, no sort. candles_1m keeps the least and greatest such array of each
 # minute (open_ref, close_ref: migration 0011), so minutes merge exactly. Every candle interval is a whole
 # number of minutes aligned to the epoch: a candle is the merge of its minutes.
+#
+# Intervals without trades have no minute rows, so "the first `limit` candles at or after start" (or the
+# last before end) cannot be a fixed window of `limit` intervals. The buckets that hold trades are found
+# first by a loose index scan (a recursive CTE): from a bound, the next minute row in the wanted direction
+# (one descent of the primary key, LIMIT 1), its bucket, then the next row past that bucket, `limit`
+# times at most. The minutes of the first to the last of those buckets are then merged in one range scan,
+# which reads exactly the minute rows of the candles returned.
 _CANDLES = """
+WITH RECURSIVE buckets(open_time, n) AS (
+    (SELECT date_bin(%(stride)s, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00'), 1
+     FROM candles_1m
+     WHERE symbol = %(symbol)s AND open_time >= %(lower)s AND open_time < %(upper)s
+     ORDER BY open_time {direction} LIMIT 1)
+    UNION ALL
+    SELECT date_bin(%(stride)s, following.open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00'), b.n + 1
+    FROM buckets AS b
+    CROSS JOIN LATERAL (
+        SELECT open_time FROM candles_1m
+        WHERE symbol = %(symbol)s AND {past_bucket} AND open_time >= %(lower)s AND open_time < %(upper)s
+        ORDER BY open_time {direction} LIMIT 1) AS following
+    WHERE b.n < %(limit)s
+)
 SELECT date_bin(%(stride)s, open_time, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS open_time,
        (min(open_ref))[3], max(high), min(low), (max(close_ref))[3],
        sum(volume), sum(quote_volume), sum(trades)::bigint
 FROM candles_1m
-WHERE symbol = %(symbol)s AND open_time >= %(lower)s AND open_time < %(upper)s
+WHERE symbol = %(symbol)s AND open_time >= (SELECT min(open_time) FROM buckets)
+      AND open_time < (SELECT max(open_time) FROM buckets) + %(stride)s
 GROUP BY 1
 ORDER BY 1
 """
+_CANDLES_FORWARD = _CANDLES.format(past_bucket="open_time >= b.open_time + %(stride)s", direction="ASC")
+"""The first `limit` candles with open times in [lower, upper)."""
+_CANDLES_BACKWARD = _CANDLES.format(past_bucket="open_time < b.open_time", direction="DESC")
+"""The last `limit` candles with open times in [lower, upper)."""
+# Far bounds of a one-sided search (timestamptz holds both; no minute of a trade lies beyond them).
+_FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
 
 # (now - 24 h, now]: the whole minutes [first_minute, last_minute) from candles_1m, the trades of the two
 # partial ends, (now - 24 h, first_minute) and [last_minute, now], from trades.
@@ -177,19 +206,20 @@ def candles(
 
     A candle covers [open_time, open_time + interval); open times are multiples of the interval since
     the Unix epoch (1d candles open at UTC midnight, 4h ones at 00, 04, 08 ... UTC). Only intervals
-    with at least one trade are returned (no empty candles), so fewer than `limit` may come back.
-    The candles returned are those whose open_time lies in a window of at most `limit` intervals:
+    with at least one trade are candles (no empty candles); `limit` (1..1000, default 500 for None)
+    counts candles, so a gap without trades never hides the candles after it:
 
-    - `limit`: 1..1000, default 500 (None);
-    - `start` given: the window begins at the first open time at or after `start` and spans `limit`
-      intervals, cut at `end` when given (open_time <= end). Page forwards with
-      start = previous start + limit × interval;
-    - `start` None: the window is the `limit` intervals ending with the one that contains `end`
-      (default: `now`, itself defaulting to the current time; the last candle is then still open).
+    - `start` given: the first `limit` candles whose open_time is at or after `start` (a candle that
+      opened before `start` is left out), up to `end` when given (open_time <= end: the candle holding
+      `end` is the last one). Page forwards with start = the last open_time + 1 µs;
+    - `start` None: the last `limit` candles whose open_time is at or before `end` (default: `now`,
+      itself defaulting to the current time; the last candle may still be open). Page backwards with
+      end = the first open_time - 1 µs.
 
     start and end must be timezone-aware; start after end raises ValidationError(field="start"); a bad
     interval ValidationError(field="interval"), a bad limit ValidationError(field="limit").
-    Cost: one range scan of the pair's minute candles in the window (the primary key of candles_1m).
+    Cost: one index descent per candle returned (to find the buckets that hold trades) and one range scan
+    of exactly the minute rows of those candles (the primary key of candles_1m), however far apart.
     """
     stride = INTERVALS.get(interval) if isinstance(interval, str) else None
     if stride is None:
@@ -200,26 +230,23 @@ def candles(
     end_us = None if end is None else _us(end, "end")
     if start_us is not None and end_us is not None and start_us > end_us:
         raise ValidationError("start must not be after end", field="start")
+    if start_us is None and end_us is None:
+        end_us = _us(now or datetime.now(UTC), "now")
     step = stride // _MICROSECOND
-    if start_us is not None:
-        first = -(-start_us // step) * step  # the first open time >= start
-        last = first + (count - 1) * step
-        if end_us is not None:
-            last = min(last, end_us // step * step)
-    else:
-        anchor = end_us if end_us is not None else _us(now or datetime.now(UTC), "now")
-        last = anchor // step * step
-        first = last - (count - 1) * step
-    if first > last:  # start and end inside one interval, after its open time
-        return []
     try:
-        lower, upper = datetime_of_us(first), datetime_of_us(last + step)
+        # [lower, upper): the open times allowed, bucket-aligned; None: unbounded on that side.
+        lower = None if start_us is None else datetime_of_us(-(-start_us // step) * step)
+        upper = None if end_us is None else datetime_of_us(end_us // step * step + step)
     except OverflowError as exc:
         field = "start" if start is not None else "end"
         raise ValidationError("start or end is out of range", field=field) from exc
-    params = {"stride": stride, "symbol": symbol, "lower": lower, "upper": upper}
+    if lower is not None and upper is not None and lower >= upper:
+        return []  # start and end inside one interval, after its open time
+    query = _CANDLES_FORWARD if start_us is not None else _CANDLES_BACKWARD
+    params = {"stride": stride, "symbol": symbol, "limit": count, "lower": lower or _FAR_PAST,
+              "upper": upper or _FAR_FUTURE}
     with storage_errors(f"computing the candles of {symbol}"), pool.connection() as conn:
-        rows = conn.execute(_CANDLES, params).fetchall()
+        rows = conn.execute(query, params).fetchall()
         if not rows:
             raise_if_unknown_symbol(conn, symbol)
     return [Candle(utc(row[0]), *row[1:]) for row in rows]

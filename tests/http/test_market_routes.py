@@ -223,8 +223,29 @@ def test_candles_are_exact_for_the_series_in_every_requested_window(
     assert [c["open_time"] for c in last_two] == [rfc3339(t0), rfc3339(t0 + timedelta(minutes=1))]
     one = timed_api.get(path, params={"interval": "1m", "start": rfc3339(t0), "end": rfc3339(t0)}).json
     assert [c["trades"] for c in one["candles"]] == [2]
+    # unix seconds; limit counts candles, not intervals: the first candles since 1970 are the series' days.
     epoch = timed_api.get(path, params={"interval": "1d", "start": "0", "limit": "1000"}).json["candles"]
-    assert epoch == []  # unix seconds: the 1000 days from 1970-01-01 hold no trade
+    days = sorted({t["executed_at"][:10] for t in series["trades"]})
+    assert [c["open_time"] for c in epoch] == [f"{day}T00:00:00.000000Z" for day in days]
+
+
+def test_candles_count_candles_so_a_quiet_stretch_hides_none(
+        timed_api: ApiHarness, series: dict[str, Any]) -> None:
+    """With only start, the first `limit` candles at or after it, however long after; without start, the
+    last `limit` candles up to end or now, however long before."""
+    t0: datetime = series["t0"]
+    path = "/api/v1/markets/BTC-USDT/candles"
+    ten_hours_before = rfc3339(t0 - timedelta(hours=10))
+    first = timed_api.get(path, params={"interval": "1m", "start": ten_hours_before, "limit": "2"}).json
+    assert [c["open_time"] for c in first["candles"]] == [rfc3339(t0), rfc3339(t0 + timedelta(minutes=1))]
+    days_before = rfc3339(t0 - timedelta(days=3))
+    first = timed_api.get(path, params={"interval": "1m", "start": days_before, "limit": "1"}).json
+    assert [c["open_time"] for c in first["candles"]] == [rfc3339(t0 - timedelta(hours=25))]
+    latest = timed_api.get(path, params={"interval": "1m", "limit": "1"}).json["candles"]
+    assert [c["open_time"] for c in latest] == [rfc3339(t0 + timedelta(hours=1))]
+    end = rfc3339(t0 + timedelta(minutes=59))
+    before = timed_api.get(path, params={"interval": "1m", "end": end, "limit": "1"}).json["candles"]
+    assert [c["open_time"] for c in before] == [rfc3339(t0 + timedelta(minutes=1))]
 
 
 def test_candle_parameters_are_validated_naming_the_field(api: ApiHarness) -> None:

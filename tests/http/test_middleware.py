@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import Callable
 
@@ -24,10 +25,35 @@ def test_request_id_is_generated_when_the_client_sends_none(client: falcon.testi
     assert client.simulate_get("/health").headers["x-request-id"] == "generated-2"
 
 
-@pytest.mark.parametrize("bad", ["", "has space", "x" * 129, "new\u00e9line", "<script>"])
-def test_insane_request_id_from_the_client_is_replaced(client: falcon.testing.TestClient, bad: str) -> None:
+@pytest.mark.parametrize("sent", ["has space", "x" * 200, "<script>alert('x')</script>", "a=b; c=\"d\" {e}",
+                                  "~!@#$%^&*()_+`-=[]\\|;:,./?", "12345"])
+def test_any_printable_ascii_request_id_up_to_200_characters_is_echoed(
+        client: falcon.testing.TestClient, sent: str) -> None:
+    result = client.simulate_get("/missing", headers={"X-Request-ID": sent})
+    assert result.headers["x-request-id"] == sent
+    assert result.json["request_id"] == sent
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 201, "new\u00e9line", "tab\there", "bell\x07", "del\x7f",
+                                 "nul\x00"])
+def test_a_request_id_with_control_or_non_ascii_characters_or_too_long_is_replaced(
+        client: falcon.testing.TestClient, bad: str) -> None:
     result = client.simulate_get("/health", headers={"X-Request-ID": bad})
     assert result.headers["x-request-id"] == "generated-1"
+
+
+def test_an_echoed_request_id_is_logged_as_a_field_and_json_lines_escape_it(
+        make_client: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    from tradeengine.ops.logconfig import JsonFormatter
+
+    client = make_client()
+    sent = 'a "quoted" <id> \\ with spaces'
+    with caplog.at_level(logging.INFO, logger="tests.http.access"):
+        client.simulate_get("/health", headers={"X-Request-ID": sent})
+    (record,) = [r for r in caplog.records if r.name == "tests.http.access"]
+    assert record.request_id == sent  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and json.loads(line)["request_id"] == sent
 
 
 def test_request_id_is_on_error_responses_and_in_their_body(client: falcon.testing.TestClient) -> None:

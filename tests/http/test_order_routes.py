@@ -233,17 +233,62 @@ def test_a_batch_mixing_valid_and_invalid_orders_answers_each_in_request_order(
     assert balances(api, bob)["USDT"] == (D("100000") - D("4000") - D("5000"), D("4000"))
 
 
-def test_a_batch_that_breaks_the_schema_is_refused_whole_and_places_nothing(
+def test_a_body_that_is_not_a_batch_is_refused_whole_and_places_nothing(
         api: ApiHarness, bob: Trader) -> None:
     one = {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "40000"}
-    for orders, field in (([one] * 101, "orders"), ([], "orders"),
-                          ([one, {**one, "quantity": 1}], "orders[1].quantity"),
-                          ([one, {**one, "colour": "red"}], "orders[1].colour")):
-        response = api.post(f"{ORDERS}/batch", bob, json={"orders": orders})
-        assert response.status_code == 400, response.text
-        assert error_of(response)["field"] == field
+    for body, field, message in (
+        ({"orders": [one] * 101}, "orders", "orders must hold at most 100 items"),
+        ({"orders": []}, "orders", "orders must hold at least 1 item"),
+        ({"orders": one}, "orders", "orders must be a JSON array"),
+        ({"orders": "[]"}, "orders", "orders must be a JSON array"),
+        ({}, "orders", "orders is required"),
+        ({"orders": [one], "atomic": True}, "atomic",
+         "atomic is not a field of this request (unknown fields are refused)"),
+        ([one], None, "the request body must be a JSON object"),
+        ("orders", None, "the request body must be a JSON object"),
+    ):
+        response = api.post(f"{ORDERS}/batch", bob, json=body)
+        error = error_of(response, 400)
+        assert (error["code"], error.get("field"), error["message"]) == ("VALIDATION_ERROR", field, message)
     assert balances(api, bob)["USDT"] == (D("100000"), D(0))
     assert api.get(ORDERS, bob).json["orders"] == []
+
+
+def test_a_batch_item_that_breaks_the_schema_is_that_items_error_and_the_others_are_placed(
+        api: ApiHarness, bob: Trader) -> None:
+    one = {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "40000"}
+    orders: list[Any] = [
+        one,
+        {**one, "side": "HOLD"},
+        {**one, "quantity": 1},
+        {**one, "colour": "red"},
+        {key: value for key, value in one.items() if key != "side"},
+        5,
+        ["BTC-USDT"],
+        {**one, "client_order_id": 5},
+        {**one, "price": "40001", "client_order_id": "last"},
+    ]
+    response = api.post(f"{ORDERS}/batch", bob, json={"orders": orders})
+    assert response.status_code == 200, response.text
+    results = response.json["results"]
+    assert len(results) == len(orders)
+    assert results[0]["order"]["status"] == "OPEN" and results[0]["order"]["price"] == "40000"
+    assert results[8]["order"]["client_order_id"] == "last"
+    expected = [
+        ("orders[1].side", "orders[1].side must be one of BUY, SELL, not 'HOLD'"),
+        ("orders[2].quantity",
+         'orders[2].quantity must be a JSON string (every decimal is one: "0.5", not 0.5)'),
+        ("orders[3].colour", "orders[3].colour is not a field of this request (unknown fields are refused)"),
+        ("orders[4].side", "orders[4].side is required"),
+        ("orders[5]", "orders[5] must be a JSON object"),
+        ("orders[6]", "orders[6] must be a JSON object"),
+        ("orders[7].client_order_id", "orders[7].client_order_id must be a JSON string"),
+    ]
+    for index, (field, message) in enumerate(expected, start=1):
+        assert results[index] == {"error": {"code": "VALIDATION_ERROR", "message": message, "field": field}}
+    placed = api.get(ORDERS, bob).json["orders"]
+    assert [o["id"] for o in placed] == [results[8]["order"]["id"], results[0]["order"]["id"]]
+    assert balances(api, bob)["USDT"] == (D("100000") - D("40") - D("40.001"), D("80.001"))
 
 
 def test_a_body_longer_than_the_cap_is_413_and_places_nothing(api: ApiHarness, bob: Trader) -> None:
@@ -330,16 +375,26 @@ def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
      "client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9 and . _ : -"),
     ({"quantity": "0.1", "price": "1", "symbol": "btc-usdt"},
      'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"'),
+    # the decimal hint only on decimal fields
+    ({"quantity": "0.1", "price": "1", "client_order_id": 5}, "client_order_id must be a JSON string"),
+    ({"quantity": "0.1", "price": "1", "symbol": 5}, "symbol must be a JSON string"),
+    ({"quantity": "0.1", "price": True}, "price must be a JSON string"),
+    ({"quantity": "0.1", "price": "1", "post_only": None}, "post_only must be true or false"),
 ])
 def test_a_malformed_field_is_told_in_words_what_it_takes(
         api: ApiHarness, bob: Trader, order: dict[str, Any], message: str) -> None:
     single = api.post(ORDERS, bob, json={"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", **order})
     assert single.status_code == 400, single.text
     assert error_of(single)["message"] == message
+    field = error_of(single)["field"]
+    good = {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", "quantity": "0.001", "price": "40000"}
     batch = api.post(f"{ORDERS}/batch", bob, json={"orders": [
-        {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", **order}]})
-    assert batch.status_code == 400, batch.text  # a batch of the wrong shape is refused whole
-    assert error_of(batch)["message"].replace("orders[0].", "") == message
+        good, {"symbol": "BTC-USDT", "side": "BUY", "type": "LIMIT", **order}]})
+    assert batch.status_code == 200, batch.text  # the malformed order is that order's error, in its slot
+    bad = batch.json["results"][1]
+    assert bad == {"error": {"code": "VALIDATION_ERROR", "message": f"orders[1].{message}",
+                             "field": f"orders[1].{field}"}}
+    assert batch.json["results"][0]["order"]["status"] == "OPEN"
 
 
 def test_a_malformed_query_parameter_is_told_in_words_what_it_takes(api: ApiHarness, bob: Trader) -> None:

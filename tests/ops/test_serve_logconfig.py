@@ -83,6 +83,12 @@ def test_text_line_is_readable_with_extras_after_the_message() -> None:
     assert re.match(r"^\S+Z WARNING tradeengine\.test: hello world  request_id=r-1$", line)
 
 
+def test_text_line_quotes_a_value_that_would_look_like_more_fields_or_lines() -> None:
+    line = TextFormatter().format(_record(request_id='my id <1> a="b"', other="x\ny"))
+    assert line.endswith('request_id="my id <1> a=\\"b\\"" other="x\\ny"')
+    assert "\n" not in line
+
+
 def test_configure_logging_installs_one_root_handler_in_the_chosen_format(restore_logging: None) -> None:
     stream = io.StringIO()
     configure_logging(Settings(log_format="json", log_level="DEBUG"), stream)

@@ -94,36 +94,50 @@ def test_candles_of_every_interval_are_aligned_to_the_epoch_and_utc_midnight(
     assert candles(series, "BTC-USDT", interval, start, NEXT_DAY + timedelta(days=1), None) == expected
 
 
-def test_without_start_the_window_is_the_last_limit_intervals_up_to_end_or_now(
+AT_23_59 = candle(datetime(2026, 3, 10, 23, 59, tzinfo=UTC), "200", "200", "200", "200", "1", "200", 1)
+AT_00_00 = candle(NEXT_DAY, "300", "300", "300", "300", "1", "300", 1)
+
+
+def test_without_start_the_last_limit_candles_at_or_before_end_or_now(
     series: psycopg_pool.ConnectionPool,
 ) -> None:
     now = T0 + 4 * MINUTE + 45 * SECOND
-    assert candles(series, "BTC-USDT", "1m", None, None, 3, now=now) == [AT_10_04]  # 10:02 to 10:04
-    assert candles(series, "BTC-USDT", "1m", None, None, 5, now=now) == [AT_10_00, AT_10_01, AT_10_04]
+    assert candles(series, "BTC-USDT", "1m", None, None, 1, now=now) == [AT_10_04]
+    # limit counts candles, not intervals: the empty minutes 10:02 and 10:03 hide nothing.
+    assert candles(series, "BTC-USDT", "1m", None, None, 2, now=now) == [AT_10_01, AT_10_04]
+    assert candles(series, "BTC-USDT", "1m", None, None, 3, now=now) == [AT_10_00, AT_10_01, AT_10_04]
     assert candles(series, "BTC-USDT", "1m", None, None, None, now=now) == [AT_10_00, AT_10_01, AT_10_04]
     # end is inclusive of the candle it falls in: 10:01:00 opens the 10:01 candle.
     assert candles(series, "BTC-USDT", "1m", None, T0 + MINUTE, 2) == [AT_10_00, AT_10_01]
     assert candles(series, "BTC-USDT", "1m", None, T0 + MINUTE - US, 2) == [AT_10_00]
-    assert candles(series, "BTC-USDT", "1d", None, NEXT_DAY, 1) == [
-        candle(NEXT_DAY, "300", "300", "300", "300", "1", "300", 1)]
-    # Without now, the window ends at the current time: the 2026-03 series is long gone.
-    assert candles(series, "BTC-USDT", "1m", None, None, None) == []
+    assert candles(series, "BTC-USDT", "1m", None, T0 - US, None) == []
+    # The last candle before midnight is 13 hours before it: one candle back, however far.
+    assert candles(series, "BTC-USDT", "1m", None, NEXT_DAY - US, 2) == [AT_10_04, AT_23_59]
+    assert candles(series, "BTC-USDT", "1d", None, NEXT_DAY, 1) == [AT_00_00]
+    assert candles(series, "BTC-USDT", "1h", None, NEXT_DAY - US, 1) == [
+        candle(datetime(2026, 3, 10, 23, tzinfo=UTC), "200", "200", "200", "200", "1", "200", 1)]
+    # Without now: the latest candles, however long ago they were.
+    assert candles(series, "BTC-USDT", "1m", None, None, 2) == [AT_23_59, AT_00_00]
 
 
-def test_with_start_the_window_is_limit_intervals_from_the_first_open_time_at_or_after_start(
-    series: psycopg_pool.ConnectionPool,
-) -> None:
+def test_with_start_the_first_limit_candles_at_or_after_start(series: psycopg_pool.ConnectionPool) -> None:
     assert candles(series, "BTC-USDT", "1m", T0, None, 2) == [AT_10_00, AT_10_01]
-    assert candles(series, "BTC-USDT", "1m", T0 + 2 * MINUTE, None, 2) == []  # the empty minutes
-    assert candles(series, "BTC-USDT", "1m", T0 + 2 * MINUTE, None, 3) == [AT_10_04]
-    # 10:00 opened before start: the window begins at 10:01.
-    assert candles(series, "BTC-USDT", "1m", T0 + SECOND, None, 4) == [AT_10_01, AT_10_04]
+    # limit counts candles, not intervals: the empty minutes (and the 13 empty hours) hide nothing.
+    assert candles(series, "BTC-USDT", "1m", T0 + 2 * MINUTE, None, 2) == [AT_10_04, AT_23_59]
+    assert candles(series, "BTC-USDT", "1m", T0 + 5 * MINUTE, None, 1) == [AT_23_59]
+    # 10:00 opened before start: the first candle is 10:01.
+    assert candles(series, "BTC-USDT", "1m", T0 + SECOND, None, 4) == [AT_10_01, AT_10_04, AT_23_59, AT_00_00]
     assert candles(series, "BTC-USDT", "1m", T0, T0 + MINUTE, 500) == [AT_10_00, AT_10_01]
     assert candles(series, "BTC-USDT", "1m", T0, T0 + MINUTE - US, 500) == [AT_10_00]
     assert candles(series, "BTC-USDT", "1m", T0 + 10 * SECOND, T0 + 50 * SECOND, None) == []
-    # The default limit, 500 minutes, stops before 23:59; the largest, 1000, reaches past midnight.
-    assert candles(series, "BTC-USDT", "1m", T0, None, None) == [AT_10_00, AT_10_01, AT_10_04]
-    assert len(candles(series, "BTC-USDT", "1m", T0, None, 1000)) == 5
+    assert candles(series, "BTC-USDT", "1m", T0, None, None) == [AT_10_00, AT_10_01, AT_10_04, AT_23_59,
+                                                                   AT_00_00]
+    assert candles(series, "BTC-USDT", "1m", NEXT_DAY + US, None, None) == []
+    # A candle of a longer interval merges all its minutes, however few candles are asked for.
+    assert candles(series, "BTC-USDT", "1h", T0, None, 1) == [
+        candle(T0, "100", "110", "90", "95", "9.5", "934.5", 7)]
+    assert candles(series, "BTC-USDT", "1d", datetime(2026, 1, 1, tzinfo=UTC), None, 1) == [
+        candle(datetime(2026, 3, 10, tzinfo=UTC), "100", "200", "90", "200", "10.5", "1134.5", 8)]
 
 
 def test_bad_candle_arguments_are_refused_for_their_fields(series: psycopg_pool.ConnectionPool) -> None:
