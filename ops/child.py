@@ -3,8 +3,11 @@
 The engine's worker starts them with a pipe on stdin whose first line is their configuration, and
 stops them by closing it. Their log goes to the engine's stderr in the engine's format (their
 environment is the engine's), and they run the garbage collector as the worker does (`ops.gcpolicy`).
-Ctrl-C at a terminal reaches the whole process group: the engine stops gracefully and then closes
-stdin, so a child ignores SIGINT; ending at once would look like a crash.
+Ctrl-C at a terminal, and SIGTERM sent to the whole process group (systemd's default KillMode, `timeout`,
+`kill -TERM -- -PGID`), reach the children too: the engine stops gracefully and then closes stdin, so a
+child ignores SIGINT and SIGTERM. Ending at once would look like a crash: a writer child gone before its
+engine has answered the commands in flight turns them into "outcome unknown" 503s. (The engine kills a
+child that does not end after its stdin closed; a child of an engine killed with -9 sees its stdin end.)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["begin_child"]
 
 
 def begin_child(log: logging.Logger, what: str) -> dict[str, Any] | None:
-    """Configure logging and the garbage collector as the engine's, ignore SIGINT, and return the
+    """Configure logging and the garbage collector as the engine's, ignore SIGINT and SIGTERM, and return the
     configuration read from the first line of stdin (one JSON object); None, logged, when there is none."""
     try:
         settings = Settings.from_env(os.environ)
@@ -33,6 +36,7 @@ def begin_child(log: logging.Logger, what: str) -> dict[str, Any] | None:
     configure_logging(settings)
     tune_collector(settings.gc_threshold)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config: dict[str, Any] = json.loads(sys.stdin.buffer.readline() or b"{}")
     if not config:
         log.error("%s: no configuration on stdin", what)

@@ -9,7 +9,7 @@ Protocol with the parent (`actors.relay_process.RelayProcess`), over the child's
 - stdin: the first line is the configuration, one JSON object (`actors.relay_process.relay_config`);
   every byte after it is a nudge (new rows were committed); end of file means the parent is stopping or
   gone: the child finishes its current pass and exits with status 0. It never outlives its parent. SIGINT
-  is ignored (Ctrl-C reaches the whole process group; the engine's stop closes stdin); SIGTERM ends it.
+  and SIGTERM are ignored (both reach the whole process group; the engine's stop closes stdin).
 - stdout: the relay's figures (`RelayFigures`' fields but the backlog) as one JSON object per line,
   whenever they change (at most every `REPORT_INTERVAL` seconds), and once more before exiting.
 - stderr: the log, formatted as the engine's (the parent's environment carries the log settings).
@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 from typing import Any
@@ -62,7 +61,6 @@ def main() -> int:
     settings = RelaySettings.from_dict(config["relay"])
     done = threading.Event()
     broken = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
 
     def on_notice(notice: ChildNotice) -> None:
         if notice.kind is not NoticeKind.EXITED:

@@ -75,10 +75,13 @@ def test_the_worker_tunes_its_collector_once_the_app_is_built(
     assert gc.get_freeze_count() > 0
 
 
-def test_a_child_process_tunes_its_collector_from_the_engines_environment() -> None:
-    script = ("import gc, json, logging\n"
+def test_a_child_process_tunes_its_collector_from_the_engines_environment_and_ignores_stop_signals() -> None:
+    # SIGINT and SIGTERM sent to the process group must not end a child before its engine closes stdin
+    script = ("import gc, json, logging, os, signal\n"
               "from tradeengine.ops.child import begin_child\n"
               "config = begin_child(logging.getLogger('child'), 'test child')\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
               "print(json.dumps([config, gc.get_threshold()[0], gc.get_freeze_count()]))\n")
     env = {**os.environ, "TRADE_ENGINE_GC_THRESHOLD": "2222"}
     done = subprocess.run([sys.executable, "-c", script], input=b'{"ok": 1}\n', env=env,
