@@ -2,8 +2,10 @@
 
 Master process (the one ``serve`` runs in):
   1. configures logging; SIGTERM/SIGINT before gunicorn is up end the start cleanly (no orphan server);
+     checks that it can listen on TRADE_ENGINE_HTTP_HOST:PORT (``ops.engine_lock``);
   2. owns the data folder and starts the embedded PostgreSQL, or waits (bounded) for the external one,
-     and applies the migrations — any failure ends here with one line on stderr and exit status 1;
+     and applies the migrations; takes the database's engine lock (one engine per database) — any
+     failure ends here with one line on stderr and exit status 1;
   3. runs gunicorn with ONE worker (``ops.http_worker``); no app, pool or actor thread is ever created here;
   4. when gunicorn stops (SIGTERM, SIGINT/Ctrl-C, or a worker that failed to boot) stops the embedded
      PostgreSQL, so no postgres process is left, and releases the data folder.
@@ -22,7 +24,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -44,6 +46,7 @@ from tradeengine.storage.users import UserRepository
 
 from .cli import engine_version
 from .database import DataDirLock, StartupError, serving_database
+from .engine_lock import EngineLock, check_bind
 from .gcpolicy import tune_collector
 from .gunicorn_conf import gunicorn_options
 from .logconfig import configure_logging
@@ -66,27 +69,33 @@ class _Interrupted(Exception):
 
 def serve(settings: Settings) -> int:
     """Run the engine until SIGTERM or SIGINT; return the exit status."""
-    lock = DataDirLock(settings.data_dir)
+    lock, engine_lock = DataDirLock(settings.data_dir), EngineLock()
     return run_server(settings, database=lambda shield: serving_database(settings, lock=lock, shield=shield),
-                      application=lambda conninfo: EngineApplication(settings, conninfo, lock),
-                      name="gunicorn")
+                      application=lambda conninfo: EngineApplication(settings, conninfo, lock, engine_lock),
+                      name="gunicorn", bind=(settings.http_host, settings.http_port), guard=engine_lock.held)
 
 
 Shield = Callable[[], AbstractContextManager[object]]
 
 
 def run_server(settings: Settings, *, database: Callable[[Shield], AbstractContextManager[str]],
-               application: Callable[[str], BaseApplication], name: str) -> int:
+               application: Callable[[str], BaseApplication], name: str, bind: tuple[str, int] | None = None,
+               guard: Callable[[str], AbstractContextManager[None]] | None = None) -> int:
     """Run a gunicorn server of ours (the engine, the wallet service) until SIGTERM or SIGINT.
 
-    `database(shield)` yields the database URL (starting an embedded server inside ``shield()``, where
-    stop signals wait); `application(url)` builds the gunicorn application. Returns the exit status:
+    `bind` (host, port) is checked first; `database(shield)` yields the database URL (starting an
+    embedded server inside ``shield()``, where stop signals wait); `guard(url)` is held while the server
+    runs (the engine lock); `application(url)` builds the gunicorn application. Returns the exit status:
     1 after a start-up error (one plain line on stderr), 128 + the signal when stopped while starting.
     """
     configure_logging(settings)
     signals = _StopSignals()
     try:
-        with signals.installed(), database(signals.deferred) as url:
+        if bind is not None:
+            check_bind(*bind)
+        with signals.installed(), database(signals.deferred) as url, (
+            guard(url) if guard is not None else nullcontext()
+        ):
             return _run_gunicorn(application(url), name)
     except StartupError as exc:  # one plain line, as for a bad setting: the operator reads this one
         print(f"trade-engine: {exc}", file=sys.stderr, flush=True)
@@ -266,10 +275,12 @@ def _stamp_request_ids() -> None:
 class EngineApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn's application object: configuration from the settings, the app built in the worker."""
 
-    def __init__(self, settings: Settings, conninfo: str, lock: DataDirLock | None = None) -> None:
+    def __init__(self, settings: Settings, conninfo: str, lock: DataDirLock | None = None,
+                 engine_lock: EngineLock | None = None) -> None:
         self._settings = settings
         self._conninfo = conninfo
         self._lock = lock
+        self._engine_lock = engine_lock
         self._parts: WorkerParts | None = None
         super().__init__(prog="trade-engine")
 
@@ -285,9 +296,12 @@ class EngineApplication(BaseApplication):  # type: ignore[misc]
         return self._parts.app
 
     def after_fork_in_worker(self) -> None:
-        """The worker must not keep the data folder locked once the master is gone (``kill -9``)."""
+        """The worker must not keep the data folder or the engine lock once the master is gone
+        (``kill -9``)."""
         if self._lock is not None:
             self._lock.forget_in_child()
+        if self._engine_lock is not None:
+            self._engine_lock.forget_in_child()
 
     def close_worker(self) -> None:
         """Stop the worker's actor system and close its pool (gunicorn's ``worker_exit``)."""

@@ -71,3 +71,27 @@ def test_ready_checks_redis_and_the_broker_when_they_are_configured(
     assert checks == expected
     engine.signal(signal.SIGTERM)
     assert engine.wait_exit() == 0
+
+
+def test_one_engine_per_database_and_a_port_in_use_is_refused_before_the_database_is_touched(
+        engines: Engines, machine_pg_url: str, tmp_path: Path) -> None:
+    first = engines.start(tmp_path / "one", database_url=machine_pg_url)
+    first.wait_ready()
+
+    second = engines.start(tmp_path / "two", database_url=machine_pg_url)
+    assert second.wait_exit(60) == 1
+    plain = [line for line in second.stderr().splitlines() if line.startswith("trade-engine:")]
+    assert len(plain) == 1 and "another trade-engine is serving the database" in plain[0], second.stderr()
+    assert f"pid {first.pid}" in plain[0]  # the holder, by its application_name
+
+    # the port is checked first: a database that does not exist is never reached
+    third = engines.start(tmp_path / "three", port=first.port, database_url=f"{machine_pg_url}_missing")
+    assert third.wait_exit(30) == 1
+    plain = [line for line in third.stderr().splitlines() if line.startswith("trade-engine:")]
+    assert len(plain) == 1 and f"cannot listen on 127.0.0.1:{first.port}" in plain[0], third.stderr()
+    assert first.get("/ready").status_code == 200  # the first engine never noticed
+
+    # kill -9 of the first engine's master alone: its worker must not keep the lock while it lingers
+    first.signal(signal.SIGKILL)
+    after = engines.start(tmp_path / "four", database_url=machine_pg_url)
+    after.wait_ready()
