@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import FrameType
@@ -41,6 +42,7 @@ from tradeengine.http.ratelimit import build_rate_limit
 from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check, wallet_check
 from tradeengine.http.routes import api_endpoints
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.marketdata import MarketDataReader
 from tradeengine.storage.users import UserRepository
 
@@ -70,9 +72,56 @@ class _Interrupted(Exception):
 def serve(settings: Settings) -> int:
     """Run the engine until SIGTERM or SIGINT; return the exit status."""
     lock, engine_lock = DataDirLock(settings.data_dir), EngineLock()
+
+    @contextmanager
+    def guard(url: str) -> Iterator[None]:
+        with engine_lock.held(url), (
+            EmbeddedWatch(EmbeddedPostgres(settings.data_dir)) if settings.database_url is None
+            else nullcontext()
+        ):
+            yield
+
     return run_server(settings, database=lambda shield: serving_database(settings, lock=lock, shield=shield),
                       application=lambda conninfo: EngineApplication(settings, conninfo, lock, engine_lock),
-                      name="gunicorn", bind=(settings.http_host, settings.http_port), guard=engine_lock.held)
+                      name="gunicorn", bind=(settings.http_host, settings.http_port), guard=guard)
+
+
+class EmbeddedWatch:
+    """While ``serve`` runs on its embedded PostgreSQL: if that server stops (an operator's ``pg_ctl
+    stop``, a kill), stop the engine, loudly, with exit status 1.
+
+    Without it the engine would run on, every request waiting for the pool's timeout and answering 503,
+    the operator's tools refused too (an API key is checked in the database), and nothing in the log
+    above WARNING. The server is the master's to start and stop, not the engine's to restart under
+    itself: a supervisor (systemd, compose) restarts ``serve``, which starts it again. A thread of the
+    master looks every ``interval`` seconds; on leaving the block it raises StartupError (one line on
+    stderr, status 1) if the server stopped under the engine.
+    """
+
+    def __init__(self, server: EmbeddedPostgres, interval: float = 1.0) -> None:
+        self._server = server
+        self._interval = interval
+        self._done = threading.Event()
+        self._stopped_under_us = False
+
+    def __enter__(self) -> EmbeddedWatch:
+        threading.Thread(target=self._watch, name="embedded-postgres-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._stopped_under_us and exc_info[0] is None:
+            raise StartupError(f"the embedded PostgreSQL in {self._server.pgdata} stopped while the engine "
+                               "ran; the engine stopped with it (start it again: trade-engine serve)")
+
+    def _watch(self) -> None:
+        while not self._done.wait(self._interval):
+            if not self._server.is_running():
+                self._stopped_under_us = True
+                _log.error("the embedded PostgreSQL in %s stopped while the engine ran; stopping the "
+                           "engine (exit status 1)", self._server.pgdata)
+                os.kill(os.getpid(), signal.SIGTERM)  # gunicorn's graceful stop
+                return
 
 
 Shield = Callable[[], AbstractContextManager[object]]

@@ -186,6 +186,11 @@ class EmbeddedPostgres:
             self._create_database()
         return self.url()
 
+    def is_running(self) -> bool:
+        """Whether a server runs on this data now (its ``postmaster.pid`` names a live postmaster)."""
+        running = _Postmaster.read(self.pgdata)
+        return running is not None and running.is_alive(self.pgdata)
+
     def stop(self) -> None:
         """Stop the server with ``pg_ctl stop -m fast`` and wait until none of its processes is left."""
         if not self.pgdata.is_dir():

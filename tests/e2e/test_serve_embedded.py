@@ -153,3 +153,17 @@ def test_sigterm_while_starting_still_leaves_no_postgres(engines: Engines, tmp_p
     engine.signal(signal.SIGTERM)
     assert engine.wait_exit() in (0, 128 + signal.SIGTERM)
     assert postgres_processes(data_dir) == []
+
+
+def test_when_the_embedded_postgres_stops_under_the_engine_the_engine_stops_with_status_1(
+        engines: Engines, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data")
+    engine.wait_ready()
+    processes = postgres_processes(tmp_path / "data")
+    (postmaster,) = [p for p in processes if p.ppid() not in {q.pid for q in processes}]
+    postmaster.send_signal(signal.SIGINT)  # what `pg_ctl stop -m fast` does
+
+    assert engine.wait_exit(60) == 1
+    plain = [line for line in engine.stderr().splitlines() if line.startswith("trade-engine:")]
+    assert len(plain) == 1 and "embedded PostgreSQL" in plain[0] and "stopped" in plain[0], engine.stderr()
+    assert postgres_processes(tmp_path / "data") == []
