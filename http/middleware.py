@@ -122,8 +122,14 @@ class HttpMetrics:
         children[1].observe(seconds)
 
 
+QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+"""Routes probes and scrapers call every few seconds: their answers are logged at DEBUG, not INFO (an
+error answer still at INFO), so the access log at INFO holds what clients did."""
+
+
 class AccessLogMiddleware:
-    """One log line and one metrics sample per request, with its route template and latency."""
+    """One log line and one metrics sample per request, with its route template and latency (at INFO; the
+    probes' and scrapers' routes, :data:`QUIET_ROUTES`, at DEBUG unless they answer an error)."""
 
     def __init__(self, logger: logging.Logger, metrics: HttpMetrics, clock: Callable[[], float]) -> None:
         self._logger = logger
@@ -142,7 +148,8 @@ class AccessLogMiddleware:
         method = req.method
         self._metrics.observe(route, method, status, seconds)
         logger = self._logger
-        if not logger.isEnabledFor(logging.INFO):
+        level = logging.DEBUG if route in QUIET_ROUTES and status < 400 else logging.INFO
+        if not logger.isEnabledFor(level):
             return
         path = req.path
         fields: dict[str, Any] = {
@@ -155,7 +162,7 @@ class AccessLogMiddleware:
         }
         # logger.info(...) without its findCaller() (a walk up the stack per line): the record names this
         # method as its source, which it is.
-        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, _ACCESS_LOG_LINE,
+        logger.handle(logger.makeRecord(logger.name, level, __file__, _ACCESS_LOG_LINE,
                                         "%s %s %d", (method, path, status), None, "process_response",
                                         fields))
 

@@ -48,12 +48,27 @@ def test_an_echoed_request_id_is_logged_as_a_field_and_json_lines_escape_it(
 
     client = make_client()
     sent = 'a "quoted" <id> \\ with spaces'
-    with caplog.at_level(logging.INFO, logger="tests.http.access"):
+    with caplog.at_level(logging.DEBUG, logger="tests.http.access"):
         client.simulate_get("/health", headers={"X-Request-ID": sent})
     (record,) = [r for r in caplog.records if r.name == "tests.http.access"]
     assert record.request_id == sent  # type: ignore[attr-defined]
     line = JsonFormatter().format(record)
     assert "\n" not in line and json.loads(line)["request_id"] == sent
+
+
+def test_probes_are_logged_at_debug_and_what_clients_do_at_info(
+        make_client: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    client = make_client()
+    with caplog.at_level(logging.INFO, logger="tests.http.access"):
+        client.simulate_get("/health")
+        client.simulate_get("/missing")
+    records = [r for r in caplog.records if r.name == "tests.http.access"]
+    assert [(r.levelno, r.path) for r in records] == [(logging.INFO, "/missing")]  # type: ignore[attr-defined]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="tests.http.access"):
+        client.simulate_get("/health")
+    records = [r for r in caplog.records if r.name == "tests.http.access"]
+    assert [(r.levelno, r.path) for r in records] == [(logging.DEBUG, "/health")]  # type: ignore[attr-defined]
 
 
 def test_request_id_is_on_error_responses_and_in_their_body(client: falcon.testing.TestClient) -> None:
