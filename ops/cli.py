@@ -35,11 +35,27 @@ def engine_version() -> str:
         return "0+unknown"
 
 
-def _settings_epilog() -> str:
-    lines = ["settings (environment variables):"]
+#: The pointer every command but ``serve`` shows instead of the whole settings list.
+SETTINGS_POINTER = "settings: TRADE_ENGINE_* variables, see `trade-engine serve --help`"
+#: What the one-shot database commands read.
+DATABASE_SETTINGS = ("TRADE_ENGINE_DATABASE_URL", "TRADE_ENGINE_DATA_DIR", "TRADE_ENGINE_DATABASE_PREPARE")
+#: What the commands through the running engine's admin API read.
+ADMIN_SETTINGS = ("TRADE_ENGINE_HTTP_HOST", "TRADE_ENGINE_HTTP_PORT", "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
+
+
+def _settings_epilog(names: Sequence[str] | None = None) -> str:
+    """Every setting with its default and meaning (`names` None), or only `names` and the pointer to
+    the full list (``serve --help``); no names: the pointer alone."""
+    if names is not None and not names:
+        return SETTINGS_POINTER
+    lines = ["settings (environment variables):" if names is None else "settings this command reads:"]
     for name, default, doc in Settings.documentation():
+        if names is not None and name not in names:
+            continue
         shown = f" [default: {default}]" if default else ""
         lines.append(f"  {name}{shown}\n      {doc}")
+    if names is not None:
+        lines.append(f"other {SETTINGS_POINTER}")
     return "\n".join(lines)
 
 
@@ -53,7 +69,7 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from .database import open_database
 
-    with open_database(settings) as database:
+    with open_database(settings, require_migrated=False) as database:
         applied = database.migrate()
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
@@ -64,8 +80,7 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
 
     from .database import open_database
 
-    with open_database(settings) as database:
-        database.migrate()
+    with open_database(settings) as database:  # refuses a database `migrate` has not brought up to date
         pairs = database.pairs().list()
     header = ("SYMBOL", "STATUS", "TICK", "LOT", "MIN QTY", "MAX QTY", "MIN NOTIONAL", "MAKER", "TAKER")
     rows = [
@@ -82,8 +97,7 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
 
     from .database import open_database
 
-    with open_database(settings) as database:
-        database.migrate()
+    with open_database(settings) as database:  # refuses a database `migrate` has not brought up to date
         user, key = database.users().create(args.name, args.role)
     if args.json:
         print(json.dumps({"user": {"id": str(user.id), "name": user.name, "role": user.role,
@@ -104,6 +118,11 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
         print("trade-engine: TRADE_ENGINE_BROKER_URL is memory://: events never leave the engine process; "
               "set it to the engine's amqp:// broker", file=sys.stderr)
         return 2
+    if args.symbol is not None:
+        refused = _check_pair(args.symbol, settings)
+        if refused is not None:
+            print(f"trade-engine: {refused}", file=sys.stderr)
+            return 1
     keys = binding_keys(args.symbol, args.type or ())
 
     def listening(where: str) -> None:
@@ -132,6 +151,44 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         events.close()
     return 0
+
+
+def _symbol(text: str) -> str:
+    """argparse type: a pair symbol of the API's shape, BASE-QUOTE in capital letters and digits."""
+    import re
+
+    from tradeengine.http.models import SYMBOL_PATTERN  # imported when used: --help stays instant
+
+    if re.match(SYMBOL_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pair symbol BASE-QUOTE in capital letters and "
+                                         "digits, e.g. BTC-USDT")
+    return text
+
+
+def _check_pair(symbol: str, settings: Settings) -> str | None:
+    """Why `symbol` is refused (the running engine has no such pair), or None to go on.
+
+    Asks the running engine (``GET /api/v1/pairs``, public, at HTTP_HOST:HTTP_PORT), the one source this
+    command can reach cheaply (it opens no database). No engine answering there (the tail may well
+    run elsewhere, or before the engine) is not a refusal: one warning line, and the tail goes on.
+    """
+    import json
+    import urllib.request
+
+    from .admin_cli import engine_url
+
+    base = engine_url(settings)
+    try:
+        with urllib.request.urlopen(f"{base}/api/v1/pairs", timeout=3) as response:
+            known = [pair["symbol"] for pair in json.load(response)["pairs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"trade-engine: warning: {symbol} not checked: no engine answers GET /api/v1/pairs at {base} "
+              f"({reason}); waiting for its events anyway", file=sys.stderr, flush=True)
+        return None
+    if symbol in known:
+        return None
+    return f"the engine at {base} has no pair {symbol} (its pairs: {', '.join(known) or 'none'})"
 
 
 def _stop_on_interrupt_or_term() -> None:
@@ -208,22 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable[[argparse.Namespace, Settings], int], text: str,
             parent: argparse._SubParsersAction[argparse.ArgumentParser] = commands,
+            reads: Sequence[str] | None = (),
             ) -> argparse.ArgumentParser:
-        sub = parent.add_parser(name, help=text, description=text, epilog=_settings_epilog(),
+        """A sub-command; its help ends with the settings it `reads` (None: all of them, for ``serve``)
+        and a pointer to ``serve --help`` for the rest."""
+        sub = parent.add_parser(name, help=text, description=text, epilog=_settings_epilog(reads),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
     add("serve", _cmd_serve,
         "Run the engine: HTTP on TRADE_ENGINE_HTTP_HOST:PORT (gunicorn, one uvicorn worker); "
-        "without TRADE_ENGINE_DATABASE_URL an embedded PostgreSQL runs in DATA_DIR/postgres.")
-    add("migrate", _cmd_migrate, "Apply pending database migrations and exit.")
-    pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.")
+        "without TRADE_ENGINE_DATABASE_URL an embedded PostgreSQL runs in DATA_DIR/postgres.", reads=None)
+    add("migrate", _cmd_migrate, "Apply pending database migrations and exit (`serve` applies them too; "
+        "the other commands refuse a database that is not migrated).", reads=DATABASE_SETTINGS)
+    pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.",
+                                epilog=SETTINGS_POINTER)
     pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="SUBCOMMAND", required=True)
-    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status (from the database).",
-        pair_commands)
+    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status (from the database, "
+        "which must be migrated).", pair_commands, reads=DATABASE_SETTINGS)
     pair_add = add("add", cmd_pairs_add, "Add a pair to the running engine (its admin API): stored, its "
-                   "actor started, trading at once; print it.", pair_commands)
+                   "actor started, trading at once; print it.", pair_commands, reads=ADMIN_SETTINGS)
     pair_add.add_argument("symbol", help="BASE-QUOTE, each 2-12 capital letters or digits, e.g. DOGE-BTC")
     for option, kind, needed, text in (
             ("--tick-size", amount, True, "the price step, e.g. 0.01 (required)"),
@@ -242,35 +304,44 @@ def build_parser() -> argparse.ArgumentParser:
                        ("resume", "Resume a halted pair of the running engine."),
                        ("restart", "Restart a pair's actor in the running engine; answered once the new "
                                    "incarnation has rebuilt its book from the database.")):
-        change = add(name, cmd_pairs_change, text, pair_commands)
+        change = add(name, cmd_pairs_change, text, pair_commands, reads=ADMIN_SETTINGS)
         change.add_argument("symbol", help="the pair, e.g. BTC-USDT")
         add_admin_options(change, "the pair" + (" with its actor" if name == "restart" else ""))
     actors = add("actors", cmd_actors, "List the running engine's supervised actors: state, incarnation, "
-                 "restarts, mailbox and last failure.")
+                 "restarts, mailbox and last failure.", reads=ADMIN_SETTINGS)
     add_admin_options(actors, "the supervision tree")
-    users = commands.add_parser("users", help="Users and their API keys.", description="Users.")
+    users = commands.add_parser("users", help="Users and their API keys.", description="Users.",
+                                epilog=SETTINGS_POINTER)
     user_commands = users.add_subparsers(dest="users_command", metavar="SUBCOMMAND", required=True)
     create = add("create", _cmd_users_create,
-                 "Create a user and print their API key (shown once).", user_commands)
+                 "Create a user and print their API key (shown once); the database must be migrated.",
+                 user_commands, reads=DATABASE_SETTINGS)
     create.add_argument("name", help="1-64 letters, digits, '.', '_' or '-'")
-    create.add_argument("--role", choices=["trader", "admin"], default="trader")
+    create.add_argument("--role", choices=["trader", "admin"], default="trader",
+                        help="trader: places and cancels orders with the key; admin: may also call the "
+                             "admin API (deposits, withdrawals, pairs, actors) [default: trader]")
     create.add_argument("--json", action="store_true", help="print one JSON object")
     for name, text in (("deposit", "Credit a user's available balance"),
                        ("withdraw", "Debit a user's available balance")):
         transfer = add(name, cmd_transfer, f"{text} through the running engine's admin API (its wallet "
-                       "moves the money) and print the new balance.")
+                       "moves the money) and print the new balance.", reads=ADMIN_SETTINGS)
         transfer.add_argument("user_id", help="the user's id")
         transfer.add_argument("asset", help="an asset some pair trades, e.g. USDT")
         transfer.add_argument("amount", type=amount, help="a decimal with at most 8 places, e.g. 1000.5")
         add_admin_options(transfer, "the balance")
     events = commands.add_parser("events", help="The engine's published events.",
-                                 description="The engine's published events.")
+                                 description="The engine's published events.", epilog=SETTINGS_POINTER)
     event_commands = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
     tail = add("tail", _cmd_events_tail,
                "Print the engine's events as they are published to TRADE_ENGINE_BROKER_URL (exchange "
-               "TRADE_ENGINE_BROKER_EXCHANGE), through a temporary queue of its own, until Ctrl-C.",
-               event_commands)
-    tail.add_argument("--symbol", help="only this pair's events (e.g. BTC-USDT)")
+               "TRADE_ENGINE_BROKER_EXCHANGE), through a temporary queue of its own, until Ctrl-C or "
+               "SIGTERM (either ends it quietly, exit status 0) or --limit.",
+               event_commands, reads=("TRADE_ENGINE_BROKER_URL", "TRADE_ENGINE_BROKER_EXCHANGE",
+                                      "TRADE_ENGINE_HTTP_HOST", "TRADE_ENGINE_HTTP_PORT"))
+    tail.add_argument("--symbol", type=_symbol,
+                      help="only this pair's events (e.g. BTC-USDT); refused when the running engine "
+                           "(HTTP_HOST:HTTP_PORT, GET /api/v1/pairs) has no such pair; when no engine "
+                           "answers there, a warning and the tail goes on")
     tail.add_argument("--type", action="append", choices=["order", "trade", "balance"],
                       help="only events of this kind (repeat for several) [default: all]")
     tail.add_argument("--json", action="store_true", help="print each event's JSON body, one per line")
@@ -278,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     wallet = add("wallet-service", _cmd_wallet_service,
                  "Run the reference wallet service (ops/walletservice/CONTRACT.md) on HOST:PORT "
                  "(gunicorn, one gthread worker); without --database-url an embedded PostgreSQL of its "
-                 "own runs in DATA_DIR/wallet-service.")
+                 "own runs in DATA_DIR/wallet-service.",
+                 reads=("TRADE_ENGINE_DATA_DIR", "TRADE_ENGINE_LOG_LEVEL", "TRADE_ENGINE_LOG_FORMAT"))
     wallet.add_argument("--host", default="127.0.0.1", help="address to listen on [default: 127.0.0.1]")
     wallet.add_argument("--port", type=int, default=8090, help="port to listen on [default: 8090]")
     wallet.add_argument("--database-url", metavar="URL",
@@ -299,8 +371,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status when stdout is closed under us (`trade-engine actors | head -3`): 128 + SIGPIPE, what
+#: the shell reports for a C tool (cat, seq) that the same pipe kills, so a `set -o pipefail` script sees
+#: the same as with any other command, and a cut-off output is never reported as a complete success.
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (141, quietly, when stdout is closed under us)."""
+    try:
+        status = _main(argv, environ)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit, where it cannot be handled
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit, which would fail again and print an error: point
+        # the descriptor at /dev/null first (the recipe of Python's `signal` documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return BROKEN_PIPE_STATUS
+    return status
+
+
+def _main(argv: Sequence[str] | None, environ: dict[str, str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env(os.environ if environ is None else environ)

@@ -11,9 +11,15 @@ crashed) and stops it when it is done. flock is released by the kernel when the 
 - ``serve`` must own the data folder: :func:`serving_database` raises :class:`DataDirInUse` (one clear
   line) when another live process holds the lock, then starts the server and applies the migrations
   in the calling process (the gunicorn master), and stops the server when serving ends.
-- one-shot commands (``migrate``, ``pairs list``) use :func:`open_database`: when a live process owns
-  the folder they reuse its running server and leave it running; otherwise they take the folder,
-  start (or take over) the server, and stop it at the end.
+- one-shot commands (``migrate``, ``pairs list``, ``users create``) use :func:`open_database`: when a
+  live process owns the folder they reuse its running server and leave it running; otherwise they take
+  the folder, start (or take over) the server, and stop it at the end. Only ``migrate`` (and ``serve``)
+  apply migrations: the others refuse a database whose schema is missing or behind
+  (:class:`NotMigrated`), and on an embedded folder holding no cluster yet they start nothing at all.
+- a data folder that cannot be created or locked (a path under /proc, a regular file) is one line
+  (:class:`DataDirUnusable`) naming TRADE_ENGINE_DATA_DIR and the OS error.
+- :func:`wait_for_database` retries a database that does not answer, but not one that answers with an
+  error no retry can fix (no such database or role, a wrong password).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -29,10 +36,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
+import psycopg
+
+from tradeengine.storage.database import (
+    DEFAULT_PREPARE_THRESHOLD,
+    check_database,
+    connection_kwargs,
+    create_pool,
+    storage_errors,
+)
 from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.errors import StorageError, StorageUnavailable
-from tradeengine.storage.migrate import apply_migrations
+from tradeengine.storage.migrate import apply_migrations, load_migrations
 from tradeengine.storage.pairs import PairRepository
 from tradeengine.storage.users import UserRepository
 
@@ -51,6 +66,18 @@ class StartupError(Exception):
 
 class DataDirInUse(StartupError):
     """Another live process owns the data folder."""
+
+
+class DataDirUnusable(StartupError):
+    """The data folder cannot be created, or its lock file cannot be opened (an OS error)."""
+
+
+class NotMigrated(StartupError):
+    """The database's schema is missing or behind this code's migrations (a command that does not migrate)."""
+
+
+class DatabaseRefused(StartupError):
+    """The database answered with an error no retry can fix (no such database or role, a wrong password)."""
 
 
 def redact(url: str) -> str:
@@ -83,8 +110,13 @@ class DataDirLock:
         """Take the lock if nobody holds it and write our pid into the file; never waits."""
         if self._fd is not None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DataDirUnusable(
+                f"TRADE_ENGINE_DATA_DIR {self.path.parent} cannot be used as the data folder: "
+                f"{exc}; set it to a folder this user may create and write") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -169,9 +201,16 @@ class Database:
 
 
 @contextmanager
-def open_database(settings: Settings) -> Iterator[Database]:
-    """The database for a one-shot command; an embedded server is started only if nobody runs it."""
-    with _command_url(settings) as url:
+def open_database(settings: Settings, *, require_migrated: bool = True) -> Iterator[Database]:
+    """The database for a one-shot command; an embedded server is started only if nobody runs it.
+
+    With `require_migrated` (every command but ``migrate``), a database whose schema is missing or
+    behind raises :class:`NotMigrated` instead of being used, and an embedded folder holding no
+    cluster yet raises it before anything is initialised or started.
+    """
+    with _command_url(settings, create=not require_migrated) as url:
+        if require_migrated:
+            require_migrations(url)
         database = Database(url, pool_size=min(settings.database_pool_size, 4),
                             prepare=settings.database_prepare)
         try:
@@ -180,8 +219,34 @@ def open_database(settings: Settings) -> Iterator[Database]:
             database.close()
 
 
+def require_migrations(url: str, shown: str | None = None) -> None:
+    """Raise :class:`NotMigrated` unless every migration this code ships is applied on `url`.
+
+    Reads ``schema_migrations`` (the table :func:`apply_migrations` keeps: one row per applied file),
+    changes nothing. A database newer than the code (a version it does not ship) is left to the
+    command; only missing or pending migrations are refused here. `shown` names the database in the
+    message [default: the URL, its password hidden].
+    """
+    shipped = load_migrations()
+    with (storage_errors("checking the database schema"),
+          psycopg.connect(url, autocommit=True, **connection_kwargs(prepare_threshold=None)) as conn):
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+            applied: set[int] = set()
+            why = "no migrations applied"
+        else:
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            why = ""
+    pending = [m for m in shipped if m.version not in applied]
+    if not pending:
+        return
+    if not why:
+        why = f"{len(pending)} of {len(shipped)} migrations pending, the first {pending[0].name}"
+    raise NotMigrated(f"the database at {shown or redact(url)} is not migrated ({why}); "
+                      "run `trade-engine migrate`")
+
+
 @contextmanager
-def _command_url(settings: Settings) -> Iterator[str]:
+def _command_url(settings: Settings, *, create: bool = True) -> Iterator[str]:
     if settings.database_url is not None:
         yield settings.database_url
         return
@@ -193,6 +258,10 @@ def _command_url(settings: Settings) -> Iterator[str]:
         yield server.start()  # reuses the owner's running server; the owner stops it, not us
         return
     try:
+        if not create and not (server.pgdata / "PG_VERSION").is_file():
+            # a fresh folder: initialising a cluster only to refuse it would leave one behind
+            raise NotMigrated(f"the database at {server.pgdata} is not migrated (no embedded PostgreSQL "
+                              "there yet); run `trade-engine migrate`")
         try:
             url = server.start()
             yield url
@@ -259,8 +328,43 @@ def prepared_database(url: str | None, *, lock: DataDirLock, prepare: Callable[[
         lock.release()
 
 
+#: SQLSTATEs of a connection no retry can fix: no such database, no such role (or no pg_hba.conf entry),
+#: a wrong password.
+FATAL_SQLSTATES = {"3D000": "invalid_catalog_name", "28000": "invalid_authorization_specification",
+                   "28P01": "invalid_password"}
+# psycopg (3.3) gives no SQLSTATE for an error met while connecting: only libpq's message says which it
+# was. These are PostgreSQL's own (English) words for the three, and libpq's for a missing password.
+_FATAL_MESSAGES = (
+    (re.compile(r'FATAL:\s+database ".*" does not exist'), "3D000"),
+    (re.compile(r'FATAL:\s+role ".*" does not exist'), "28000"),
+    (re.compile(r"FATAL:\s+no pg_hba\.conf entry for"), "28000"),
+    (re.compile(r"FATAL:\s+password authentication failed for user"), "28P01"),
+    (re.compile(r"fe_sendauth: no password supplied"), "28P01"),
+)
+
+
+def fatal_sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of `exc` (or of the psycopg error it was raised from) when it is one of
+    :data:`FATAL_SQLSTATES`: the database answered, and will answer the same way to every retry."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.Error):
+            if seen.sqlstate in FATAL_SQLSTATES:
+                return seen.sqlstate
+            for pattern, sqlstate in _FATAL_MESSAGES:
+                if pattern.search(str(seen)):
+                    return sqlstate
+            return None
+        seen = seen.__cause__
+    return None
+
+
 def wait_for_database(url: str, wait: float, *, attempt_timeout: float = 2.0, pause: float = 1.0) -> None:
-    """Return once the database answers; retry for ``wait`` seconds, then raise StartupError."""
+    """Return once the database answers; retry for ``wait`` seconds, then raise StartupError.
+
+    An answer no retry can change (:func:`fatal_sqlstate`: no such database or role, a wrong password)
+    raises :class:`DatabaseRefused` at once.
+    """
     deadline = time.monotonic() + wait
     attempts = 0
     while True:
@@ -269,6 +373,12 @@ def wait_for_database(url: str, wait: float, *, attempt_timeout: float = 2.0, pa
             check_database(url, timeout=attempt_timeout)
             return
         except StorageUnavailable as exc:
+            sqlstate = fatal_sqlstate(exc)
+            if sqlstate is not None:
+                raise DatabaseRefused(
+                    f"the database at {redact(url)} refused the connection ({FATAL_SQLSTATES[sqlstate]}, "
+                    f"SQLSTATE {sqlstate}; not retried): {_one_line(exc)}"
+                ) from exc
             if time.monotonic() + pause >= deadline:
                 raise StartupError(
                     f"the database at {redact(url)} did not answer within {wait:g} s "

@@ -278,7 +278,10 @@ def run_accelerated(argv: list[str], build_root: Path) -> int:
 
 def main(argv: list[str]) -> int:
     """Run the core benchmark and print its figures (the last line is JSON with --json)."""
-    parser = argparse.ArgumentParser(prog="trade-engine bench core", description=__doc__.splitlines()[0])
+    from tradeengine.ops.bench import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="trade-engine bench core", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--commands", type=int, default=1_000_000, help="timed commands per run")
     parser.add_argument("--runs", type=int, default=5, help="runs; the median is reported")

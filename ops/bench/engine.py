@@ -39,6 +39,7 @@ import random
 import resource
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -68,6 +69,7 @@ from tradeengine.engine import (
     Side,
     TradeEngineError,
 )
+from tradeengine.ops.bench import DefaultsHelpFormatter
 from tradeengine.ops.gcpolicy import tune_collector
 from tradeengine.ops.settings import Settings
 from tradeengine.ops.threadcpu import ThreadCpu
@@ -191,12 +193,24 @@ def bench_server(database_url: str | None) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+class BenchError(Exception):
+    """The benchmark cannot run (its PostgreSQL server cannot be reached); the message is one line."""
+
+
 @contextmanager
 def scratch_database(admin_url: str, keep: bool) -> Iterator[str]:
-    """Create a fresh database on the server of `admin_url`, yield its URL, drop it afterwards."""
+    """Create a fresh database on the server of `admin_url`, yield its URL, drop it afterwards.
+
+    Raises :class:`BenchError` when the server cannot be reached or refuses to create it."""
+    from tradeengine.ops.database import redact
+
     name = f"te_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise BenchError(f"cannot create the bench database on {redact(admin_url)}: {why}") from exc
     parts = urlsplit(admin_url)
     try:
         yield urlunsplit(parts._replace(path=f"/{name}"))
@@ -366,14 +380,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """Run the engine benchmark and print its figures (the last line is JSON with --json)."""
-    parser = argparse.ArgumentParser(prog="trade-engine bench engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trade-engine bench engine", description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--orders", type=int, default=20_000, help="timed commands in all")
     parser.add_argument("--callers", type=int, default=64, help="concurrent callers (one user each)")
     parser.add_argument("--seed", type=int, default=20261124, help="workload seed")
     parser.add_argument("--database-url", default=None,
-                        help="a PostgreSQL server to create the bench database on (default: "
-                             "TRADE_ENGINE_DATABASE_URL, else an embedded server in a temp folder)")
+                        help="a PostgreSQL server to create the bench database on [default: "
+                             "TRADE_ENGINE_DATABASE_URL, else an embedded server in a temp folder]")
     parser.add_argument("--pool-size", type=int, default=8, help="database connections at most")
     parser.add_argument("--writer", choices=("process", "thread"), default="process",
                         help="where the writer commits: a process of its own (serve's default, "
@@ -382,7 +397,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.orders <= 0 or args.callers <= 0 or args.pool_size < 2:
         parser.error("--orders and --callers must be positive, --pool-size at least 2")
-    result = run(args)
+    try:
+        result = run(args)
+    except BenchError as exc:
+        print(f"trade-engine: bench engine: {exc}", file=sys.stderr)
+        return 1
     print(f"{result['acknowledged']} acknowledged in {result['seconds']} s: {result['orders_per_sec']:,} "
           f"orders/s; latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
           f"{result['rows_per_commit']} rows and {result['commands_per_commit']} commands per commit "

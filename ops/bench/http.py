@@ -1243,6 +1243,12 @@ def target_server(args: argparse.Namespace, progress: Progress) -> Iterator[tupl
         if parts.scheme != "http" or not parts.hostname:
             raise BenchError(f"--url {args.url}: only http://HOST[:PORT] is supported")
         host, port = parts.hostname, parts.port or 80
+        with AdminClient(host, port, timeout=min(args.timeout, 10.0)) as probe:
+            try:
+                probe.request("GET", "/health")
+            except (OSError, http.client.HTTPException) as exc:
+                raise BenchError(f"no server answers at {args.url} ({exc}); is `trade-engine serve` "
+                                 "running there?") from exc
         yield host, port, args.admin_key, CpuMeter(listening_process(host, port), metrics=(host, port)), None
         return
     server = OwnServer()
@@ -1459,7 +1465,7 @@ def main(argv: list[str]) -> int:
     try:
         result = run(args, progress)
     except BenchError as exc:
-        print(f"trade-engine bench http: {exc}", file=sys.stderr)
+        print(f"trade-engine: bench http: {exc}", file=sys.stderr)
         return 1
     print(_summary(result))
     if result["errors_total"]:

@@ -62,6 +62,10 @@ def test_migrate_with_the_embedded_database_starts_and_stops_it(tmp_path: Path) 
     result = _run("migrate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("applied ")
+    # the migrated embedded database is then used as it is by the commands that do not migrate
+    made = _run("users", "create", "alice", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("created trader alice ")
     data_dir = str((tmp_path / "data").resolve())
     left = [p for p in psutil.process_iter(["name", "cmdline"])
             if p.info["name"] == "postgres" and any(data_dir in a for a in p.info["cmdline"] or ())]
@@ -75,6 +79,7 @@ def test_users_create_prints_a_key_once_that_authenticates_the_new_user(machine_
     from tradeengine.storage import create_pool
     from tradeengine.storage.users import UserRepository
 
+    assert _run("migrate", cwd=tmp_path, database_url=machine_pg_url).returncode == 0
     made = _run("users", "create", "alice", "--role", "admin", "--json", cwd=tmp_path,
                 database_url=machine_pg_url)
     assert made.returncode == 0, made.stderr

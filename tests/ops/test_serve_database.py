@@ -124,7 +124,8 @@ def test_redact_hides_only_the_password() -> None:
 
 def test_open_database_on_an_external_url_migrates_lists_pairs_and_closes_its_pool(
         machine_pg_url: str, tmp_path: Path) -> None:
-    with open_database(Settings(database_url=machine_pg_url, data_dir=tmp_path)) as database:
+    settings = Settings(database_url=machine_pg_url, data_dir=tmp_path)
+    with open_database(settings, require_migrated=False) as database:  # as `migrate` opens it
         assert database.url == machine_pg_url
         assert database.migrate()
         assert "BTC-USDT" in [pair.symbol for pair in database.pairs().list()]
