@@ -210,15 +210,11 @@ def _in_words(message: str, kind: type | None, path: str) -> str | None:
     return None
 
 
-def validation_error(error: msgspec.ValidationError, kind: type | None = None,
-                     prefix: str = "") -> ValidationError:
+def validation_error(error: msgspec.ValidationError, kind: type | None = None) -> ValidationError:
     """Turn msgspec's message into the API's VALIDATION_ERROR naming the field at fault and saying, in
     words, what it takes ("quantity must be a decimal number written as a JSON string ...", "side must
     be one of BUY, SELL, not 'HOLD'", "limit must be at most 500"); `kind` (the Struct decoded) gives a
     field's choices. A message not put in words keeps msgspec's text, with the field named after it.
-
-    `prefix` is where the decoded value sits in the request ("orders[1]" for an item of a batch decoded
-    on its own): the field and the message name the field from the request's top ("orders[1].side").
     """
     message = str(error)
     path = ""
@@ -229,11 +225,10 @@ def validation_error(error: msgspec.ValidationError, kind: type | None = None,
     named = _FIELD_NAMED.search(message)
     if named is not None:
         path = f"{path}.{named.group('name')}" if path else named.group("name")
-    field = f"{prefix}.{path}" if prefix and path and not path.startswith("[") else prefix + path
     told = _in_words(message, kind, path)
-    if not field:  # the body itself
+    if not path:  # the body itself
         return ValidationError(f"the request body {told}" if told else message)
-    return ValidationError(f"{field} {told}" if told else f"{message} (field {field})", field=field)
+    return ValidationError(f"{path} {told}" if told else f"{message} (field {path})", field=path)
 
 
 async def read_body(req: falcon.asgi.Request, kind: type[T]) -> T:
@@ -253,16 +248,15 @@ def _too_large() -> falcon.HTTPContentTooLarge:
                                       description=f"a request body of at most {MAX_BODY_BYTES} bytes is read")
 
 
-def decode_json(raw: bytes | msgspec.Raw, kind: type[T], prefix: str = "") -> T:
-    """Decode JSON bytes into ``kind``; ``prefix`` names where they sit in the request (see
-    :func:`validation_error`)."""
+def decode_json(raw: bytes | msgspec.Raw, kind: type[T]) -> T:
+    """Decode JSON bytes into ``kind``."""
     if not raw:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description="the request body is empty; a JSON document is required")
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
-        raise validation_error(exc, kind, prefix) from None
+        raise validation_error(exc, kind) from None
     except msgspec.DecodeError as exc:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description=f"the request body is not valid JSON: {exc}") from None
@@ -480,8 +474,10 @@ def _query_parameters(kind: type[Request]) -> list[dict[str, Any]]:
         required = field.required
         if not required and field.default is not None and field.default is not msgspec.NODEFAULT:
             schema["default"] = field.default
-        parameters.append({"name": field.encode_name, "in": "query", "required": required,
-                           "schema": schema})
+        parameter = {"name": field.encode_name, "in": "query", "required": required, "schema": schema}
+        if not required:  # `symbol=` is the parameter left out (see query_parameters)
+            parameter["allowEmptyValue"] = True
+        parameters.append(parameter)
     return parameters
 
 

@@ -116,15 +116,6 @@ class NewOrderBatch(Request):
     orders: Annotated[list[NewOrder], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class OrderBatchEnvelope(Request):
-    """A :class:`NewOrderBatch` as the batch route reads it first: the envelope is checked (an object with
-    ``orders``, 1 to 100 items, no other field) and each order is kept as raw JSON, then decoded on its
-    own, so an order that breaks the schema is that order's error and the others are placed. Not in the
-    document: ``NewOrderBatch`` describes the same body, with its item schema."""
-
-    orders: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_BATCH)]
-
-
 class OrderChange(Request):
     """An amend: a new quantity, a new price, or both."""
 

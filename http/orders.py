@@ -34,7 +34,7 @@ from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.rows import OrderRow, build_rows
 
 from . import render
-from .api import Operation, Resource, decode_json, read_body, read_query, respond
+from .api import Operation, Resource, read_body, read_query, respond
 from .blocking import blocking
 from .errors import echoed, error_detail, not_found
 from .models import (
@@ -46,7 +46,6 @@ from .models import (
     NewOrder,
     NewOrderBatch,
     Order,
-    OrderBatchEnvelope,
     OrderChange,
     OrderPage,
     OrderQuery,
@@ -156,22 +155,22 @@ class OrderBatchResource(Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Place a batch of orders.
 
-        A body that is not a batch (not an object, ``orders`` missing or not an array, 0 or more than 100
-        orders, another field) is a 400 and places nothing. Each order is then answered on its own: one
-        that breaks the schema (a wrong type, an unknown or missing field, not an object) gets the
-        VALIDATION_ERROR the single-order route gives, naming ``orders[i].field``; a rule violation
-        (422 alone) gets its engine error; the others are placed.
+        A body that breaks the schema (not an object, ``orders`` missing or not an array, 0 or more than
+        100 orders, another field, or one order of the wrong shape: a wrong type, an unknown or missing
+        field) is a 400 naming the field (``orders[1].side``) and places nothing, as API.md's 400 says and
+        as the request schema of /openapi.json states. Each well-formed order then gets its own engine
+        answer, so a rule violation (422 alone) is that order's ``error`` and the others are placed.
         """
-        batch = await read_body(req, OrderBatchEnvelope)
+        batch = await read_body(req, NewOrderBatch)
         await charge(req, len(batch.orders) - 1)  # the middleware charged one token; each order costs one
         results: list[BatchItem | None] = [None] * len(batch.orders)
         requests: list[OrderRequest] = []
         positions: list[int] = []
-        for index, raw in enumerate(batch.orders):
+        for index, order in enumerate(batch.orders):
             try:
-                requests.append(order_request(decode_json(raw, NewOrder, f"orders[{index}]")))
+                requests.append(order_request(order))
                 positions.append(index)
-            except (TradeEngineError, falcon.HTTPBadRequest) as exc:
+            except TradeEngineError as exc:
                 results[index] = BatchItem(error=error_detail(exc))
         answers = await self._exchange.place_batch_async(user_of(req), requests) if requests else []
         for index, answer in zip(positions, answers, strict=True):
