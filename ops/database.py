@@ -41,13 +41,11 @@ import psycopg
 from tradeengine.storage.database import (
     DEFAULT_PREPARE_THRESHOLD,
     check_database,
-    connection_kwargs,
     create_pool,
-    storage_errors,
 )
 from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.errors import StorageError, StorageUnavailable
-from tradeengine.storage.migrate import apply_migrations, load_migrations
+from tradeengine.storage.migrate import apply_migrations, load_migrations, pending_migrations
 from tradeengine.storage.pairs import PairRepository
 from tradeengine.storage.users import UserRepository
 
@@ -220,27 +218,15 @@ def open_database(settings: Settings, *, require_migrated: bool = True) -> Itera
 
 
 def require_migrations(url: str, shown: str | None = None) -> None:
-    """Raise :class:`NotMigrated` unless every migration this code ships is applied on `url`.
-
-    Reads ``schema_migrations`` (the table :func:`apply_migrations` keeps: one row per applied file),
-    changes nothing. A database newer than the code (a version it does not ship) is left to the
-    command; only missing or pending migrations are refused here. `shown` names the database in the
-    message [default: the URL, its password hidden].
-    """
-    shipped = load_migrations()
-    with (storage_errors("checking the database schema"),
-          psycopg.connect(url, autocommit=True, **connection_kwargs(prepare_threshold=None)) as conn):
-        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
-            applied: set[int] = set()
-            why = "no migrations applied"
-        else:
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            why = ""
-    pending = [m for m in shipped if m.version not in applied]
+    """Raise :class:`NotMigrated` unless every migration this code ships is applied on `url` (changes
+    nothing; a history that disagrees with the files raises as ``migrate`` would). `shown` names the
+    database in the message [default: the URL, its password hidden]."""
+    pending = pending_migrations(url)
     if not pending:
         return
-    if not why:
-        why = f"{len(pending)} of {len(shipped)} migrations pending, the first {pending[0].name}"
+    shipped = len(load_migrations())
+    why = ("no migrations applied" if len(pending) == shipped
+           else f"{len(pending)} of {shipped} migrations pending, the first {pending[0].name}")
     raise NotMigrated(f"the database at {shown or redact(url)} is not migrated ({why}); "
                       "run `trade-engine migrate`")
 

@@ -118,6 +118,20 @@ def apply_migrations(
     return [m.name for m in pending]
 
 
+def pending_migrations(conninfo: str, *, source: Traversable | None = None) -> list[Migration]:
+    """The migrations not yet applied to the database at ``conninfo`` (all of them on a database that
+    has none); changes nothing. Raises as :func:`apply_migrations` does when the recorded history
+    disagrees with the files (a database newer than the code: ``UnknownMigrationApplied``)."""
+    migrations = load_migrations(source)
+    with (
+        storage_errors("checking the database schema"),
+        psycopg.connect(conninfo, autocommit=True, **connection_kwargs(prepare_threshold=None)) as conn,
+    ):
+        if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+            return migrations
+        return _pending(conn, migrations)
+
+
 def _pending(conn: psycopg.Connection[Any], migrations: list[Migration]) -> list[Migration]:
     known = {m.version: m for m in migrations}
     applied = conn.execute(

@@ -14,7 +14,7 @@ from tradeengine.storage import (
     UnknownMigrationApplied,
     apply_migrations,
 )
-from tradeengine.storage.migrate import MIGRATION_LOCK_KEY, load_migrations
+from tradeengine.storage.migrate import MIGRATION_LOCK_KEY, load_migrations, pending_migrations
 
 PACKAGED = [m.name for m in load_migrations()]
 
@@ -125,6 +125,18 @@ def test_a_database_with_a_migration_this_code_does_not_know_is_refused(
 
     with pytest.raises(UnknownMigrationApplied, match=r"0002_future\.sql.*schema is newer than the code"):
         apply_migrations(pg_url, source=older)
+    with pytest.raises(UnknownMigrationApplied, match=r"0002_future\.sql"):
+        pending_migrations(pg_url, source=older)  # the read-only check refuses it alike
+
+
+def test_pending_migrations_reads_without_changing_anything(pg_url: str, tmp_path: Path) -> None:
+    files = write_migrations(tmp_path / "m", {"0001_first.sql": "CREATE TABLE first (x int);",
+                                              "0002_second.sql": "CREATE TABLE second (x int);"})
+    assert [m.name for m in pending_migrations(pg_url, source=files)] == ["0001_first.sql", "0002_second.sql"]
+    with psycopg.connect(pg_url) as conn:  # nothing created by the check
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+    apply_migrations(pg_url, source=files)
+    assert pending_migrations(pg_url, source=files) == []
 
 
 def test_a_failing_migration_is_rolled_back_and_can_be_fixed(pg_url: str, tmp_path: Path) -> None:
