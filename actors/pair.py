@@ -38,6 +38,7 @@ from tradeengine.engine import (
     PlaceOrder,
 )
 from tradeengine.engine.errors import EngineUnavailable, PairNotTrading
+from tradeengine.engine.validation import amend_requeues
 from tradeengine.storage.facts import Facts, PairFacts
 from tradeengine.storage.recovery import load_pair_state
 
@@ -193,8 +194,8 @@ class PairActor(SupervisedActor):
         before = None
         if isinstance(command, CancelOrder | AmendOrder):
             before = self.engine.get_order(command.order_id)
-        if not self.trading and isinstance(command, AmendOrder) and before is not None and _requeues(
-            command, before
+        if not self.trading and isinstance(command, AmendOrder) and before is not None and amend_requeues(
+            command, before.price, before.quantity
         ):
             reply.set_exception(PairNotTrading(
                 f"{self.spec.symbol} is not trading: an amend may only reduce the quantity (a new price or "
@@ -241,12 +242,6 @@ class PairActor(SupervisedActor):
         best_bid = (bids[0][0], bids[0][1]) if bids else None
         best_ask = (asks[0][0], asks[0][1]) if asks else None
         return Top(self.engine.sequence, best_bid, best_ask, self.engine.last_price)
-
-
-def _requeues(command: AmendOrder, order: OrderSnapshot) -> bool:
-    """Would the amend re-queue the order (a new price, or a larger quantity), so that it may trade?"""
-    return (command.price is not None and command.price != order.price) or (
-        command.quantity is not None and command.quantity > order.quantity)
 
 
 def _refuse(reply: Future[Any], symbol: str) -> None:

@@ -59,8 +59,6 @@ from .errors import (
     OrderNotCancellable,
     OrderNotFound,
     PostOnlyWouldTake,
-    QuantityTooLarge,
-    QuantityTooSmall,
     ValidationError,
 )
 from .events import EngineEvent, OrderAmended, OrderRejected, StopTriggered
@@ -104,7 +102,7 @@ from .order import (
 )
 from .pair_state import PairState, by_sequence
 from .units import format_atoms, format_decimal
-from .validation import validate_amend, validate_place
+from .validation import amend_requeues, check_quantity, validate_amend, validate_place
 
 Timestamp = Any
 """A command's timestamp inside the engine: never interpreted, only copied onto the command's events. Typed
@@ -343,12 +341,7 @@ class MatchingEngine(PairState):
         """Hold what a quote budget buys at the book's prices to the pair's quantity and notional rules."""
         spec = self.spec
         buys = f"quote_quantity buys {spec.format_quantity(lots)} at the book's prices"
-        if lots < self.min_lots:
-            raise QuantityTooSmall(f"{buys}, below the minimum quantity {format_decimal(spec.min_quantity)}",
-                                   field="quote_quantity")
-        if lots > self.max_lots:
-            raise QuantityTooLarge(f"{buys}, above the maximum quantity {format_decimal(spec.max_quantity)}",
-                                   field="quote_quantity")
+        check_quantity(spec, lots, "quote_quantity", f"{buys}, which")
         if spend < self.min_notional:
             raise NotionalTooSmall(
                 f"{buys} for {format_atoms(spend)}, less than the minimum notional "
@@ -454,7 +447,7 @@ class MatchingEngine(PairState):
         if delta > 0 and not self.funds.try_lock(order.user_id, asset, delta):
             raise InsufficientBalance(
                 f"not enough {asset} available: the amendment needs {format_atoms(delta)} more")
-        requeue = price != order.price or quantity > order.quantity
+        requeue = amend_requeues(command, order.price, order.quantity)
         ts = command.timestamp
         if requeue:
             self.book.remove(order)

@@ -82,18 +82,21 @@ def _check_quote_quantity(spec: PairSpec, command: PlaceOrder) -> None:
             field="quote_quantity")
 
 
-def check_quantity(spec: PairSpec, quantity: int | None) -> None:
-    """Check a total quantity in lots against presence, type and the pair's min/max."""
+def check_quantity(
+    spec: PairSpec, quantity: int | None, field: str = "quantity", said: str = "quantity"
+) -> None:
+    """Check a total quantity in lots against presence, type and the pair's min/max; a refusal names
+    `field` and says `said` of the quantity ("quantity is below the minimum 0.01")."""
     if quantity is None:
-        raise ValidationError("quantity is required", field="quantity")
+        raise ValidationError(f"{said} is required", field=field)
     if type(quantity) is not int or quantity <= 0:
-        raise ValidationError("quantity must be a positive number of lots", field="quantity")
+        raise ValidationError(f"{said} must be a positive number of lots", field=field)
     if quantity < spec.min_quantity_lots:
-        raise QuantityTooSmall(f"quantity is below the minimum {format_decimal(spec.min_quantity)}",
-                               field="quantity")
+        raise QuantityTooSmall(f"{said} is below the minimum {format_decimal(spec.min_quantity)}",
+                               field=field)
     if quantity > spec.max_quantity_lots:
-        raise QuantityTooLarge(f"quantity is above the maximum {format_decimal(spec.max_quantity)}",
-                               field="quantity")
+        raise QuantityTooLarge(f"{said} is above the maximum {format_decimal(spec.max_quantity)}",
+                               field=field)
 
 
 def check_notional(spec: PairSpec, price: int, quantity: int, what: str = "price") -> None:
@@ -101,6 +104,13 @@ def check_notional(spec: PairSpec, price: int, quantity: int, what: str = "price
     if price * quantity * spec.quote_atoms_per_tick_lot < spec.min_notional_atoms:
         raise NotionalTooSmall(
             f"{what} × quantity is below the minimum notional {format_decimal(spec.min_notional)}")
+
+
+def amend_requeues(command: AmendOrder, price_now: int | None, quantity_now: int) -> bool:
+    """Whether the amend takes the order out of its place in the queue: a new price or a larger quantity
+    does (the order then matches like a new one, at the back); only a reduction keeps it."""
+    return (command.price is not None and command.price != price_now) or (
+        command.quantity is not None and command.quantity > quantity_now)
 
 
 def validate_amend(

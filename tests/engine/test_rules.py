@@ -173,13 +173,17 @@ def test_a_market_order_on_an_empty_side_is_not_held_to_the_minimum_notional() -
 
 
 @pytest.mark.parametrize(
-    ("price", "budget", "code"),
+    ("price", "budget", "code", "said"),
     [
-        (3000_00, 9 * 10**8, "QUANTITY_TOO_SMALL"),  # 9 USDT buys 0.003 ETH at 3000: below min 0.01
-        (100_00, 1001 * 10**8, "QUANTITY_TOO_LARGE"),  # 1001 USDT would buy 10.01 ETH: above max 10
+        (3000_00, 9 * 10**8, "QUANTITY_TOO_SMALL",  # 9 USDT buys 0.003 ETH at 3000: below min 0.01
+         "quote_quantity buys 0.003 at the book's prices, which is below the minimum 0.01"),
+        (100_00, 1001 * 10**8, "QUANTITY_TOO_LARGE",  # 1001 USDT would buy 10.01 ETH: above max 10
+         "quote_quantity buys 10.01 at the book's prices, which is above the maximum 10"),
     ],
 )
-def test_what_a_quote_budget_buys_is_held_to_the_quantity_rules(price: int, budget: int, code: str) -> None:
+def test_what_a_quote_budget_buys_is_held_to_the_quantity_rules(
+    price: int, budget: int, code: str, said: str
+) -> None:
     engine = MatchingEngine(SPEC, UnlimitedFunds())
     engine.place(_place(order_id="ask", user_id="maker", side=Side.SELL, quantity=10_000, price=price))
     engine.place(_place(order_id="ask2", user_id="maker", side=Side.SELL, quantity=10_000, price=price))
@@ -187,6 +191,7 @@ def test_what_a_quote_budget_buys_is_held_to_the_quantity_rules(price: int, budg
     with pytest.raises(DomainError) as caught:
         engine.place(_place(order_type=OrderType.MARKET, price=None, quantity=None, quote_quantity=budget))
     assert (caught.value.code, caught.value.field) == (code, "quote_quantity")
+    assert str(caught.value) == said
     assert engine.sequence == before
 
 
