@@ -133,12 +133,15 @@ _IN_WORDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
 ]
 
 
-def _bare(node: Any) -> Any:
-    """`node` without the Annotated[...] and Optional[...] around it."""
+def _bare(node: Any, metas: list[msgspec.Meta] | None = None) -> Any:
+    """`node` without the Annotated[...] and Optional[...] around it; the Meta of each Annotated layer
+    is added to `metas` when given."""
     while True:
         origin = typing.get_origin(node)
         if origin is typing.Annotated:
-            node = typing.get_args(node)[0]
+            node, *extras = typing.get_args(node)
+            if metas is not None:
+                metas.extend(extra for extra in extras if isinstance(extra, msgspec.Meta))
         elif origin in (typing.Union, types.UnionType):
             node = next((a for a in typing.get_args(node) if a is not type(None)), None)
         else:
@@ -170,19 +173,9 @@ def _choices(kind: type | None, path: str) -> tuple[Any, ...]:
 
 def _is_decimal(kind: type | None, path: str) -> bool:
     """Whether the field at `path` of `kind` is a decimal written as a string (``DecimalText``)."""
-    node = _field_type(kind, path)
-    while node is not None:
-        origin = typing.get_origin(node)
-        if origin is typing.Annotated:
-            args = typing.get_args(node)
-            if any(isinstance(m, msgspec.Meta) and m.pattern == DECIMAL_PATTERN for m in args[1:]):
-                return True
-            node = args[0]
-        elif origin in (typing.Union, types.UnionType):
-            node = next((a for a in typing.get_args(node) if a is not type(None)), None)
-        else:
-            return False
-    return False
+    metas: list[msgspec.Meta] = []
+    _bare(_field_type(kind, path), metas)
+    return any(meta.pattern == DECIMAL_PATTERN for meta in metas)
 
 
 _NOT_A_STRING = re.compile(r"^Expected `str(?: \| null)?`, got `(?P<got>\w+)`$")
@@ -330,9 +323,9 @@ def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
 class QueryParametersMiddleware:
     """Refuse, on every route of the API, a query parameter its operation does not declare.
 
-    Routes with a query model refuse unknown parameters when :func:`read_query` decodes it; this also
-    covers the routes that take no query at all (``/api/v1/pairs?x=1``), with the same words. It runs
-    after authentication and rate limiting (a stranger learns nothing from a 400 before their 401).
+    Routes with a query model refuse unknown parameters when :func:`read_query` decodes it; this covers
+    the routes that take no query at all (``/api/v1/pairs?x=1``), with the same words. It runs after
+    authentication and rate limiting (a stranger learns nothing from a 400 before their 401).
     """
 
     async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -340,8 +333,8 @@ class QueryParametersMiddleware:
         if not isinstance(resource, Resource):
             return
         operation = resource.operations.get(req.method)
-        if operation is not None:
-            refuse_unknown_parameters(query_parameters(req), operation.query)
+        if operation is not None and operation.query is None:  # read_query checks the others
+            refuse_unknown_parameters(query_parameters(req), None)
 
 
 def respond(resp: falcon.asgi.Response, body: Response, status: int = 200) -> None:
