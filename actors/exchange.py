@@ -165,11 +165,13 @@ class Exchange:
             claims = self._hold_client_ids(user_id, requests, held)
             results = _refusals(claims)
             todo = [index for index, claim in enumerate(claims) if claim is None]
-            while todo:
+            while True:  # rounds: the items after an earlier one with their id are decided once it is
                 pending = [self._submit(user_id, requests[index]) for index in todo]
                 for index, item in zip(todo, pending, strict=True):
                     results[index] = item if isinstance(item, TradeEngineError) else self._settle(item)
                 todo = _next_round(requests, claims, results)
+                if not todo:
+                    break
         finally:
             self._release_client_ids(held)
         return self._placed(user_id, requests, _answers(results))
@@ -192,7 +194,7 @@ class Exchange:
                 claims = [None] * len(requests)
             results = _refusals(claims)
             todo = [index for index, claim in enumerate(claims) if claim is None]
-            while todo:
+            while True:  # rounds, as in place_batch
                 pending: list[Future[Any] | TradeEngineError] = []
                 for index in todo:
                     try:
@@ -205,6 +207,8 @@ class Exchange:
                     results[index] = (item if isinstance(item, TradeEngineError)
                                       else self._settle(item, timeout=0.0))
                 todo = _next_round(requests, claims, results)
+                if not todo:
+                    break
         finally:
             self._release_client_ids(held)
         return self._placed(user_id, requests, _answers(results))
@@ -436,8 +440,9 @@ def _refusals(claims: list[_Claim]) -> list[_Result]:
 def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results: list[_Result]) -> list[int]:
     """Decide the items that wait on an earlier item with the same client order id; return those to send.
 
-    The earlier item placed an order (accepted or rejected: stored): the later one is a duplicate of it.
-    It was refused before anything changed (a rule, an unknown pair): the id is still free, so the first
+    The earlier item placed an order (accepted or rejected: stored), or was refused because the id was
+    already taken: the later one is a duplicate of that order. It was refused otherwise before anything
+    changed (a rule, an unknown pair): the id is still free, so the first
     item waiting on it is sent in the next round and the others wait on that one. Its outcome is unknown
     (a timeout, an engine restarting): the later items are refused, as the id may be taken.
     """
@@ -454,6 +459,8 @@ def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results:
             placed = earlier.events[0]
             assert isinstance(placed, OrderAccepted | OrderRejected)
             results[index] = _duplicate(client_order_id, placed.order_id)
+        elif isinstance(earlier, DuplicateClientOrderId):  # the id was taken before the batch came
+            results[index] = _duplicate(client_order_id, earlier.order_id)
         elif isinstance(earlier, DomainError):
             claims[index] = None
             todo.append(index)

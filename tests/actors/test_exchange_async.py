@@ -146,6 +146,16 @@ def test_an_id_whose_earlier_item_was_refused_is_free_for_the_next_item_of_the_b
     assert len(route.sends) == 2
 
 
+@pytest.mark.parametrize("on_loop", [True, False])
+def test_an_id_taken_before_the_batch_is_refused_for_every_item_carrying_it(on_loop: bool) -> None:
+    route, directory = Route(), Directory({(7, "taken"): 99})
+    engine = exchange(route, directory)
+    batch = [order("taken"), order("taken"), order("taken")]
+    results = asyncio.run(engine.place_batch_async(7, batch)) if on_loop else engine.place_batch(7, batch)
+    assert all(isinstance(r, DuplicateClientOrderId) and r.order_id == "99" for r in results), results
+    assert route.sends == []
+
+
 def test_an_id_whose_earlier_item_has_an_unknown_outcome_is_refused_for_the_later_one() -> None:
     route = Route(answer=False)
     results = exchange(route, timeout=0.2).place_batch(7, [order("z"), order("z")])
