@@ -44,6 +44,7 @@ import pybreaker
 
 from tradeengine.engine import EngineEvent, EngineUnavailable, PairSpec, TradeEngineError, ValidationError
 from tradeengine.storage.balances import user_exists
+from tradeengine.storage.breaker import DEFAULT_KEY_PREFIX as BREAKER_KEY_PREFIX
 from tradeengine.storage.breaker import make_breaker
 from tradeengine.storage.errors import StorageError
 from tradeengine.storage.facts import core_user_id
@@ -72,6 +73,8 @@ class RemoteWalletSettings:
     breaker_reset_timeout: float = 10.0
     redis_url: str | None = None
     """Shares the breaker's state between processes when set."""
+    redis_key_prefix: str = BREAKER_KEY_PREFIX
+    """What the breaker's keys in Redis start with."""
     breaker_listeners: tuple[pybreaker.CircuitBreakerListener, ...] = ()
     settler: SettlerSettings = dataclasses.field(default_factory=SettlerSettings)
 
@@ -79,7 +82,7 @@ class RemoteWalletSettings:
         """Build the client (with its breaker) that every part of one system shares."""
         breaker = make_breaker("wallet", fail_max=self.breaker_fail_max,
                                reset_timeout=self.breaker_reset_timeout, redis_url=self.redis_url,
-                               listeners=self.breaker_listeners)
+                               key_prefix=self.redis_key_prefix, listeners=self.breaker_listeners)
         return WalletClient(self.url, timeout=self.timeout, retries=self.retries, breaker=breaker)
 
 

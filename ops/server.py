@@ -260,15 +260,35 @@ def readiness_checks(settings: Settings, pool: Any, system: ActorSystem) -> dict
     return checks
 
 
+@dataclasses.dataclass(frozen=True)
+class RedisKeys:
+    """The key prefix of each user of Redis, under the engine's `TRADE_ENGINE_REDIS_KEY_PREFIX`."""
+
+    prefix: str
+
+    @property
+    def market_data(self) -> str:
+        return self.prefix + "md:"
+
+    @property
+    def rate_limit(self) -> str:
+        return self.prefix + "ratelimit:"
+
+    @property
+    def breaker(self) -> str:
+        return self.prefix + "breaker:"
+
+
 def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     """In the worker: open the pool, start the actor system, create the app (nothing reads env)."""
     size = settings.database_pool_size
     pool = create_pool(conninfo, min_size=min(2, size), max_size=size, name="tradeengine-worker",
                        prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
+    keys = RedisKeys(settings.redis_key_prefix)
     mirror = None
     if settings.redis_url:
-        mirror = MirrorSettings(settings.redis_url, levels=settings.market_data_levels,
-                                interval=settings.market_data_interval)
+        mirror = MirrorSettings(settings.redis_url, key_prefix=keys.market_data,
+                                levels=settings.market_data_levels, interval=settings.market_data_interval)
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
     relay = RelaySettings(settings.broker_url, settings.broker_exchange, retention=settings.outbox_retention,
@@ -279,7 +299,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             settings.wallet_url, timeout=settings.wallet_timeout, retries=settings.wallet_retries,
             breaker_fail_max=settings.wallet_breaker_fail_max,
             breaker_reset_timeout=settings.wallet_breaker_reset_timeout, redis_url=settings.redis_url,
-            breaker_listeners=(metrics.breaker_listener("wallet"),))
+            redis_key_prefix=keys.breaker, breaker_listeners=(metrics.breaker_listener("wallet"),))
     system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror, relay=relay,
                          wallet=wallet, on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch,
                          observer=metrics, writer_process=settings.writer_process)
@@ -303,9 +323,10 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             rate_limit=build_rate_limit(rate=settings.rate_limit, burst=settings.rate_burst,
                                         public_rate=settings.public_rate_limit,
                                         public_burst=settings.public_rate_burst,
-                                        redis_url=settings.redis_url),
+                                        redis_url=settings.redis_url, key_prefix=keys.rate_limit),
             endpoints=api_endpoints(system=system, pool=pool, market_data=(
-                MarketDataReader.from_url(settings.redis_url) if settings.redis_url else None)),
+                MarketDataReader.from_url(settings.redis_url, key_prefix=keys.market_data)
+                if settings.redis_url else None)),
         )
     except BaseException:
         WorkerParts(pool, system, None).close()

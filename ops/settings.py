@@ -168,6 +168,13 @@ def _exchange_name(name: str, raw: str) -> str:
     return value
 
 
+def _key_prefix(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_.:" for c in value):
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be 1-64 letters, digits, '-', '_', '.' or ':'")
+    return value
+
+
 def _path(name: str, raw: str) -> Path:
     if not raw.strip():
         raise SettingsError(f"{PREFIX}{name} is empty: give a folder path")
@@ -196,6 +203,12 @@ class Settings:
     )
     redis_url: str | None = _field(
         _url("redis", "rediss", "unix"), None, "Redis URL for the market-data mirror and rate limits"
+    )
+    redis_key_prefix: str = _field(
+        _key_prefix, "tradeengine:",
+        "what every Redis key (and channel) of the engine starts with: market data under PREFIX md:, rate "
+        "limits under PREFIX ratelimit:, breaker state under PREFIX breaker:; engines sharing one Redis "
+        "database each need their own",
     )
     market_data_levels: int = _field(
         _book_levels, 50,

@@ -272,3 +272,22 @@ def test_a_worker_given_a_redis_url_mirrors_market_data_and_its_routes_read_it(
     finally:
         parts.close()
     assert parts.system.mirror is None
+
+
+def test_every_redis_key_of_a_worker_starts_with_its_key_prefix(
+        machine_pg_url: str, private_redis: PrivateRedis) -> None:
+    apply_migrations(machine_pg_url)
+    settings = Settings(database_pool_size=2, redis_url=private_redis.url, redis_key_prefix="exchange-a:",
+                        market_data_interval=0.02)  # rate limits on: their buckets live in Redis too
+    parts = build_worker(settings, machine_pg_url)
+    try:
+        client = falcon.testing.TestClient(parts.app)
+        with contextlib.closing(redis.Redis.from_url(private_redis.url)) as redis_client:
+            wait_until(lambda: all(redis_client.exists(f"exchange-a:md:{s}") for s in SYMBOLS),
+                       5.0, "every pair is mirrored under the prefix")
+            assert client.simulate_get(BOOK).json["symbol"] == "BTC-USDT"  # read from the mirror
+            keys = sorted(key.decode() for key in redis_client.scan_iter())
+        assert any(key.startswith("exchange-a:ratelimit:") for key in keys), keys
+        assert all(key.startswith("exchange-a:") for key in keys), keys
+    finally:
+        parts.close()

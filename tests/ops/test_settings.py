@@ -25,6 +25,7 @@ def test_every_documented_variable_is_read() -> None:
     settings = Settings.from_env({
         "TRADE_ENGINE_DATABASE_URL": "postgresql://u@db:5432/x",
         "TRADE_ENGINE_REDIS_URL": "redis://cache:6379/0",
+        "TRADE_ENGINE_REDIS_KEY_PREFIX": " exchange-a: ",
         "TRADE_ENGINE_BROKER_URL": "amqp://guest:guest@mq:5672//",
         "TRADE_ENGINE_HTTP_HOST": "0.0.0.0",
         "TRADE_ENGINE_HTTP_PORT": "9000",
@@ -38,6 +39,7 @@ def test_every_documented_variable_is_read() -> None:
     })
     assert settings.database_url == "postgresql://u@db:5432/x"
     assert settings.redis_url == "redis://cache:6379/0"
+    assert settings.redis_key_prefix == "exchange-a:"
     assert settings.broker_url.startswith("amqp://")
     assert (settings.http_host, settings.http_port) == ("0.0.0.0", 9000)
     assert settings.data_dir == Path("/srv/te")
@@ -56,6 +58,8 @@ def test_every_documented_variable_is_read() -> None:
         ("HTTP_PORT", "70000", "port number"),
         ("DATABASE_URL", "mysql://x", "postgresql://"),
         ("REDIS_URL", "http://x", "redis://"),
+        ("REDIS_KEY_PREFIX", "a b", "letters, digits"),
+        ("REDIS_KEY_PREFIX", "x" * 65, "1-64"),
         ("BROKER_URL", "kafka://x", "amqp://"),
         ("LOG_LEVEL", "LOUD", "must be one of"),
         ("LOG_FORMAT", "xml", "json or text"),
