@@ -33,6 +33,7 @@ Rules decided here (documented for the API layer):
   ask for a BUY, × best bid for a SELL; with that side empty it expires unfilled anyway), a STOP_MARKET
   at its stop price.
 - An amend down to exactly the filled quantity completes the order: it ends FILLED and releases its lock.
+- An amend to the order's current price and quantity changes nothing: no event, no sequence number.
 
 The hot paths (a well-formed GTC/IOC LIMIT or MARKET-by-quantity order, the trade loop) are written flat on
 purpose: every call and attribute lookup there is paid on each command. Some choices there are for the
@@ -433,6 +434,8 @@ class MatchingEngine(PairState):
         price, quantity = validate_amend(self.spec, command, order.price, order.quantity, order.filled)
         if quantity == order.filled:
             return self._amend_to_filled(order, command.timestamp)
+        if price == order.price and quantity == order.quantity:
+            return []  # nothing changes: no event, no sequence, the order keeps its place
         is_buy = order.side is BUY
         if price != order.price and self._crosses(is_buy, price) and order.post_only:
             raise PostOnlyWouldTake("the amended price would take liquidity", field="price")

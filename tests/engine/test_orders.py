@@ -187,3 +187,16 @@ def test_amend_without_changes_is_a_validation_error() -> None:
     h.buy(1, 100, order_id="b", user="alice")
     with pytest.raises(ValidationError):
         h.amend("b", "alice")
+
+
+def test_amend_to_the_current_price_and_quantity_changes_nothing_and_keeps_the_place_in_the_queue() -> None:
+    h = Harness()
+    h.buy(2, 100, order_id="first", user="alice")
+    h.buy(2, 100, order_id="second", user="carol")
+    sequence = h.engine.sequence
+    assert h.amend("first", "alice", quantity=2) == []
+    assert h.amend("first", "alice", price=100) == []
+    assert h.amend("first", "alice", price=100, quantity=2) == []
+    assert h.engine.sequence == sequence
+    h.sell(2, 100)
+    assert h.status("first") == OrderStatus.FILLED and h.status("second") == OrderStatus.OPEN

@@ -161,6 +161,16 @@ def test_an_amend_that_reduces_keeps_priority_and_one_that_reprices_loses_it(
     assert trade["seller_order_id"] == second["id"]
 
 
+def test_an_amend_to_the_current_price_and_quantity_is_a_200_that_changes_nothing(
+        api: ApiHarness, alice: Trader) -> None:
+    order = place(api, alice, side="SELL", quantity="0.2", price="50000")["order"]
+    for change in ({"quantity": "0.2"}, {"price": "50000.00"}, {"price": "50000", "quantity": "0.20000"}):
+        response = api.patch(f"{ORDERS}/{order['id']}", alice, json=change)
+        assert response.status_code == 200, response.text
+        assert response.json == order  # not even updated_at moved
+    assert balances(api, alice)["BTC"] == (D("0.8"), D("0.2"))
+
+
 def test_an_amend_below_the_filled_quantity_is_refused_and_changes_nothing(
         api: ApiHarness, alice: Trader, bob: Trader) -> None:
     order = place(api, alice, side="SELL", quantity="0.3", price="50000")["order"]
