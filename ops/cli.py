@@ -129,8 +129,14 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
         print(f"listening on exchange {settings.broker_exchange!r} at {where} ({', '.join(keys)}); "
               "Ctrl-C stops", file=sys.stderr, flush=True)
 
+    def created() -> None:
+        print(f"trade-engine: warning: the broker had no exchange {settings.broker_exchange!r} (no engine "
+              "has published there yet); declared it. Is TRADE_ENGINE_BROKER_EXCHANGE the engine's?",
+              file=sys.stderr, flush=True)
+
     shown = 0
-    events = follow_events(settings.broker_url, settings.broker_exchange, keys, on_ready=listening)
+    events = follow_events(settings.broker_url, settings.broker_exchange, keys, on_ready=listening,
+                           on_created=created)
     try:
         _stop_on_interrupt_or_term()
         for body in events:
@@ -345,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--type", action="append", choices=["order", "trade", "balance"],
                       help="only events of this kind (repeat for several) [default: all]")
     tail.add_argument("--json", action="store_true", help="print each event's JSON body, one per line")
-    tail.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    tail.add_argument("--limit", type=_at_least_one, metavar="N", help="stop after N events (N ≥ 1)")
     wallet = add("wallet-service", _cmd_wallet_service,
                  "Run the reference wallet service (ops/walletservice/CONTRACT.md) on HOST:PORT "
                  "(gunicorn, one gthread worker); without --database-url an embedded PostgreSQL of its "

@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import msgspec
+from amqp.exceptions import NotFound
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue, binding
 from kombu.messaging import Consumer
@@ -298,15 +299,16 @@ class EventPublisher:
 
 def follow_events(
     url: str, exchange: str, keys: Iterable[str], *, on_ready: Callable[[str], None] | None = None,
-    poll: float = 1.0,
+    on_created: Callable[[], None] | None = None, poll: float = 1.0,
 ) -> Generator[bytes, None, None]:
     """Yield the body of every message routed to `exchange` with one of `keys`, as it arrives, forever.
 
     The messages come through a queue of its own (exclusive, auto-delete: the broker drops it when the
-    connection ends), bound once the exchange is declared as the publisher declares it. `on_ready` gets
-    the broker's address (password masked) once the queue is bound: from then on nothing is missed.
-    Close the generator to disconnect. Raises BrokerUnavailable when the broker cannot be reached or
-    the connection is lost.
+    connection ends), bound once the exchange is declared as the publisher declares it. An exchange the
+    broker does not have yet (no engine has published there, or the name is mistyped) is declared, and
+    `on_created` is told. `on_ready` gets the broker's address (password masked) once the queue is bound:
+    from then on nothing is missed. Close the generator to disconnect. Raises BrokerUnavailable when the
+    broker cannot be reached or the connection is lost.
     """
     topic = Exchange(exchange, type="topic", durable=True)  # type: ignore[no-untyped-call]
     queue = Queue(f"trade-engine.tail.{uuid.uuid4().hex[:12]}", exclusive=True,  # type: ignore[no-untyped-call]
@@ -319,7 +321,13 @@ def follow_events(
     try:
         try:
             channel = connection.channel()  # type: ignore[no-untyped-call]
-            topic(channel).declare()  # type: ignore[no-untyped-call]
+            try:
+                topic(channel).declare(passive=True)  # type: ignore[no-untyped-call]
+            except NotFound:  # the broker closed that channel
+                channel = connection.channel()  # type: ignore[no-untyped-call]
+                topic(channel).declare()  # type: ignore[no-untyped-call]
+                if on_created is not None:
+                    on_created()
             consumer = Consumer(channel, queues=[queue], on_message=arrived.append,  # type: ignore[no-untyped-call]
                                 no_ack=True)
             consumer.consume()  # type: ignore[no-untyped-call]

@@ -161,6 +161,30 @@ def test_ctrl_c_or_sigterm_ends_the_tail_quietly(
     assert "Traceback" not in tail.stderr_path.read_text()
 
 
+def test_tail_warns_when_the_exchange_did_not_exist_and_is_quiet_when_it_did(
+    broker_url: str, exchange_name: str, tails: list[Tail], tmp_path: Path,
+) -> None:
+    first = Tail(tmp_path, [], broker_url=broker_url, broker_exchange=exchange_name)
+    tails.append(first)
+    first.wait_listening()
+    warning = first.stderr_path.read_text()
+    assert f"warning: the broker had no exchange '{exchange_name}'" in warning
+    assert "TRADE_ENGINE_BROKER_EXCHANGE" in warning
+    second = Tail(tmp_path, [], broker_url=broker_url, broker_exchange=exchange_name)  # exists now
+    tails.append(second)
+    second.wait_listening()
+    assert "warning" not in second.stderr_path.read_text()
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x"])
+def test_tail_refuses_a_limit_below_one(tmp_path: Path, limit: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "tradeengine.ops.cli", "events", "tail", "--limit", limit],
+                            env=_env(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:1//"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "--limit" in result.stderr and result.stdout == ""
+
+
 def test_tail_refuses_the_in_process_memory_broker(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tradeengine.ops.cli", "events", "tail"],
                             env=_env(tmp_path, broker_url="memory://"), cwd=tmp_path,
