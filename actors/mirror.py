@@ -12,8 +12,10 @@ from what the mirror holds has changed; however many commands it ran meanwhile, 
    committed: the recent trades and the 24 h figures read next include the trades of that sequence;
 2. the pair's depth (``levels`` + 1 levels, to know whether the stored book is complete) and its newest
    trades from PostgreSQL; the 24 h figures are recomputed at most once per ``refresh`` (1 s) per pair
-   (the aggregate reads every trade of the day), so in a burst they may lag the last price by up to
-   that long; the ticker's ``timestamp`` is always the end of the 24 h window its figures cover;
+   (the aggregate reads every trade of the day), so in a burst their volumes and count may lag by up to
+   that long, except that a new last price outside their low and high (or a first trade) has them
+   recomputed at once: the ticker never shows a last price its high and low contradict. Its
+   ``timestamp`` is always the end of the 24 h window its figures cover;
 3. one pipeline to Redis for all pairs written this tick, with a message on each changed pair's channel.
 
 Every pair is also rewritten at least once per ``refresh`` (no message): that keeps ``verified_at``
@@ -37,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 from tradeengine.engine import PairSpec
@@ -120,6 +123,7 @@ class _Pair:
     day: Ticker24h | None = None
     day_at: datetime = _LONG_AGO
     day_stale: bool = True  # trades came since the 24 h figures were computed
+    day_price: int | None = None  # the last price (ticks) when they were computed
     written_at: float = -math.inf  # monotonic time of the last write Redis took
     pushed: bool = False  # Redis holds the values of `known`
     published: tuple[int, int] | None = None
@@ -283,7 +287,10 @@ class MarketDataMirror:
         assert state.depth is not None and state.known is not None
         refresh = timedelta(seconds=self.settings.refresh)
         day = state.day
-        if day is None or ((state.day_stale or day.trades_24h > 0) and wall - state.day_at >= refresh):
+        last_price = seen.top.last_price
+        if day is None or ((state.day_stale or day.trades_24h > 0) and wall - state.day_at >= refresh) or (
+                last_price is not None and last_price != state.day_price
+                and not _within(day, spec.ticks_to_price(last_price))):
             try:
                 day = ticker_24h(self._pool, spec.symbol, wall)
             except Exception as exc:
@@ -291,7 +298,7 @@ class MarketDataMirror:
                                 "read (%s: %s)", spec.symbol, type(exc).__name__, exc)
                 return None
             self._warned.discard(f"day:{spec.symbol}")
-            state.day, state.day_at, state.day_stale = day, wall, False
+            state.day, state.day_at, state.day_stale, state.day_price = day, wall, False, last_price
         # Figures without trades and without a change since stay exact however far the window slides.
         window_end = wall if not state.day_stale and day.trades_24h == 0 else state.day_at
         top = seen.top
@@ -358,3 +365,8 @@ class MarketDataMirror:
         if key not in self._warned:
             self._warned.add(key)
             self._log.warning(message, *args)
+
+
+def _within(day: Ticker24h, price: Decimal) -> bool:
+    """Whether the 24 h figures agree with a last trade at `price`: it lies within their low and high."""
+    return day.low_24h is not None and day.high_24h is not None and day.low_24h <= price <= day.high_24h

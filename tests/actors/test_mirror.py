@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg_pool
@@ -137,6 +138,26 @@ def test_after_a_trade_redis_holds_the_book_ticker_and_trades_the_actors_and_dat
             "symbol": "BTC-USDT", "last_price": "50000.5", "best_bid": "49000", "best_bid_quantity": "0.25",
             "best_ask": "51000", "best_ask_quantity": "0.5", "open_24h": "50000.5", "high_24h": "50000.5",
             "low_24h": "50000.5", "volume_24h": "0.2", "quote_volume_24h": "10000.1", "trades_24h": 1}
+
+
+def test_a_last_price_outside_the_24h_high_and_low_has_them_recomputed_at_once(
+        pool: psycopg_pool.ConnectionPool, redis_url: str, prefix: str, client: redis.Redis) -> None:
+    """Volumes and count may lag by up to a refresh (here 60 s); a new extreme (or a first trade) never
+    leaves the ticker contradicting itself."""
+    def ticker() -> dict[str, Any]:
+        return json.loads(client.hget(pair_key(prefix, "BTC-USDT"), "ticker") or b"{}")  # type: ignore[no-any-return]
+
+    def consistent(last: str) -> bool:
+        body = ticker()
+        return (body.get("last_price") == last and body["trades_24h"] >= 1
+                and Decimal(body["low_24h"]) <= Decimal(last) <= Decimal(body["high_24h"]))
+
+    with mirrored_system(pool, redis_url, prefix, refresh=60.0) as system:
+        wait_mirrored(system, client, prefix, ["BTC-USDT"])
+        for price in ("50000", "50100", "49900"):  # the first trade, a new high, a new low
+            trade(system, price=price)
+            wait_until(lambda: consistent(price), 3.0, f"the ticker agrees with a last price of {price}")
+        assert (ticker()["high_24h"], ticker()["low_24h"]) == ("50100", "49900")
 
 
 def test_the_book_in_redis_is_cut_at_the_configured_levels_and_says_so(
