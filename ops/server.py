@@ -305,8 +305,8 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
                          observer=metrics, writer_process=settings.writer_process)
     _stamp_request_ids()
     try:
-        if settings.bootstrap_admin_key and UserRepository(pool).ensure_admin(settings.bootstrap_admin_key):
-            _log.info("created the bootstrap admin (user 'admin') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
+        if settings.bootstrap_admin_key:
+            _bootstrap_admin(UserRepository(pool), settings.bootstrap_admin_key)
         system.start()
         metrics.watch(system, pool)
         ProcessCollector(registry=registry)
@@ -331,8 +331,24 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     except BaseException:
         WorkerParts(pool, system, None).close()
         raise
+    if settings.broker_url.startswith("memory://"):
+        _log.info("events go to the in-process broker (TRADE_ENGINE_BROKER_URL=memory://): only consumers "
+                  "inside this process receive them, and they count as published; set an amqp:// URL to "
+                  "publish them to RabbitMQ")
     _log.info("worker ready: pool of up to %d connection(s), actor system running", size)
     return WorkerParts(pool, system, app, metrics)
+
+
+def _bootstrap_admin(users: UserRepository, key: str) -> None:
+    """Create the admin holding `key` when there is none; say so when the key is not an admin's key."""
+    if users.ensure_admin(key):
+        _log.info("created the bootstrap admin (user 'admin') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
+        return
+    holder = users.authenticate(key)
+    if holder is None or holder.role != "admin":
+        _log.warning("TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY is not an admin's key and an admin exists already, "
+                     "so it was not created (it only bootstraps the first admin): use the key of an existing "
+                     "admin, or create another admin with `trade-engine users create NAME --role admin`")
 
 
 def _stamp_request_ids() -> None:

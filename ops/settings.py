@@ -136,7 +136,7 @@ def _log_level(name: str, raw: str) -> str:
 
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
-    if value not in ("json", "text"):
+    if value not in ("json", "text", ""):  # empty: as unset (text on a terminal, json otherwise)
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be json or text")
     return value
 
@@ -220,7 +220,9 @@ class Settings:
         "once per interval",
     )
     broker_url: str = _field(
-        _url("memory", "amqp", "amqps", "pyamqp"), "memory://", "kombu broker URL (amqp:// for RabbitMQ)"
+        _url("memory", "amqp", "amqps", "pyamqp"), "memory://",
+        "kombu broker URL: amqp:// for RabbitMQ; with memory:// events reach only consumers inside the "
+        "engine process and are marked published",
     )
     broker_exchange: str = _field(
         _exchange_name, "trade-engine", "the durable topic exchange the outbox relay publishes events to"
@@ -261,7 +263,10 @@ class Settings:
         "net new objects between two runs of Python's garbage collector in the engine's processes (Python's "
         "default, 700, paused a loaded worker ~70 ms about once a second); what exists at start is frozen",
     )
-    data_dir: Path = _field(_path, Path("var"), "folder for the embedded database and local state")
+    data_dir: Path = _field(
+        _path, Path("var"),
+        "folder for the embedded database and local state (relative to the current folder)",
+    )
     log_level: str = _field(_log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")
     cors_origins: tuple[str, ...] = _field(_origins, (), "comma-separated allowed CORS origins, or *")

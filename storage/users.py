@@ -103,7 +103,7 @@ class UserRepository:
         """Create an admin holding `key` when no admin exists yet; return it, or None if one existed."""
         if not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 16:
             raise ValidationError(f"a bootstrap admin key must start with {KEY_PREFIX} and carry at least "
-                                  "16 more characters (e.g. from `trade-engine users new-key`)")
+                                  "16 more characters (e.g. te_ and the output of `openssl rand -hex 24`)")
         with storage_errors("creating the bootstrap admin"), self._pool.connection() as conn, \
                 conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))

@@ -25,12 +25,22 @@ def test_serve_creates_the_bootstrap_admin_once_and_a_second_key_changes_nothing
     engine = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=key)
     engine.wait_ready()
     assert _admins(machine_pg_url) == [("admin", key_digest(key))]
+    assert "created the bootstrap admin" in engine.stderr()
     engine.signal(signal.SIGTERM)
     assert engine.wait_exit() == 0
+
+    same = engines.start(tmp_path / "data", database_url=machine_pg_url, bootstrap_admin_key=key)
+    same.wait_ready()
+    assert "BOOTSTRAP_ADMIN_KEY" not in same.stderr()  # the admin's own key: nothing to say
+    same.signal(signal.SIGTERM)
+    assert same.wait_exit() == 0
 
     again = engines.start(tmp_path / "data", database_url=machine_pg_url,
                           bootstrap_admin_key="te_" + "c" * 32)
     again.wait_ready()
     assert _admins(machine_pg_url) == [("admin", key_digest(key))]  # an admin exists: nothing added
+    warnings = [r for r in again.log_records() if "BOOTSTRAP_ADMIN_KEY" in r.get("message", "")]
+    assert [r["level"] for r in warnings] == ["WARNING"], again.stderr()
+    assert "users create NAME --role admin" in warnings[0]["message"]
     again.signal(signal.SIGTERM)
     assert again.wait_exit() == 0

@@ -130,3 +130,9 @@ def test_documentation_lists_every_variable_with_its_default() -> None:
     assert rows["TRADE_ENGINE_HTTP_PORT"] == "8080"
     assert rows["TRADE_ENGINE_DATABASE_URL"] == ""
     assert len(rows) == len(Settings.__dataclass_fields__)
+
+
+def test_a_variable_set_empty_whose_default_is_empty_means_the_default() -> None:
+    settings = Settings.from_env({"TRADE_ENGINE_LOG_FORMAT": "", "TRADE_ENGINE_CORS_ORIGINS": "",
+                                  "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY": "", "TRADE_ENGINE_REDIS_URL": ""})
+    assert settings == Settings.from_env({})
