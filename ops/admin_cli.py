@@ -1,6 +1,6 @@
 """The operator commands that go through the running engine's admin API (`http.admin`): ``deposit`` and
-``withdraw`` (its wallet moves the money), ``pairs add|halt|resume|restart`` (its supervisor acts at once,
-no restart of the engine) and ``actors`` (the supervision tree).
+``withdraw`` (its wallet moves the money), ``pairs add|halt|resume|delist|fees|restart`` (its supervisor
+acts at once, no restart of the engine) and ``actors`` (the supervision tree).
 
 Each takes ``--url`` (default: the engine's own address from TRADE_ENGINE_HTTP_HOST/PORT) and ``--key``
 (default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY), and ``--json`` to print the API's answer as it is. A refusal
@@ -26,9 +26,19 @@ __all__ = ["add_admin_options", "amount", "cmd_actors", "cmd_pairs_add", "cmd_pa
 
 def add_admin_options(parser: argparse.ArgumentParser, answer: str) -> None:
     """The options every admin command takes; `answer` says what ``--json`` prints."""
-    parser.add_argument("--url", help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
+    parser.add_argument("--url", type=_base_url,
+                        help="the engine's base URL [default: http://HTTP_HOST:HTTP_PORT]")
     parser.add_argument("--key", help="an admin's API key [default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY]")
     parser.add_argument("--json", action="store_true", help=f"print {answer} as one JSON object")
+
+
+def _base_url(text: str) -> str:
+    """argparse type: an http:// or https:// URL with a host."""
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL "
+                                         "(e.g. http://127.0.0.1:8080)")
+    return text
 
 
 def decimal(text: str) -> str:
@@ -139,16 +149,26 @@ def cmd_pairs_add(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_STATUS_OF = {"halt": "HALTED", "resume": "ACTIVE", "delist": "DELISTED"}
+
+
 def cmd_pairs_change(args: argparse.Namespace, settings: Settings) -> int:
-    """``pairs halt|resume|restart SYMBOL``: halt (new orders refused, cancels still taken), resume, or
-    restart the pair's actor (answered once the new incarnation has rebuilt its book)."""
+    """``pairs halt|resume|delist|fees|restart SYMBOL``: halt or delist (new orders refused, cancels still
+    taken), resume, change the fees, or restart the pair's actor (answered once the new incarnation has
+    rebuilt its book)."""
     command = args.pairs_command
     if command == "restart":
         pair = _run(args, settings, "pairs restart", "POST", f"pairs/{_quoted(args.symbol)}/restart")
     else:
-        status = "HALTED" if command == "halt" else "ACTIVE"
-        pair = _run(args, settings, f"pairs {command}", "PATCH", f"pairs/{_quoted(args.symbol)}",
-                    {"status": status})
+        if command == "fees":
+            fees = (("maker_fee", args.maker_fee), ("taker_fee", args.taker_fee))
+            body = {name: value for name, value in fees if value is not None}
+            if not body:
+                print("trade-engine pairs fees: give --maker-fee, --taker-fee or both", file=sys.stderr)
+                return 2
+        else:
+            body = {"status": _STATUS_OF[command]}
+        pair = _run(args, settings, f"pairs {command}", "PATCH", f"pairs/{_quoted(args.symbol)}", body)
     if isinstance(pair, int):
         return pair
     if not args.json:
@@ -156,6 +176,8 @@ def cmd_pairs_change(args: argparse.Namespace, settings: Settings) -> int:
             actor = pair["actor"]
             print(f"restarted {pair['symbol']} ({pair['status']}): actor {actor['state']}, incarnation "
                   f"{actor['incarnation']}, {actor['open_orders']} open order(s) rebuilt")
+        elif command == "fees":
+            print(f"{pair['symbol']}: fees maker {pair['maker_fee']} taker {pair['taker_fee']}")
         else:
             print(f"{pair['symbol']}: {pair['status']}")
     return 0

@@ -94,6 +94,9 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     import json
+    from datetime import UTC
+
+    from tradeengine.storage.rows import rfc3339
 
     from .database import open_database
 
@@ -101,7 +104,7 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
         user, key = database.users().create(args.name, args.role)
     if args.json:
         print(json.dumps({"user": {"id": str(user.id), "name": user.name, "role": user.role,
-                                   "created_at": user.created_at.isoformat()}, "api_key": key}))
+                                   "created_at": rfc3339(user.created_at.astimezone(UTC))}, "api_key": key}))
     else:
         print(f"created {user.role} {user.name} (id {user.id})")
         print(f"api key (shown once, keep it safe): {key}")
@@ -306,18 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
     pair_add.add_argument("--halted", action="store_true", help="add it HALTED (no orders until resumed)")
     add_admin_options(pair_add, "the pair")
     for name, text in (("halt", "Halt a pair of the running engine: new orders are refused (409 "
-                                "PAIR_NOT_TRADING), cancels still work."),
-                       ("resume", "Resume a halted pair of the running engine."),
+                                "PAIR_NOT_TRADING); cancels and amends that reduce still work."),
+                       ("resume", "Resume trading on a halted or delisted pair of the running engine."),
+                       ("delist", "Delist a pair of the running engine: as halted (new orders refused, "
+                                  "cancels still work), and listed as DELISTED; `resume` lists it again."),
+                       ("fees", "Change a pair's fee rates in the running engine; its actor restarts "
+                                "(the book is rebuilt) and the answer comes once it runs again."),
                        ("restart", "Restart a pair's actor in the running engine; answered once the new "
                                    "incarnation has rebuilt its book from the database.")):
         change = add(name, cmd_pairs_change, text, pair_commands, reads=ADMIN_SETTINGS)
         change.add_argument("symbol", help="the pair, e.g. BTC-USDT")
+        if name == "fees":
+            change.add_argument("--maker-fee", type=decimal, help="the resting side's new rate, e.g. 0.001")
+            change.add_argument("--taker-fee", type=decimal, help="the incoming side's new rate, e.g. 0.002")
         add_admin_options(change, "the pair" + (" with its actor" if name == "restart" else ""))
     actors = add("actors", cmd_actors, "List the running engine's supervised actors: state, incarnation, "
                  "restarts, mailbox and last failure.", reads=ADMIN_SETTINGS)
     add_admin_options(actors, "the supervision tree")
-    users = commands.add_parser("users", help="Users and their API keys.", description="Users.",
-                                epilog=SETTINGS_POINTER)
+    users = commands.add_parser("users", help="Users and their API keys.",
+                                description="Users and their API keys.", epilog=SETTINGS_POINTER)
     user_commands = users.add_subparsers(dest="users_command", metavar="SUBCOMMAND", required=True)
     create = add("create", _cmd_users_create,
                  "Create a user and print their API key (shown once); the database must be migrated.",

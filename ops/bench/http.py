@@ -90,6 +90,8 @@ import orjson
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from tradeengine.ops.bench import DefaultsHelpFormatter
+
 PHASES = ("health", "orders", "batch")
 ORDERS_PATH = "/api/v1/orders"
 BATCH_PATH = "/api/v1/orders/batch"
@@ -1412,11 +1414,15 @@ def parse_phases(text: str) -> list[str]:
     return [phase for phase in PHASES if phase in wanted]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    """The module docstring as written, and each option's default."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of `trade-engine bench http`."""
     parser = argparse.ArgumentParser(
         prog="trade-engine bench http", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--url", default=None,
@@ -1426,7 +1432,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an admin's API key for --url (creates and funds the bench users)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent keep-alive connections")
     parser.add_argument("--processes", type=int, default=None,
-                        help="load-generator processes (default: one per CPU, at most --clients)")
+                        help="load-generator processes [default: one per CPU, at most --clients]")
     parser.add_argument("--users-per-client", type=int, default=4,
                         help="traders per connection, each with its own key, used in turn")
     length = parser.add_mutually_exclusive_group()
@@ -1437,10 +1443,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="uncounted seconds at the start of each phase")
     parser.add_argument("--pairs", type=parse_pairs, default=parse_pairs("4"), dest="pair_rules",
                         metavar="N|SYMBOLS",
-                        help="how many launch pairs (default 4), or comma-separated symbols")
+                        help="how many launch pairs, or comma-separated symbols [default: 4]")
     parser.add_argument("--batch-size", type=int, default=MAX_BATCH, help="orders per batch request (1-100)")
     parser.add_argument("--phases", type=parse_phases, default=list(PHASES),
-                        help="comma-separated phases to run: health,orders,batch (default: all)")
+                        help="comma-separated phases to run: health,orders,batch [default: all]")
     parser.add_argument("--seed", type=int, default=20261124, help="workload seed")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for one answer")
     return parser

@@ -130,6 +130,16 @@ def test_deposit_says_so_in_one_line_when_no_engine_answers_or_no_key_is_given(t
     assert not (tmp_path / "data").exists()  # the command starts no database
 
 
+@pytest.mark.parametrize("url", ["localhost:8080", "ftp://127.0.0.1", "http://"])
+def test_a_url_that_is_not_http_is_refused_before_any_request(tmp_path: Path, url: str) -> None:
+    env = engine_env(tmp_path / "data", free_port(), bootstrap_admin_key=ADMIN_KEY)
+    result = run_cli("deposit", "1000", "USDT", "5", "--url", url, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"trade-engine deposit: error: argument --url: {url!r} is not an http:// or https:// URL "
+        "(e.g. http://127.0.0.1:8080)")
+
+
 @pytest.mark.parametrize("amount", ["-1", "0", "0.000", "1e3", "abc", "1,5"])
 def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_request(
         tmp_path: Path, amount: str) -> None:
@@ -173,13 +183,20 @@ def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_
                              json={"symbol": "ETH-BTC", "side": "BUY", "type": "LIMIT", "quantity": "1",
                                    "price": "0.05"}, timeout=10)
     assert response.status_code == 409 and response.json()["error"]["code"] == "PAIR_NOT_TRADING"
+    status, out, err = cli(engine, "pairs", "delist", "ETH-BTC", cwd=tmp_path)
+    assert (status, out) == (0, "ETH-BTC: DELISTED\n"), err
     status, out, err = cli(engine, "pairs", "resume", "ETH-BTC", "--json", cwd=tmp_path)
     assert status == 0, err
     assert json.loads(out)["status"] == "ACTIVE"
 
+    status, out, err = cli(engine, "pairs", "fees", "ETH-BTC", "--taker-fee", "0.0025", cwd=tmp_path)
+    assert (status, out) == (0, "ETH-BTC: fees maker 0.001 taker 0.0025\n"), err  # the actor restarted
+    status, out, err = cli(engine, "pairs", "fees", "ETH-BTC", cwd=tmp_path)
+    assert status == 2 and "give --maker-fee, --taker-fee or both" in err
+
     status, out, err = cli(engine, "pairs", "restart", "ETH-BTC", cwd=tmp_path)
     assert status == 0, err
-    assert one_line(out) == ("restarted ETH-BTC (ACTIVE): actor running, incarnation 2, 1 open order(s) "
+    assert one_line(out) == ("restarted ETH-BTC (ACTIVE): actor running, incarnation 3, 1 open order(s) "
                              "rebuilt")
     status, out, err = cli(engine, "pairs", "halt", "NOPE-BTC", cwd=tmp_path)
     assert status == 1 and "404 UNKNOWN_SYMBOL" in one_line(err)
@@ -189,7 +206,7 @@ def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_
     header, *rows = out.splitlines()
     assert header.split() == ["NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "LAST", "FAILURE"]
     actors = {row.split()[0]: row.split()[1:] for row in rows}
-    assert actors["pair:ETH-BTC"][:3] == ["running", "2", "1"] and actors["pair:BTC-USDT"][:3] == [
+    assert actors["pair:ETH-BTC"][:3] == ["running", "3", "2"] and actors["pair:BTC-USDT"][:3] == [
         "running", "1", "0"]
     assert {"writer", "wallet", "relay"} <= set(actors)
     status, out, err = cli(engine, "actors", "--json", cwd=tmp_path)

@@ -75,6 +75,7 @@ def test_migrate_with_the_embedded_database_starts_and_stops_it(tmp_path: Path) 
 def test_users_create_prints_a_key_once_that_authenticates_the_new_user(machine_pg_url: str,
                                                                        tmp_path: Path) -> None:
     import json
+    import re
 
     from tradeengine.storage import create_pool
     from tradeengine.storage.users import UserRepository
@@ -85,6 +86,7 @@ def test_users_create_prints_a_key_once_that_authenticates_the_new_user(machine_
     assert made.returncode == 0, made.stderr
     answer = json.loads(made.stdout)
     assert answer["user"]["name"] == "alice" and answer["user"]["role"] == "admin"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", answer["user"]["created_at"])  # as the API
     pool = create_pool(machine_pg_url, min_size=1, max_size=1)
     try:
         principal = UserRepository(pool).authenticate(answer["api_key"])

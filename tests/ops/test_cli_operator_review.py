@@ -232,6 +232,8 @@ def test_help_texts_say_defaults_and_how_a_tail_stops(tmp_path: Path) -> None:
     assert "[default: 1000000]" in core and "[default: 5]" in core
     engine = " ".join(_run("bench", "engine", "--help", cwd=tmp_path).stdout.split())
     assert "[default: 20000]" in engine and "[default: process]" in engine
+    http = " ".join(_run("bench", "http", "--help", cwd=tmp_path).stdout.split())
+    assert "[default: 16]" in http and "[default: 10.0]" in http and "[default: 100]" in http
 
 
 # -- 6. events tail --symbol ------------------------------------------------------------------------------
