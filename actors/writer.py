@@ -31,10 +31,11 @@ pending rides with the last frame still outstanding. Replies, barriers and break
 both modes.
 
 Failure: a commit that fails (any error while building or writing the batch) leaves memory (books,
-wallet) ahead of the database. The writer then fails the replies of that batch, of everything still
-pending and of every later Commit with `StorageUnavailable` (nothing of the batch is in the database:
-it is one transaction; if the connection broke during COMMIT itself the outcome is unknown, and the
-rebuild from the database decides), refuses Barriers the same way, and reports itself broken with
+wallet) ahead of the database. The writer then fails the replies of that batch with `StorageUnavailable`
+(nothing of the batch is in the database: it is one transaction), or with `CommitOutcomeUnknown` (504)
+when the connection or the writer process was lost before the COMMIT's answer (it may have committed;
+the rebuild from the database decides), those of everything still pending and of every later Commit
+with `StorageUnavailable` (never sent), refuses Barriers the same way, and reports itself broken with
 scope "group", so the supervisor rebuilds the "database" group from the database once it answers.
 `on_stop` commits what is pending (a normal stop: shutdown or a group restart) and fails whatever it
 cannot, so no caller is ever left waiting.
@@ -56,7 +57,7 @@ import pykka
 from psycopg_pool import ConnectionPool
 
 from tradeengine.storage.database import storage_errors
-from tradeengine.storage.errors import StorageUnavailable
+from tradeengine.storage.errors import CommitOutcomeUnknown, StorageUnavailable
 from tradeengine.storage.facts import Facts
 from tradeengine.storage.rows import build_rows
 from tradeengine.storage.writer import claim_fence, write_batch
@@ -230,6 +231,8 @@ class PersistenceActor(SupervisedActor):
         elif isinstance(message, _ProcessEnded):
             if self._broken is None:
                 self._break(message.error, message.items)
+            elif isinstance(message.error, CommitOutcomeUnknown):
+                self._fail_all(message.items, _failure("the commit failed", message.error))
             else:
                 self._fail_all(message.items, self._broken)
         else:
@@ -318,9 +321,7 @@ class PersistenceActor(SupervisedActor):
         try:
             self.actor_ref.tell(_ProcessEnded(error, items))
         except pykka.ActorDeadError:
-            failure = StorageUnavailable(f"the commit of {len(items)} message(s) failed: {error}")
-            failure.__cause__ = error
-            self._fail_all(items, failure)
+            self._fail_all(items, _failure(f"the commit of {len(items)} message(s) failed", error))
 
     def _take_batch(self) -> list[Commit | Barrier]:
         """Take pending items in order until the batch holds `max_batch` facts."""
@@ -373,7 +374,8 @@ class PersistenceActor(SupervisedActor):
         self._broken = error
         log.error("writer %s: commit failed; refusing further commits until the group is rebuilt",
                   self.link, exc_info=exc)
-        self._fail_all([*batch, *self._pending], error)
+        self._fail_all(batch, _failure(what, exc))  # outcome unknown, if the commit may have happened
+        self._fail_all(list(self._pending), error)
         self._pending.clear()
         self.report_broken(exc, scope="group")
         # After report_broken (new tells now raise ActorDeadError at the sender): refuse what is queued.
@@ -394,7 +396,7 @@ class PersistenceActor(SupervisedActor):
             if failure is not None:
                 log.error("writer %s: the last commit before stopping failed", self.link, exc_info=failure)
                 self._broken = StorageUnavailable(f"the commit of {len(batch)} message(s) failed: {failure}")
-                self._fail_all(batch, self._broken)
+                self._fail_all(batch, _failure(f"the commit of {len(batch)} message(s) failed", failure))
         self._broken = self._broken or error
         self._fail_all(list(self._pending), self._broken)
         self._pending.clear()
@@ -453,7 +455,16 @@ def _fail(reply: Future[Any] | None, error: StorageUnavailable) -> None:
     if reply is None:
         return
     # One exception object per caller: callers re-raise it in their own threads (tracebacks differ).
-    own = StorageUnavailable(error.message)
+    own = type(error)(error.message)
     own.__cause__ = error.__cause__
     with contextlib.suppress(InvalidStateError):
         reply.set_exception(own)
+
+
+def _failure(what: str, exc: BaseException) -> StorageUnavailable:
+    """What the callers of a failed batch get: `CommitOutcomeUnknown` when the commit may have happened
+    (the connection or the writer process was lost under it), else `StorageUnavailable`."""
+    kind = CommitOutcomeUnknown if isinstance(exc, CommitOutcomeUnknown) else StorageUnavailable
+    error = kind(f"{what}: {exc}")
+    error.__cause__ = exc
+    return error

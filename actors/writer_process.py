@@ -22,15 +22,18 @@ Protocol, over the child's stdin and stdout:
 - stdout: one frame per event: ``("ready", pid)`` once connected and in charge (its writer epoch
   claimed), then per committed batch ``("ok", frames, rows, seconds)``: the next `frames` frames, in the
   order sent, are committed (`seconds`: the commit's round trip); or ``("unavailable" | "error",
-  message)``: the next batch failed, nothing of it or of any later frame is committed, the child exits.
+  message)``: the next batch failed, nothing of it or of any later frame is committed, the child exits;
+  or ``("unknown", message, frames)``: its connection was lost before the COMMIT's answer, so the batch
+  of the next `frames` frames may have committed (nothing later is), the child exits.
 A frame is a 4-byte big-endian length and that many bytes (the child's answers: pickle, trusted, our own
 child).
 
 A batch whose answer does not come within `reply_timeout` of the previous answer (or of its sending, if
 nothing was outstanding): the child is killed and every frame still outstanding fails as "outcome
-unknown" (`StorageUnavailable`); the group's rebuild reads what the database holds, after the next child
-has claimed the writer fence (see `ops.writer_main`): no batch of an older writer commits after that.
-A child that exits unasked (even with nothing outstanding) is reported the same way.
+unknown" (`CommitOutcomeUnknown`, also for a child that answers ``unknown``); the group's rebuild
+reads what the database holds, after the next child has claimed the writer fence (see
+`ops.writer_main`): no batch of an older writer commits after that. A child that exits unasked (even
+with nothing outstanding) is reported the same way.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from tradeengine.storage.errors import StorageError, StorageUnavailable
+from tradeengine.storage.errors import CommitOutcomeUnknown, StorageError, StorageUnavailable
 from tradeengine.storage.facts import Facts
 from tradeengine.storage.facts_wire import FactsEncoder
 
@@ -131,9 +134,11 @@ class FrameReader:
 
 
 def reply(exc: BaseException) -> tuple[str, str]:
-    """The child's frame for a failed batch (or start): ``unavailable`` for a database away, else
-    ``error``."""
-    return ("unavailable" if isinstance(exc, StorageUnavailable) else "error", str(exc) or repr(exc))
+    """The child's frame for a failed batch (or start): ``unknown`` for a commit whose outcome is unknown,
+    ``unavailable`` for a database away, else ``error``."""
+    kind = ("unknown" if isinstance(exc, CommitOutcomeUnknown) else
+            "unavailable" if isinstance(exc, StorageUnavailable) else "error")
+    return kind, str(exc) or repr(exc)
 
 
 class WriterProcess:
@@ -269,8 +274,8 @@ class WriterProcess:
         except BaseException as exc:
             _log.exception("writer process %d: its reader failed; the child is killed", child.pid)
             _end_child(child, 0.0)
-            self._end(StorageUnavailable(f"the writer process's reader failed ({exc!r}; the outcome is "
-                                         "unknown)"))
+            self._end(CommitOutcomeUnknown(f"the writer process's reader failed ({exc!r}; the outcome is "
+                                           "unknown)"))
 
     def _read_answers(self, child: subprocess.Popen[bytes], frames: FrameReader) -> None:
         while True:
@@ -284,7 +289,7 @@ class WriterProcess:
                         time.monotonic() - self._waiting_since >= self.reply_timeout
                 if late:
                     _end_child(child, 0.0)  # it must not commit these later
-                    self._end(StorageUnavailable(
+                    self._end(CommitOutcomeUnknown(
                         f"the writer process did not answer within {self.reply_timeout:g} s "
                         "(the outcome is unknown)"))
                     return
@@ -294,13 +299,15 @@ class WriterProcess:
                 with self._lock:
                     quiet = self._closing and not self._outstanding
                 if not quiet:
-                    self._end(StorageUnavailable(f"the writer process exited with status {status} "
-                                                 "(the outcome is unknown)"))
+                    self._end(CommitOutcomeUnknown(f"the writer process exited with status {status} "
+                                                   "(the outcome is unknown)"))
                 return
             if answer[0] == "ok":
                 self._hand_out_committed(int(answer[1]), int(answer[2]), float(answer[3]))
             else:  # the child exits after a failed batch
-                self._end(_error(answer, "committing a batch of facts"))
+                error = _error(answer, "committing a batch of facts")
+                # An unknown outcome concerns that batch's frames only: none later is committed.
+                self._end(error, frames=int(answer[2]) if isinstance(error, CommitOutcomeUnknown) else None)
                 _end_child(child, self.reply_timeout)
                 return
 
@@ -313,14 +320,21 @@ class WriterProcess:
         assert self._committed is not None
         self._committed(tokens, rows, seconds)
 
-    def _end(self, error: StorageError) -> None:
-        """The child failed or is gone: no frame is taken any more; the outstanding ones fail."""
+    def _end(self, error: StorageError, frames: int | None = None) -> None:
+        """The child failed or is gone: no frame is taken any more; the outstanding ones fail with
+        `error`, or only the first `frames` of them, the rest as not committed."""
         with self._lock:
             self._ended = self._ended or error
             tokens = list(self._outstanding)
             self._outstanding.clear()
         assert self._failed is not None
-        self._failed(tokens, error)
+        if frames is None:
+            self._failed(tokens, error)
+            return
+        self._failed(tokens[:frames], error)
+        if tokens[frames:]:
+            self._failed(tokens[frames:], StorageUnavailable(
+                f"not committed: the writer process ended after an earlier batch failed ({error})"))
 
 
 def _end_child(child: subprocess.Popen[bytes], timeout: float) -> None:
@@ -334,6 +348,8 @@ def _end_child(child: subprocess.Popen[bytes], timeout: float) -> None:
 
 def _error(answer: tuple[Any, ...], action: str) -> StorageError:
     kind, message = answer[0], str(answer[1]) if len(answer) > 1 else ""
+    if kind == "unknown":
+        return CommitOutcomeUnknown(f"{action}: {message}")
     if kind == "unavailable":
         return StorageUnavailable(f"{action}: {message}")
     return StorageError(f"{action}: {message}")

@@ -109,6 +109,10 @@ _TIMEOUT_MESSAGE = ("the engine did not answer in time; the outcome is unknown: 
                     "client_order_id")
 
 
+_LOST_COMMIT_MESSAGE = ("the connection to the database was lost while the change was being committed; the "
+                        "outcome is unknown: look the order up by its client_order_id")
+
+
 def default_error_mappings() -> list[ErrorMapping]:
     """The statuses of the project's own error tree (``tradeengine.engine.errors``, storage errors).
 
@@ -139,6 +143,8 @@ def default_error_mappings() -> list[ErrorMapping]:
         # The storage layer has its own tree; its errors reach here when a read goes to a repository.
         _bug(storage_errors.StorageError),
         _unavailable(storage_errors.StorageUnavailable, "database"),
+        ErrorMapping(storage_errors.CommitOutcomeUnknown, 504, "ENGINE_TIMEOUT", _LOST_COMMIT_MESSAGE,
+                     log_level=logging.WARNING),
     ]
 
 

@@ -108,7 +108,7 @@ def main() -> int:
                 seconds = time.perf_counter() - started
             except Exception as exc:
                 log.error("writer process: the commit of %d fact(s) failed", batch.facts, exc_info=exc)
-                _tell(stdout, reply(exc))
+                _tell(stdout, (*reply(exc), batch.frames))  # which frames an unknown outcome concerns
                 return 1
             handover.done(seconds)
             if not _tell(stdout, ("ok", batch.frames, batch.batch.row_count, seconds)):

@@ -43,9 +43,9 @@ def storage_errors(action: str) -> Iterator[None]:
     except psycopg_pool.PoolClosed as exc:
         raise StorageUnavailable(f"{action}: the connection pool is closed") from exc
     except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
-        raise StorageUnavailable(f"{action}: database unavailable ({_first_line(exc)})") from exc
+        raise StorageUnavailable(f"{action}: database unavailable ({first_line(exc)})") from exc
     except psycopg.Error as exc:
-        raise StorageError(f"{action}: {_first_line(exc)}") from exc
+        raise StorageError(f"{action}: {first_line(exc)}") from exc
 
 
 def connection_kwargs(
@@ -148,6 +148,7 @@ def _log_reconnect_failed(pool: psycopg_pool.ConnectionPool) -> None:
     _log.error("connection pool %r gave up reconnecting to the database", pool.name)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (its type's name when it has none), for one-line messages."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -6,7 +6,9 @@ translated at the boundary and chained (``raise StorageUnavailable(...) from exc
     TradeEngineError > InfrastructureError      (tradeengine.engine.errors)
     └── StorageError                      root of every storage failure
         ├── StorageUnavailable            the database cannot be reached or did not answer in time
-        │                                 (retryable; also an engine.errors.StorageUnavailable)
+        │   │                             (retryable; also an engine.errors.StorageUnavailable)
+        │   └── CommitOutcomeUnknown      the connection was lost while a commit was under way: it may
+        │                                 have committed (also an engine.errors.EngineTimeout: HTTP 504)
         ├── MigrationError                the schema cannot be brought to the version this code expects
         │   ├── MigrationChecksumMismatch an applied migration file was edited afterwards
         │   └── UnknownMigrationApplied   the database holds a migration this code does not know
@@ -15,7 +17,7 @@ translated at the boundary and chained (``raise StorageUnavailable(...) from exc
 
 from __future__ import annotations
 
-from tradeengine.engine.errors import InfrastructureError
+from tradeengine.engine.errors import EngineTimeout, InfrastructureError
 from tradeengine.engine.errors import StorageUnavailable as UnavailableInfrastructure
 
 
@@ -32,6 +34,15 @@ class StorageUnavailable(StorageError, UnavailableInfrastructure):
     """
 
     code = "UNAVAILABLE"
+
+
+class CommitOutcomeUnknown(StorageUnavailable, EngineTimeout):
+    """The connection to the database (or the writer process) was lost while a commit was under way, so
+    it may or may not have committed. Callers must not take it for a refusal: the client is told the
+    outcome is unknown (504 ENGINE_TIMEOUT) and looks the order up; the engine rebuilds from the database.
+    """
+
+    code = "ENGINE_TIMEOUT"
 
 
 class WriterFenced(StorageError):

@@ -70,8 +70,8 @@ import msgspec
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from tradeengine.storage.database import storage_errors
-from tradeengine.storage.errors import StorageError, WriterFenced
+from tradeengine.storage.database import first_line, storage_errors
+from tradeengine.storage.errors import CommitOutcomeUnknown, StorageError, WriterFenced
 from tradeengine.storage.rows import LEDGER_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, RowSet
 
 __all__ = ["RenderedBatch", "claim_fence", "commit_batch", "render_batch", "write_batch"]
@@ -239,9 +239,10 @@ def commit_batch(
     `statement_timeout` (seconds) bounds each statement, transaction-scoped (``SET LOCAL``, so it also
     behaves behind PgBouncer). With `fence` (a writer process's epoch, see `claim_fence`) the batch
     first reads ``writer_fence`` FOR SHARE and fails with `WriterFenced` unless the epoch is still
-    `fence`: a newer writer has started. Raises `StorageUnavailable` when the database cannot be
-    reached or a statement times out (the outcome of a commit cut off mid-way is unknown),
-    `StorageError` for any other failure (nothing was written).
+    `fence`: a newer writer has started. Raises `CommitOutcomeUnknown` when the connection is lost
+    before the COMMIT's answer (it may have committed), `StorageUnavailable` when the database refuses
+    the transaction as unavailable or a statement times out, `StorageError` for any other failure (in
+    both, nothing was written).
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("write_batch needs an idle connection: inside a transaction it could not commit")
@@ -269,7 +270,11 @@ def commit_batch(
                 _roll_back_failed(conn)
                 if exc.sqlstate == _FENCED:
                     raise WriterFenced(exc.diag.message_primary or "a newer writer has started") from exc
-                raise
+                if conn.closed or conn.broken:  # no answer to the COMMIT: it may have been applied
+                    raise CommitOutcomeUnknown(
+                        f"committing a batch of facts: the connection was lost before the commit was "
+                        f"confirmed; the outcome is unknown ({first_line(exc)})") from exc
+                raise  # the server answered with an error: the transaction was rolled back
     finally:
         if conn.info.transaction_status == TransactionStatus.IDLE:
             conn.autocommit = autocommit

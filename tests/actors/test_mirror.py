@@ -5,6 +5,7 @@ after Redis was gone (a private redis-server, killed and started again on the sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -156,7 +157,7 @@ def test_a_last_price_outside_the_24h_high_and_low_has_them_recomputed_at_once(
         wait_mirrored(system, client, prefix, ["BTC-USDT"])
         for price in ("50000", "50100", "49900"):  # the first trade, a new high, a new low
             trade(system, price=price)
-            wait_until(lambda: consistent(price), 3.0, f"the ticker agrees with a last price of {price}")
+            wait_until(functools.partial(consistent, price), 3.0, f"the ticker agrees with {price}")
         assert (ticker()["high_24h"], ticker()["low_24h"]) == ("50100", "49900")
 
 

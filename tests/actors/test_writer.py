@@ -29,6 +29,7 @@ from tradeengine.actors.writer_process import WriterProcess
 from tradeengine.engine import PairSpec, Side
 from tradeengine.engine.errors import StorageUnavailable as EngineStorageUnavailable
 from tradeengine.storage import PairRepository, StorageError, StorageUnavailable, create_pool
+from tradeengine.storage.errors import CommitOutcomeUnknown
 from tradeengine.storage.facts import Facts, PairFacts, Transfer
 from tradeengine.storage.rows import build_rows
 from tradeengine.storage.writer import write_batch
@@ -360,9 +361,12 @@ def test_a_connection_lost_mid_commit_fails_the_batch_and_everything_queued_behi
         barrier: Future[Any] = Future()
         ref.tell(Barrier(barrier))
         reader.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        for reply in [first, *queued, barrier]:
-            with pytest.raises(StorageUnavailable):
+        with pytest.raises(CommitOutcomeUnknown, match="outcome is unknown"):  # 504: it may have committed
+            first.result(timeout=WAIT)
+        for reply in [*queued, barrier]:  # never sent to the database: 503
+            with pytest.raises(StorageUnavailable) as caught:
                 reply.result(timeout=WAIT)
+            assert not isinstance(caught.value, CommitOutcomeUnknown)
     finally:
         blocker.close()
     assert [(n.kind, n.scope) for n in recorder.notices] == [(NoticeKind.BROKEN, "group")]

@@ -164,6 +164,8 @@ def _answer_to(error: Exception) -> falcon.testing.Result:
     (engine_errors.EngineTimeout("no answer from writer"), 504, "ENGINE_TIMEOUT", None),
     (storage_errors.StorageUnavailable("database unavailable (connection refused)"), 503, "UNAVAILABLE",
      "1"),
+    (storage_errors.CommitOutcomeUnknown("the writer process exited with status -9"), 504, "ENGINE_TIMEOUT",
+     None),
 ])
 def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
         error: Exception, status: int, code: str, retry_after: str | None) -> None:

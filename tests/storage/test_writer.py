@@ -13,8 +13,8 @@ import pytest
 
 from tests.storage.test_rows_scenarios import ALICE, BOB, CAROL, FullDay, Scenario, add_users
 from tradeengine.engine import Side, TradeExecuted
-from tradeengine.storage import StorageError
-from tradeengine.storage.errors import WriterFenced
+from tradeengine.storage import StorageError, StorageUnavailable
+from tradeengine.storage.errors import CommitOutcomeUnknown, WriterFenced
 from tradeengine.storage.facts import Facts, Transfer
 from tradeengine.storage.ids import ID_EPOCH_US
 from tradeengine.storage.rows import build_rows
@@ -324,3 +324,23 @@ def test_a_batch_under_a_stale_writer_fence_fails_whole_and_a_claim_increments_t
         write_batch(conn, build_rows([deposit]), statement_timeout=5.0, fence=mine)
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # rolled back
     assert one(conn, "SELECT count(*) FROM ledger_entries WHERE user_id = %s AND asset = 'ETH'", ALICE) == 1
+
+
+def test_a_batch_whose_connection_is_gone_has_an_unknown_outcome_and_one_the_server_refused_does_not(
+    conn: psycopg.Connection[Any], migrated_pg_url: str,
+) -> None:
+    s = Scenario()
+    s.deposit(ALICE, "USDT", "1000")
+    with psycopg.connect(migrated_pg_url, autocommit=True) as blocker:  # holds the balance row
+        blocker.execute("BEGIN")
+        write(conn, s.facts)
+        blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
+        s.deposit(ALICE, "USDT", "1")
+        with pytest.raises(StorageUnavailable) as refused:  # the server cancels the statement: rolled back
+            write_batch(conn, build_rows(s.facts[-1:]), statement_timeout=0.2)
+        assert not isinstance(refused.value, CommitOutcomeUnknown)
+        blocker.execute("ROLLBACK")
+    with psycopg.connect(migrated_pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    with pytest.raises(CommitOutcomeUnknown, match="the outcome is unknown"):
+        write_batch(conn, build_rows(s.facts[-1:]))
