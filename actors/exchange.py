@@ -47,7 +47,7 @@ from tradeengine.engine import (
     TradeEngineError,
     ValidationError,
 )
-from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, UnknownSymbol
+from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, EngineUnavailable, UnknownSymbol
 
 from .ledger import AssetBalance
 from .pair import CommandOutcome, Depth, DepthQuery, Execute, Top, TopQuery
@@ -186,10 +186,17 @@ class Exchange:
         that is restarting (a running pair takes the command at once).
         """
         held: list[tuple[int, str]] = []
+        lookup: asyncio.Future[list[_Claim]] | None = None
         try:
             claims: list[_Claim]
             if any(request.client_order_id is not None for request in requests):
-                claims = await asyncio.to_thread(self._hold_client_ids, user_id, requests, held)
+                lookup = asyncio.ensure_future(
+                    asyncio.to_thread(self._hold_client_ids, user_id, requests, held))
+                if not (await asyncio.wait({lookup}, timeout=self._timeout))[0]:
+                    # A database that hangs: nothing is sent. The ids it holds go when the lookup ends.
+                    raise EngineUnavailable(f"the database did not answer the client_order_id lookup within "
+                                            f"{self._timeout:g} s; nothing was placed")
+                claims = lookup.result()
             else:
                 claims = [None] * len(requests)
             results = _refusals(claims)
@@ -210,7 +217,10 @@ class Exchange:
                 if not todo:
                     break
         finally:
-            self._release_client_ids(held)
+            if lookup is None or lookup.done():
+                self._release_client_ids(held)
+            else:
+                lookup.add_done_callback(lambda _: self._release_client_ids(held))
         return self._placed(user_id, requests, _answers(results))
 
     def _submit(self, user_id: int, request: OrderRequest) -> Future[Any] | TradeEngineError:

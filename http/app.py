@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from .api import Endpoint, OpenApiResource, QueryParametersMiddleware, openapi_document, operations_endpoints
 from .auth import AuthMiddleware, Principal
+from .blocking import limit_blocking_calls
 from .errors import ErrorMapping, register_error_handlers
 from .middleware import REQUEST_ID_HEADER, AccessLogMiddleware, HttpMetrics, RequestIdMiddleware
 from .operations import HealthResource, MetricsResource, ReadyResource
@@ -77,6 +78,7 @@ def create_app(
     error_mappings: Iterable[ErrorMapping] = (),
     authenticate: Callable[[str], Principal | None] | None = None,
     rate_limit: RateLimitMiddleware | None = None,
+    blocking_limit: float | None = None,
 ) -> falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]:
     """Build the ASGI app: operational routes, ``routes``, middleware and the one error shape.
 
@@ -86,8 +88,11 @@ def create_app(
     ``authenticate`` maps an API key to its user (see :mod:`tradeengine.http.auth`); ``rate_limit``
     (after authentication) refuses clients over their budget (:mod:`tradeengine.http.ratelimit`);
     ``endpoints`` are the API's routes (:mod:`tradeengine.http.routes`), served and documented in
-    ``/openapi.json``.
+    ``/openapi.json``; ``blocking_limit`` bounds every blocking call of a request (seconds, see
+    :mod:`tradeengine.http.blocking`).
     """
+    if blocking_limit is not None:
+        limit_blocking_calls(blocking_limit)
     log = logger if logger is not None else logging.getLogger("tradeengine.http")
     metrics = HttpMetrics(registry)
     middleware: list[Any] = [

@@ -34,6 +34,7 @@ from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
 from tradeengine.storage.users import UserExists
 
+from .blocking import NoAnswerInTime
 from .middleware import request_id_of
 from .models import ErrorDetail
 
@@ -109,6 +110,7 @@ _TIMEOUT_MESSAGE = ("the engine did not answer in time; the outcome is unknown: 
                     "client_order_id")
 
 
+_NO_ANSWER_MESSAGE = "the engine did not answer in time; retry later"
 _LOST_COMMIT_MESSAGE = ("the connection to the database was lost while the change was being committed; the "
                         "outcome is unknown: look the order up by its client_order_id")
 
@@ -166,6 +168,13 @@ def register_error_handlers(app: falcon.asgi.App[falcon.asgi.Request, falcon.asg
     app.add_error_handler(falcon.MediaNotFoundError, _handle_malformed_json)
     for mapping in [*default_error_mappings(), *mappings]:
         app.add_error_handler(mapping.error, _MappedErrorHandler(mapping, logger))
+    # A blocking call without an answer in time: a read may be retried (503); a change's outcome is
+    # unknown (504).
+    app.add_error_handler(NoAnswerInTime, _ByMethodHandler(
+        read=_MappedErrorHandler(ErrorMapping(NoAnswerInTime, 503, "UNAVAILABLE", _NO_ANSWER_MESSAGE,
+                                              retry_after=1, log_level=logging.WARNING), logger),
+        change=_MappedErrorHandler(ErrorMapping(NoAnswerInTime, 504, "ENGINE_TIMEOUT", _TIMEOUT_MESSAGE,
+                                                log_level=logging.WARNING), logger)))
 
 
 def _render(req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, body: dict[str, Any]) -> None:
@@ -198,6 +207,19 @@ async def _handle_malformed_json(req: falcon.asgi.Request, resp: falcon.asgi.Res
         cause = ex.__cause__
         message = "the request body is not valid JSON" + (f": {cause}" if cause else "")
     _render(req, resp, 400, error_body("MALFORMED_JSON", message, request_id_of(req)))
+
+
+class _ByMethodHandler:
+    """Answers as `read` for GET and HEAD, as `change` for the other methods."""
+
+    def __init__(self, *, read: _MappedErrorHandler, change: _MappedErrorHandler) -> None:
+        self._read = read
+        self._change = change
+
+    async def __call__(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception,
+                       params: dict[str, Any]) -> None:
+        handler = self._read if req.method in ("GET", "HEAD") else self._change
+        await handler(req, resp, ex, params)
 
 
 class _MappedErrorHandler:

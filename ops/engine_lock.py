@@ -78,8 +78,8 @@ class EngineLock:
             yield
         finally:
             self._connection = None
-            with suppress(psycopg.Error):  # failing: the connection is gone already, and the lock with it
-                connection.rollback()  # ends the transaction: the lock goes
+            # Closing ends the session, its transaction and so the lock, without waiting for an answer: a
+            # ROLLBACK to a database that hangs would wait for ever, and the engine would never stop.
             connection.close()
 
     def forget_in_child(self) -> None:

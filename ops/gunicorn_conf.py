@@ -15,6 +15,7 @@ actor system and closes its pool.
 
 from __future__ import annotations
 
+import math
 import signal
 from typing import Any
 
@@ -60,15 +61,24 @@ def worker_exit(server: Any, worker: Any) -> None:
     server.app.close_worker()
 
 
+#: Seconds beyond TRADE_ENGINE_REQUEST_TIMEOUT that a request's blocking call may take (http.blocking).
+BLOCKING_MARGIN = 2.0
+
+
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
-    """The gunicorn settings for ``serve``."""
+    """The gunicorn settings for ``serve``. A stopping worker cancels what still runs after half the
+    graceful timeout: that half is longer than any request may take (`BLOCKING_MARGIN`), so each one
+    in flight gets its own answer (a database that hangs: a 503 or 504) rather than being cut off."""
+    longest = settings.request_timeout + BLOCKING_MARGIN
     return single_worker_options(host=settings.http_host, port=settings.http_port,
                                  threads=settings.http_threads, log_level=settings.log_level,
-                                 proc_name="trade-engine", worker_class=ENGINE_WORKER)
+                                 proc_name="trade-engine", worker_class=ENGINE_WORKER,
+                                 graceful_timeout=max(GRACEFUL_TIMEOUT, math.ceil(2 * (longest + 1.0))))
 
 
 def single_worker_options(*, host: str, port: int, threads: int, log_level: str, proc_name: str,
-                          worker_class: str = WSGI_WORKER) -> dict[str, Any]:
+                          worker_class: str = WSGI_WORKER,
+                          graceful_timeout: int = GRACEFUL_TIMEOUT) -> dict[str, Any]:
     """The gunicorn settings of a server of ours: one worker of ``worker_class`` with these hooks (see
     above)."""
     return {
@@ -77,7 +87,7 @@ def single_worker_options(*, host: str, port: int, threads: int, log_level: str,
         "worker_class": worker_class,
         "threads": threads,
         "timeout": WORKER_TIMEOUT,
-        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "graceful_timeout": graceful_timeout,
         "keepalive": KEEPALIVE,
         "preload_app": False,
         "control_socket_disable": True,

@@ -50,7 +50,7 @@ from .cli import engine_version
 from .database import DataDirLock, StartupError, serving_database
 from .engine_lock import EngineLock, check_bind
 from .gcpolicy import tune_collector
-from .gunicorn_conf import gunicorn_options
+from .gunicorn_conf import BLOCKING_MARGIN, gunicorn_options
 from .logconfig import configure_logging
 from .metrics import EngineMetrics
 from .settings import Settings
@@ -319,6 +319,7 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             cors_origins=settings.cors_origins,
             logger=logging.getLogger("tradeengine.http"),
             ready_timeout=READY_CHECK_TIMEOUT,
+            blocking_limit=settings.request_timeout + BLOCKING_MARGIN,
             authenticate=UserRepository(pool).authenticate,
             rate_limit=build_rate_limit(rate=settings.rate_limit, burst=settings.rate_burst,
                                         public_rate=settings.public_rate_limit,

@@ -127,6 +127,34 @@ def test_client_order_ids_are_looked_up_on_a_thread_and_duplicates_refused() -> 
     assert len(route.sends) == 1
 
 
+def test_a_client_order_id_lookup_the_database_does_not_answer_places_nothing_and_answers_in_time() -> None:
+    """A database that hangs: the batch is refused (503) within the timeout; its ids are held until the
+    lookup ends, then free again."""
+    route, answer = Route(), threading.Event()
+
+    class Hanging(Directory):
+        def find_client_order(self, user_id: int, client_order_id: str) -> int | None:
+            answer.wait(10.0)
+            return None
+
+    engine = exchange(route, Hanging(), timeout=0.3)
+
+    async def main() -> float:
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable, match="nothing was placed"):
+            await engine.place_batch_async(7, [order("c-1")])
+        took = time.monotonic() - started
+        refused = await engine.place_batch_async(7, [order("c-1")])  # the first lookup still runs
+        assert isinstance(refused[0], DuplicateClientOrderId)
+        answer.set()
+        await asyncio.sleep(0.2)  # the lookup ends; its id is let go
+        assert order_id_of((await engine.place_batch_async(7, [order("c-1")]))[0]) > 0
+        return took
+
+    assert asyncio.run(main()) < 1.0
+    assert len(route.sends) == 1
+
+
 def off_tick(client_order_id: str) -> Any:
     return limit("BTC-USDT", Side.BUY, "0.01", "50000.001", client_order_id=client_order_id)
 

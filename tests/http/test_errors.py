@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import falcon
 import falcon.asgi
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from tradeengine.engine import errors as engine_errors
 from tradeengine.http.app import create_app
+from tradeengine.http.blocking import DEFAULT_LIMIT, blocking, limit_blocking_calls
 from tradeengine.http.errors import ErrorMapping, error_body
 from tradeengine.storage import errors as storage_errors
 from tradeengine.storage.users import UserExists
@@ -211,3 +213,30 @@ def test_error_body_has_field_only_when_given() -> None:
     assert error_body("X", "m", "r") == {"error": {"code": "X", "message": "m"}, "request_id": "r"}
     assert error_body("X", "m", "r", "price")["error"]["field"] == "price"
 
+
+
+class _Slow:
+    """Reads and changes through a blocking call that takes a second."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        await blocking(time.sleep, 1.0)
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        await blocking(time.sleep, 1.0)
+
+
+def test_a_blocking_call_past_the_limit_answers_a_read_503_and_a_change_504_in_time() -> None:
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/slow", _Slow())], blocking_limit=0.2)
+    try:
+        client = falcon.testing.TestClient(app)
+        started = time.monotonic()
+        read = client.simulate_get("/slow")
+        assert time.monotonic() - started < 0.9
+        assert read.status_code == 503 and read.json["error"]["code"] == "UNAVAILABLE"
+        assert read.headers["retry-after"] == "1"
+        change = client.simulate_post("/slow")
+        assert change.status_code == 504 and change.json["error"]["code"] == "ENGINE_TIMEOUT"
+        assert "outcome is unknown" in change.json["error"]["message"]
+    finally:
+        limit_blocking_calls(DEFAULT_LIMIT)

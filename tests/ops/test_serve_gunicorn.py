@@ -23,6 +23,7 @@ def test_gunicorn_config_has_one_engine_worker_no_control_socket_and_no_access_l
     assert cfg.accesslog is None
     assert cfg.preload_app is False
     assert cfg.bind == ["127.0.0.1:18123"]
+    assert cfg.graceful_timeout == 16  # half of it outlasts the longest request (5 s + 2 s, and 1 s)
     assert cfg.logger_class is GunicornLogger
     assert cfg.loglevel == "warning"
     assert cfg.post_worker_init is post_worker_init
