@@ -62,16 +62,17 @@ import dataclasses
 import functools
 import itertools
 import re
+import select
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ConnStatus, TransactionStatus
 
 from tradeengine.storage.database import first_line, storage_errors
-from tradeengine.storage.errors import CommitOutcomeUnknown, StorageError, WriterFenced
+from tradeengine.storage.errors import CommitOutcomeUnknown, StorageError, StorageUnavailable, WriterFenced
 from tradeengine.storage.rows import LEDGER_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, RowSet
 
 __all__ = ["RenderedBatch", "claim_fence", "commit_batch", "render_batch", "write_batch"]
@@ -246,6 +247,9 @@ def commit_batch(
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("write_batch needs an idle connection: inside a transaction it could not commit")
+    if _closed_while_idle(conn):  # known before anything is sent: nothing of the batch is committed
+        raise StorageUnavailable("committing a batch of facts: the database closed the connection while it "
+                                 "was idle; nothing was sent")
     statement, params = _numbered(batch.statement), batch.params
     autocommit = conn.autocommit
     try:
@@ -287,6 +291,21 @@ def _numbered(statement: str) -> str:
     batch statement is; this is done once per shape of it."""
     numbers = itertools.count(1)
     return re.sub(r"%%|%s", lambda match: "%" if match.group() == "%%" else f"${next(numbers)}", statement)
+
+
+def _closed_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server closed (or terminated) this idle connection: its socket has something to read
+    (an end of file, a FATAL message) although nothing was asked. One `select` without waiting. A lost
+    connection found only after the batch was sent leaves its outcome unknown; found here, it does not."""
+    pgconn = conn.pgconn
+    try:
+        for _ in range(3):  # a FATAL message first, then the end of file (consume_input raises there)
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                return pgconn.status != ConnStatus.OK  # a notice, read: the connection lives
+            pgconn.consume_input()
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return True  # still something to read on an idle connection: not one to commit on
 
 
 def _roll_back_failed(conn: psycopg.Connection[Any]) -> None:

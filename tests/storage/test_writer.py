@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -326,21 +328,51 @@ def test_a_batch_under_a_stale_writer_fence_fails_whole_and_a_claim_increments_t
     assert one(conn, "SELECT count(*) FROM ledger_entries WHERE user_id = %s AND asset = 'ETH'", ALICE) == 1
 
 
-def test_a_batch_whose_connection_is_gone_has_an_unknown_outcome_and_one_the_server_refused_does_not(
+def test_a_batch_whose_connection_is_lost_under_it_has_an_unknown_outcome_and_others_do_not(
     conn: psycopg.Connection[Any], migrated_pg_url: str,
 ) -> None:
     s = Scenario()
     s.deposit(ALICE, "USDT", "1000")
-    with psycopg.connect(migrated_pg_url, autocommit=True) as blocker:  # holds the balance row
+    write(conn, s.facts)
+    s.deposit(ALICE, "USDT", "1")
+    with psycopg.connect(migrated_pg_url, autocommit=True) as blocker:  # holds alice's balance row
         blocker.execute("BEGIN")
-        write(conn, s.facts)
         blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (ALICE,))
-        s.deposit(ALICE, "USDT", "1")
         with pytest.raises(StorageUnavailable) as refused:  # the server cancels the statement: rolled back
             write_batch(conn, build_rows(s.facts[-1:]), statement_timeout=0.2)
         assert not isinstance(refused.value, CommitOutcomeUnknown)
+
+        outcome: list[BaseException] = []
+
+        def commit() -> None:
+            try:
+                write_batch(conn, build_rows(s.facts[-1:]))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        committer = threading.Thread(target=commit)
+        committer.start()
+        backend = conn.info.backend_pid
+        deadline = time.monotonic() + 10.0
+        while blocker.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                              (backend,)).fetchone() != ("Lock",):
+            assert time.monotonic() < deadline, "the batch never waited for the row"
+            time.sleep(0.02)
+        blocker.execute("SELECT pg_terminate_backend(%s)", (backend,))  # lost under the batch
+        committer.join(timeout=10.0)
         blocker.execute("ROLLBACK")
+    assert len(outcome) == 1 and isinstance(outcome[0], CommitOutcomeUnknown), outcome
+    assert "the outcome is unknown" in str(outcome[0])
+
+
+def test_a_batch_on_a_connection_the_server_closed_while_idle_is_refused_before_sending(
+    conn: psycopg.Connection[Any], migrated_pg_url: str,
+) -> None:
+    s = Scenario()
+    s.deposit(ALICE, "USDT", "1000")
     with psycopg.connect(migrated_pg_url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-    with pytest.raises(CommitOutcomeUnknown, match="the outcome is unknown"):
-        write_batch(conn, build_rows(s.facts[-1:]))
+    time.sleep(0.1)
+    with pytest.raises(StorageUnavailable, match="nothing was sent") as refused:
+        write_batch(conn, build_rows(s.facts))
+    assert not isinstance(refused.value, CommitOutcomeUnknown)
