@@ -68,7 +68,9 @@ from .blocking import blocking
 #: Routes that are never limited.
 OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
-DEFAULT_KEY_PREFIX = "tradeengine:ratelimit:"
+KEY_SPACE = "ratelimit:"
+"""What the rate-limit keys start with after the engine's Redis key prefix."""
+DEFAULT_KEY_PREFIX = "tradeengine:" + KEY_SPACE
 
 _log = logging.getLogger(__name__)
 

@@ -36,11 +36,13 @@ from tradeengine.actors.mirror import MirrorSettings
 from tradeengine.actors.relay import RelaySettings
 from tradeengine.actors.remote_wallet import RemoteWalletSettings
 from tradeengine.actors.system import ActorSystem
+from tradeengine.http import ratelimit
 from tradeengine.http.app import create_app
 from tradeengine.http.middleware import RequestIdLogFilter
 from tradeengine.http.ratelimit import build_rate_limit
 from tradeengine.http.readiness import Check, actors_check, broker_check, redis_check, wallet_check
 from tradeengine.http.routes import api_endpoints
+from tradeengine.storage import breaker, marketdata
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database, create_pool
 from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.marketdata import MarketDataReader
@@ -260,34 +262,15 @@ def readiness_checks(settings: Settings, pool: Any, system: ActorSystem) -> dict
     return checks
 
 
-@dataclasses.dataclass(frozen=True)
-class RedisKeys:
-    """The key prefix of each user of Redis, under the engine's `TRADE_ENGINE_REDIS_KEY_PREFIX`."""
-
-    prefix: str
-
-    @property
-    def market_data(self) -> str:
-        return self.prefix + "md:"
-
-    @property
-    def rate_limit(self) -> str:
-        return self.prefix + "ratelimit:"
-
-    @property
-    def breaker(self) -> str:
-        return self.prefix + "breaker:"
-
-
 def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
     """In the worker: open the pool, start the actor system, create the app (nothing reads env)."""
     size = settings.database_pool_size
     pool = create_pool(conninfo, min_size=min(2, size), max_size=size, name="tradeengine-worker",
                        prepare_threshold=DEFAULT_PREPARE_THRESHOLD if settings.database_prepare else None)
-    keys = RedisKeys(settings.redis_key_prefix)
+    prefix = settings.redis_key_prefix  # each user of Redis keeps its keys in a space of its own under it
     mirror = None
     if settings.redis_url:
-        mirror = MirrorSettings(settings.redis_url, key_prefix=keys.market_data,
+        mirror = MirrorSettings(settings.redis_url, key_prefix=prefix + marketdata.KEY_SPACE,
                                 levels=settings.market_data_levels, interval=settings.market_data_interval)
     registry = CollectorRegistry()
     metrics = EngineMetrics(registry, version=engine_version())
@@ -299,7 +282,8 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             settings.wallet_url, timeout=settings.wallet_timeout, retries=settings.wallet_retries,
             breaker_fail_max=settings.wallet_breaker_fail_max,
             breaker_reset_timeout=settings.wallet_breaker_reset_timeout, redis_url=settings.redis_url,
-            redis_key_prefix=keys.breaker, breaker_listeners=(metrics.breaker_listener("wallet"),))
+            redis_key_prefix=prefix + breaker.KEY_SPACE,
+            breaker_listeners=(metrics.breaker_listener("wallet"),))
     system = ActorSystem(pool, request_timeout=settings.request_timeout, market_data=mirror, relay=relay,
                          wallet=wallet, on_event=metrics.on_supervisor_event, on_batch=metrics.on_batch,
                          observer=metrics, writer_process=settings.writer_process)
@@ -324,9 +308,10 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
             rate_limit=build_rate_limit(rate=settings.rate_limit, burst=settings.rate_burst,
                                         public_rate=settings.public_rate_limit,
                                         public_burst=settings.public_rate_burst,
-                                        redis_url=settings.redis_url, key_prefix=keys.rate_limit),
+                                        redis_url=settings.redis_url,
+                                        key_prefix=prefix + ratelimit.KEY_SPACE),
             endpoints=api_endpoints(system=system, pool=pool, market_data=(
-                MarketDataReader.from_url(settings.redis_url, key_prefix=keys.market_data)
+                MarketDataReader.from_url(settings.redis_url, key_prefix=prefix + marketdata.KEY_SPACE)
                 if settings.redis_url else None)),
         )
     except BaseException:

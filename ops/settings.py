@@ -161,18 +161,15 @@ def _api_key(name: str, raw: str) -> str | None:
     return key
 
 
-def _exchange_name(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value or len(value) > 255 or not all(c.isalnum() or c in "-_.:" for c in value):
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be 1-255 letters, digits, '-', '_', '.' or ':'")
-    return value
-
-
-def _key_prefix(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_.:" for c in value):
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be 1-64 letters, digits, '-', '_', '.' or ':'")
-    return value
+def _name(longest: int) -> Callable[[str, str], str]:
+    """A name of 1 to `longest` letters, digits, '-', '_', '.' or ':' (an exchange, a key prefix)."""
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if not value or len(value) > longest or not all(c.isalnum() or c in "-_.:" for c in value):
+            raise SettingsError(
+                f"{PREFIX}{name}={raw!r}: must be 1-{longest} letters, digits, '-', '_', '.' or ':'")
+        return value
+    return parse
 
 
 def _path(name: str, raw: str) -> Path:
@@ -205,7 +202,7 @@ class Settings:
         _url("redis", "rediss", "unix"), None, "Redis URL for the market-data mirror and rate limits"
     )
     redis_key_prefix: str = _field(
-        _key_prefix, "tradeengine:",
+        _name(64), "tradeengine:",
         "what every Redis key (and channel) of the engine starts with: market data under PREFIX md:, rate "
         "limits under PREFIX ratelimit:, breaker state under PREFIX breaker:; engines sharing one Redis "
         "database each need their own",
@@ -225,7 +222,7 @@ class Settings:
         "engine process and are marked published",
     )
     broker_exchange: str = _field(
-        _exchange_name, "trade-engine", "the durable topic exchange the outbox relay publishes events to"
+        _name(255), "trade-engine", "the durable topic exchange the outbox relay publishes events to"
     )
     relay_process: bool = _field(
         _bool, False, "run the outbox relay in a process of its own, off the engine's GIL (amqp:// brokers "

@@ -35,7 +35,9 @@ __all__ = ["DEFAULT_KEY_PREFIX", "RedisUnreachable", "SharedBreakerStorage", "cl
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY_PREFIX = "tradeengine:breaker:"
+KEY_SPACE = "breaker:"
+"""What the breakers' keys start with after the engine's Redis key prefix."""
+DEFAULT_KEY_PREFIX = "tradeengine:" + KEY_SPACE
 #: Redis connect and read timeout: a breaker read must stay far below the wallet call it guards.
 REDIS_TIMEOUT = 0.25
 #: While Redis is unreachable, it is tried again at most this often (seconds).

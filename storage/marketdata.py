@@ -76,7 +76,9 @@ __all__ = [
     "update_message",
 ]
 
-DEFAULT_KEY_PREFIX = "tradeengine:md:"
+KEY_SPACE = "md:"
+"""What the market-data keys start with after the engine's Redis key prefix."""
+DEFAULT_KEY_PREFIX = "tradeengine:" + KEY_SPACE
 MAX_AGE = 2.0
 """Seconds after its ``verified_at`` that a pair's values are no longer served."""
 TTL = 60.0
