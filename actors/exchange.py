@@ -452,9 +452,9 @@ def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results:
 
     The earlier item placed an order (accepted or rejected: stored), or was refused because the id was
     already taken: the later one is a duplicate of that order. It was refused otherwise before anything
-    changed (a rule, an unknown pair): the id is still free, so the first
-    item waiting on it is sent in the next round and the others wait on that one. Its outcome is unknown
-    (a timeout, an engine restarting): the later items are refused, as the id may be taken.
+    changed (a rule, an unknown pair): the id is still free, so the first item waiting on it is sent in
+    the next round and the others wait on that one. Its outcome is unknown (a timeout, an engine
+    restarting): the later items are refused, as the id may be taken.
     """
     todo: list[int] = []
     for index, claim in enumerate(claims):
