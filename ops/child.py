@@ -6,7 +6,7 @@ environment is the engine's), and they run the garbage collector as the worker d
 Ctrl-C at a terminal, and SIGTERM sent to the whole process group (systemd's default KillMode, `timeout`,
 `kill -TERM -- -PGID`), reach the children too: the engine stops gracefully and then closes stdin, so a
 child ignores SIGINT and SIGTERM. Ending at once would look like a crash: a writer child gone before its
-engine has answered the commands in flight turns them into "outcome unknown" 503s. (The engine kills a
+engine has answered the commands in flight turns them into "outcome unknown" 504s. (The engine kills a
 child that does not end after its stdin closed; a child of an engine killed with -9 sees its stdin end.)
 """
 
