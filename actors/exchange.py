@@ -48,6 +48,7 @@ from tradeengine.engine import (
     ValidationError,
 )
 from tradeengine.engine.errors import DuplicateClientOrderId, EngineTimeout, EngineUnavailable, UnknownSymbol
+from tradeengine.storage.ids import MAX_ORDER_ID
 
 from .ledger import AssetBalance
 from .pair import CommandOutcome, Depth, DepthQuery, Execute, Top, TopQuery
@@ -330,7 +331,7 @@ class Exchange:
             oid = int(order_id)
         except ValueError:
             oid = -1
-        location = self._orders.locate(oid) if oid > 0 else None
+        location = self._orders.locate(oid) if 0 < oid <= MAX_ORDER_ID else None
         if location is None or location[1] != user_id:
             raise OrderNotFound(f"order {order_id} not found")
         return self._route(location[0]), str(oid)

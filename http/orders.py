@@ -31,6 +31,7 @@ from tradeengine.engine import (
 from tradeengine.engine.errors import OrderNotFound, ValidationError
 from tradeengine.storage import history
 from tradeengine.storage.facts import PairFacts
+from tradeengine.storage.ids import MAX_ORDER_ID
 from tradeengine.storage.rows import OrderRow, build_rows
 
 from . import render
@@ -251,7 +252,7 @@ class OrderByClientIdResource(Resource):
 
 def _order_id(text: str) -> int:
     """An order id from the path; anything that is not one is simply not found."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_ORDER_ID:
         return -1
     return int(text)
 

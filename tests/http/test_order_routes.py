@@ -452,6 +452,9 @@ def test_no_trader_can_read_amend_or_cancel_another_traders_order(
         api.delete(f"{ORDERS}/{order['id']}", bob),
         api.get(f"{ORDERS}/by-client-id/secret", bob),
         api.get(f"{ORDERS}/99999999999", bob),
+        *(call(f"{ORDERS}/{beyond}", bob, **body)  # past the largest bigint: not an id either
+          for beyond in ("9223372036854775808", "9999999999999999999")
+          for call, body in ((api.get, {}), (api.patch, {"json": {"quantity": "1"}}), (api.delete, {}))),
         api.get(f"{ORDERS}/not-a-number", bob),
         api.get(f"{ORDERS}/by-client-id/a%00b", bob),
     ):
