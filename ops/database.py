@@ -31,7 +31,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -44,7 +44,7 @@ from tradeengine.storage.database import (
     create_pool,
 )
 from tradeengine.storage.embedded import EmbeddedPostgres
-from tradeengine.storage.errors import StorageError, StorageUnavailable
+from tradeengine.storage.errors import EmbeddedServerNotAnswering, StorageError, StorageUnavailable
 from tradeengine.storage.migrate import apply_migrations, load_migrations, pending_migrations
 from tradeengine.storage.pairs import PairRepository
 from tradeengine.storage.users import UserRepository
@@ -248,13 +248,32 @@ def _command_url(settings: Settings, *, create: bool = True) -> Iterator[str]:
             # a fresh folder: initialising a cluster only to refuse it would leave one behind
             raise NotMigrated(f"the database at {server.pgdata} is not migrated (no embedded PostgreSQL "
                               "there yet); run `trade-engine migrate`")
-        try:
-            url = server.start()
+        with _started(server) as url:
             yield url
-        finally:
-            server.stop()
     finally:
         lock.release()
+
+
+@contextmanager
+def _started(server: EmbeddedPostgres,
+             shield: Callable[[], AbstractContextManager[object]] = nullcontext) -> Iterator[str]:
+    """Start `server`, yield its URL and stop it at the end (start and stop inside ``shield()``), or stop
+    it when the start fails. A server left running that does not answer (`EmbeddedServerNotAnswering`)
+    is left as it is: stopping it would wait minutes for nothing."""
+    try:
+        with shield():
+            url = server.start()
+    except EmbeddedServerNotAnswering:
+        raise
+    except BaseException:
+        with shield():
+            server.stop()
+        raise
+    try:
+        yield url
+    finally:
+        with shield():
+            server.stop()
 
 
 @contextmanager
@@ -297,19 +316,17 @@ def prepared_database(url: str | None, *, lock: DataDirLock, prepare: Callable[[
     try:
         server = (EmbeddedPostgres(lock.path.parent) if database is None
                   else EmbeddedPostgres(lock.path.parent, database=database))
-        try:
+        with ExitStack() as stack:
             try:
-                with shield():
-                    embedded_url = server.start()
+                embedded_url = stack.enter_context(_started(server, shield))
+            except EmbeddedServerNotAnswering as exc:
+                raise StartupError(f"the embedded PostgreSQL cannot be used: {exc}") from exc
             except StorageError as exc:
                 raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
                                    f"{_one_line(exc)}") from exc
             _log.info("embedded %s ready in %s", what, server.pgdata)
             prepare(embedded_url)
             yield embedded_url
-        finally:
-            with shield():
-                server.stop()
     finally:
         lock.release()
 

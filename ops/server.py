@@ -214,7 +214,10 @@ def _run_gunicorn(application: BaseApplication, name: str) -> int:
         raise
     if os.getpid() != master:
         _leave_worker(status)
-    (_log.info if status == 0 else _log.error)("%s stopped (exit status %d)", name, status)
+    if status == 0:  # not serve's status: what stopped it may still end serve with 1 (EmbeddedWatch)
+        _log.info("%s stopped", name)
+    else:
+        _log.error("%s stopped with exit status %d", name, status)
     return status
 
 

@@ -43,7 +43,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from tradeengine.storage.errors import EmbeddedPostgresError
+from tradeengine.storage.errors import EmbeddedPostgresError, EmbeddedServerNotAnswering
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ PORT = 5432
 #: Longest socket path Linux accepts (sun_path is 108 bytes including the terminating NUL).
 _MAX_SOCKET_PATH = 107
 _CONF_FILE = "tradeengine.conf"
+#: Seconds to wait for a connection to the server (a running one answers at once).
+CONNECT_TIMEOUT = 10
 
 
 def pgserver_bin_dir() -> Path:
@@ -178,12 +180,13 @@ class EmbeddedPostgres:
                 _log.info("reusing the PostgreSQL server already running on %s (pid %d)", self.pgdata,
                           running.pid)
                 self._socket_dir = self._wait_until_ready(running.pid)
+                self._create_database(reused=running.pid)
             else:
                 self._clear_dead_server(running)
                 self._socket_dir = self._choose_socket_dir()
                 self._pg_ctl_start()
                 self._wait_until_ready(None)
-            self._create_database()
+                self._create_database()
         return self.url()
 
     def is_running(self) -> bool:
@@ -306,9 +309,17 @@ class EmbeddedPostgres:
                 )
             time.sleep(0.05)
 
-    def _create_database(self) -> None:
+    def _create_database(self, reused: int | None = None) -> None:
+        """Create the application database unless it exists. On a server left running by another
+        process (`reused`: its postmaster's pid), a connection that fails is `EmbeddedServerNotAnswering`."""
         try:
-            with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=10) as conn:
+            conn = psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.OperationalError as exc:
+            if reused is None:
+                raise EmbeddedPostgresError(f"could not connect to the new server: {_one_line(exc)}") from exc
+            raise EmbeddedServerNotAnswering(_not_answering(self.pgdata, reused, exc)) from exc
+        try:
+            with conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
                 ).fetchone()
@@ -386,6 +397,22 @@ def _lock_file_pid(path: Path) -> int | None:
     except OSError:
         return None
     return int(first) if first.isdigit() else None
+
+
+def _not_answering(pgdata: Path, pid: int, exc: BaseException) -> str:
+    """Why a server left running on `pgdata` cannot be used, and what the operator can do."""
+    try:
+        suspended = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        suspended = False
+    what = (f"it is suspended (kill -CONT {pid} resumes it)" if suspended
+            else f"wait until it answers, or stop it (kill {pid})")
+    return (f"the PostgreSQL server already running on {pgdata} (pid {pid}) does not answer "
+            f"({_one_line(exc)}); it was left as it is: {what}, then start again")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _conf_quote(value: str) -> str:

@@ -13,6 +13,7 @@ translated at the boundary and chained (``raise StorageUnavailable(...) from exc
         │   ├── MigrationChecksumMismatch an applied migration file was edited afterwards
         │   └── UnknownMigrationApplied   the database holds a migration this code does not know
         └── EmbeddedPostgresError         the embedded server could not be initialised, started or stopped
+            └── EmbeddedServerNotAnswering  a server left running on the folder does not answer
 """
 
 from __future__ import annotations
@@ -79,3 +80,11 @@ class UnknownMigrationApplied(MigrationError):
 
 class EmbeddedPostgresError(StorageError):
     """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+class EmbeddedServerNotAnswering(EmbeddedPostgresError):
+    """A server already running on the data folder (left by an engine that died) does not answer.
+
+    It was not started by this process, which leaves it as it is: stopping a server that does not
+    answer (suspended, or overloaded) would wait minutes for nothing.
+    """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from tradeengine.ops.bench.http import CpuMeter
@@ -132,6 +133,37 @@ def test_after_kill_9_of_the_master_the_worker_exits_and_the_next_start_takes_th
     assert postgres_processes(data_dir) == []
 
 
+def test_a_server_left_running_that_does_not_answer_is_named_and_left_alone_within_seconds(
+        engines: Engines, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = engines.start(data_dir)
+    first.wait_ready()
+    (worker,) = first.worker_pids()
+    first.signal(signal.SIGKILL)
+    first.wait_exit(10)
+    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    processes = postgres_processes(data_dir)
+    (postmaster,) = [p for p in processes if p.ppid() not in {q.pid for q in processes}]
+    postmaster.suspend()  # a server that hangs: SIGSTOP
+    try:
+        second = engines.start(data_dir, port=first.port)
+        assert second.wait_exit(60) == 1  # the connect timeout (10 s), not minutes of pg_ctl stop
+        plain = [line for line in second.stderr().splitlines() if line.startswith("trade-engine:")]
+        assert len(plain) == 1, second.stderr()
+        assert f"(pid {postmaster.pid}) does not answer" in plain[0]
+        assert f"suspended (kill -CONT {postmaster.pid} resumes it)" in plain[0]
+        assert "stopping the PostgreSQL server" not in second.stderr()  # not ours to stop
+        assert postmaster.status() == psutil.STATUS_STOPPED
+    finally:
+        postmaster.resume()
+
+    third = engines.start(data_dir, port=first.port)  # resumed, it is taken over as any other
+    third.wait_ready()
+    third.signal(signal.SIGTERM)
+    assert third.wait_exit() == 0
+    assert postgres_processes(data_dir) == []
+
+
 def test_a_command_takes_over_the_server_of_a_crashed_engine_and_stops_it(
         engines: Engines, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -167,4 +199,5 @@ def test_when_the_embedded_postgres_stops_under_the_engine_the_engine_stops_with
     assert engine.wait_exit(60) == 1
     plain = [line for line in engine.stderr().splitlines() if line.startswith("trade-engine:")]
     assert len(plain) == 1 and "embedded PostgreSQL" in plain[0] and "stopped" in plain[0], engine.stderr()
+    assert "exit status 0" not in engine.stderr()  # no line contradicts the status serve ends with
     assert postgres_processes(tmp_path / "data") == []
