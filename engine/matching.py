@@ -103,7 +103,7 @@ from .order import (
 )
 from .pair_state import PairState, by_sequence
 from .units import format_atoms, format_decimal
-from .validation import amend_requeues, check_quantity, validate_amend, validate_place
+from .validation import CLIENT_ORDER_ID, amend_requeues, check_quantity, validate_amend, validate_place
 
 Timestamp = Any
 """A command's timestamp inside the engine: never interpreted, only copied onto the command's events. Typed
@@ -191,6 +191,7 @@ class MatchingEngine(PairState):
             and order_id not in self.stops.orders
             and order_id not in self._finished
             and order_id not in self._finished_older
+            and (client_order_id is None or CLIENT_ORDER_ID.fullmatch(client_order_id) is not None)
         ):
             if (
                 order_type is LIMIT

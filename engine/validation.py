@@ -7,6 +7,8 @@ and leaves the engine untouched (no sequence number consumed, no funds asked for
 
 from __future__ import annotations
 
+import re
+
 from .commands import AmendOrder, PlaceOrder
 from .errors import (
     NotionalTooSmall,
@@ -21,6 +23,9 @@ from .order import BUY, GTC, IOC, LIMIT, MARKET, STOP_LIMIT, STOP_MARKET, TimeIn
 from .pair import PairSpec
 from .units import format_decimal
 
+CLIENT_ORDER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""A client order id, whole (``fullmatch``), as API.md and the database's CHECK have it."""
+
 
 def validate_place(spec: PairSpec, command: PlaceOrder) -> TimeInForce:
     """Check a PlaceOrder against the pair's rules and return its effective time in force."""
@@ -28,6 +33,10 @@ def validate_place(spec: PairSpec, command: PlaceOrder) -> TimeInForce:
     is_limit = order_type is LIMIT or order_type is STOP_LIMIT
     if not command.order_id or not command.user_id:
         raise ValidationError("order_id and user_id are required")
+    client_order_id = command.client_order_id
+    if client_order_id is not None and CLIENT_ORDER_ID.fullmatch(client_order_id) is None:
+        raise ValidationError("client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9 and . _ : -",
+                              field="client_order_id")
     _check_prices(command, is_limit)
     if command.quote_quantity is not None:
         _check_quote_quantity(spec, command)

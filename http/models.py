@@ -18,12 +18,24 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-DECIMAL_PATTERN = r"^[0-9]{1,30}(\.[0-9]{1,30})?$"
-SYMBOL_PATTERN = r"^[A-Z0-9]{1,16}-[A-Z0-9]{1,16}$"
-ASSET_PATTERN = r"^[A-Z0-9]{2,12}$"
-PAIR_SYMBOL_PATTERN = r"^[A-Z0-9]{2,12}-[A-Z0-9]{2,12}$"
-CLIENT_ORDER_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-USER_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+def whole(body: str) -> str:
+    """A pattern that `body` must match from the first character to the last.
+
+    msgspec checks patterns with Python's ``re.search``, whose ``$`` also matches before a final newline
+    ("my-1\\n" would pass ``^[a-z0-9-]+$``, and then break the database's CHECK of the same pattern at
+    commit). ``(?!\\n)`` closes that; it changes nothing for an ECMA-262 reader of the OpenAPI document,
+    whose ``$`` never matched there.
+    """
+    return rf"^{body}(?!\n)$"
+
+
+DECIMAL_PATTERN = whole(r"[0-9]{1,30}(\.[0-9]{1,30})?")
+SYMBOL_PATTERN = whole(r"[A-Z0-9]{1,16}-[A-Z0-9]{1,16}")
+ASSET_PATTERN = whole(r"[A-Z0-9]{2,12}")
+PAIR_SYMBOL_PATTERN = whole(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")
+CLIENT_ORDER_ID_PATTERN = whole(r"[A-Za-z0-9._:-]{1,64}")
+USER_NAME_PATTERN = whole(r"[A-Za-z0-9._-]+")
 
 PATTERN_MEANINGS = {
     DECIMAL_PATTERN: 'a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '

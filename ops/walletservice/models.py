@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tradeengine.http.models import whole
+
 from .errors import BadRequest, MalformedJson
 
 #: Context for sums of amounts: wide enough that numeric(38, 8) values never round (Inexact traps).
@@ -30,7 +32,7 @@ EXACT = decimal.Context(prec=60, traps=[decimal.Inexact, decimal.InvalidOperatio
 #: Places of every amount: numeric(38, 8) in the database.
 SCALE = 8
 MAX_MOVEMENTS = 16
-KEY_PATTERN = r"^[A-Za-z0-9:._-]{1,128}$"
+KEY_PATTERN = whole(r"[A-Za-z0-9:._-]{1,128}")
 
 IdempotencyKey = Annotated[str, Meta(pattern=KEY_PATTERN)]
 UserId = Annotated[str, Meta(min_length=1, max_length=128)]

@@ -88,6 +88,10 @@ def _place(**fields: Any) -> PlaceOrder:
             "quote_quantity",
         ),
         ({"order_id": ""}, "VALIDATION_ERROR", None),
+        ({"client_order_id": "evil\n"}, "VALIDATION_ERROR", "client_order_id"),
+        ({"client_order_id": ""}, "VALIDATION_ERROR", "client_order_id"),
+        ({"client_order_id": "x" * 65}, "VALIDATION_ERROR", "client_order_id"),
+        ({"client_order_id": "a b"}, "VALIDATION_ERROR", "client_order_id"),
         (
             {"order_type": OrderType.STOP_MARKET, "price": None, "stop_price": 1_00, "quantity": 10},
             "NOTIONAL_TOO_SMALL",

@@ -111,6 +111,28 @@ def test_a_string_field_that_is_no_decimal_is_not_told_about_decimals(api: ApiHa
     assert error_of(deposit, 400)["message"] == "asset must be a JSON string"
 
 
+@pytest.mark.parametrize(("path", "field", "body"), [
+    (ORDERS, "client_order_id", {**ONE, "client_order_id": "evil\n"}),
+    (ORDERS, "symbol", {**ONE, "symbol": "BTC-USDT\n"}),
+    (ORDERS, "quantity", {**ONE, "quantity": "0.001\n"}),
+    ("/api/v1/admin/users", "name", {"name": "alice\n"}),
+    ("/api/v1/admin/pairs", "symbol", {"symbol": "AVAX-USDT\n", "tick_size": "0.01", "lot_size": "0.01",
+                                       "min_quantity": "0.01", "max_quantity": "100", "min_notional": "1"}),
+])
+def test_a_final_newline_fails_a_pattern_as_any_other_character_and_changes_nothing(
+        api: ApiHarness, admin: Trader, bob: Trader, path: str, field: str, body: dict[str, str]) -> None:
+    # Python's `$` matches before a final newline; the database's CHECKs do not: such an id would pass
+    # here and fail the whole commit of its batch.
+    before = api.get("/api/v1/balances", bob).json
+    caller = admin if "admin" in path else bob
+    error = error_of(api.post(path, caller, json=body), 400)
+    assert error["code"] == "VALIDATION_ERROR" and error["field"] == field
+    assert api.get(ORDERS, bob).json["orders"] == [] and api.get("/api/v1/balances", bob).json == before
+    deposit = api.post(f"/api/v1/admin/users/{bob.id}/deposits", admin,
+                       json={"asset": "USDT\n", "amount": "1"})
+    assert error_of(deposit, 400)["field"] == "asset"
+
+
 # -- what error messages repeat ------------------------------------------------------------------------------
 
 
