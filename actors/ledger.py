@@ -85,7 +85,7 @@ class AssetBalance(NamedTuple):
 class Ledger:
     """Balances per (user, asset) in atoms; the engine's funds gate; applies every other movement."""
 
-    __slots__ = ("_accounts", "_lock")
+    __slots__ = ("_accounts", "_lock", "_supply")
 
     def __init__(self, balances: Mapping[Key, tuple[int, int]] | None = None) -> None:
         """Start from `balances` ((user_id, asset) → (available, locked) atoms), e.g. `load_balances`."""
@@ -98,6 +98,11 @@ class Ledger:
                 raise NegativeBalance(f"balance of {user_id} {asset} must be whole atoms ≥ 0, got "
                                       f"available={available!r} locked={locked!r}")
             self._accounts.setdefault(user_id, {})[asset] = [available, locked]
+        # asset → the sum of every balance of it: deposits minus withdrawals (trades and fees only move it)
+        self._supply: dict[str, int] = {}
+        for account in self._accounts.values():
+            for asset, (available, locked) in account.items():
+                self._supply[asset] = self._supply.get(asset, 0) + available + locked
 
     def __repr__(self) -> str:
         return f"<Ledger users={len(self._accounts)}>"
@@ -142,14 +147,26 @@ class Ledger:
     def deposit(
         self, user_id: str, asset: str, amount: int, *, then: Callable[[AssetBalance], object] | None = None
     ) -> AssetBalance:
-        """Credit `amount` atoms to available; return the new balance (also given to `then`)."""
+        """Credit `amount` atoms to available; return the new balance (also given to `then`).
+
+        Refused (VALIDATION_ERROR, nothing changed) when the asset's total on the exchange would pass
+        `MAX_TRANSFER_ATOMS`: every balance is part of that total, so none can outgrow what the database
+        holds, whatever trades and fees later move.
+        """
         _check_transfer(asset, amount)
         deltas = {(user_id, asset): [amount, 0]}
         with self._lock:
+            supply = self._supply.get(asset, 0) + amount
+            if supply > MAX_TRANSFER_ATOMS:
+                raise ValidationError(
+                    f"a deposit of {format_atoms(amount)} {asset} would take the {asset} held on the "
+                    f"exchange past {format_atoms(MAX_TRANSFER_ATOMS)}, the most a balance can hold",
+                    field="amount")
             self._check_and_add(deltas)
             balance = self._balance(user_id, asset)
             if then is not None:
                 self._run_or_undo(lambda: then(balance), deltas)
+            self._supply[asset] = supply
         return balance
 
     def withdraw(
@@ -168,6 +185,7 @@ class Ledger:
             balance = self._balance(user_id, asset)
             if then is not None:
                 self._run_or_undo(lambda: then(balance), deltas)
+            self._supply[asset] -= amount
         return balance
 
     # -- reads -----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from .errors import InvalidLotSize, InvalidPairSpec, InvalidTickSize, ValidationError
-from .units import ATOMS_PER_UNIT, format_decimal, from_atoms, to_atoms, whole_units
+from .units import ATOMS_PER_UNIT, average_price, format_decimal, to_atoms, whole_units
 
 
 def _exact_atoms(value: Decimal, what: str, field: str | None) -> int:
@@ -124,10 +124,7 @@ class PairSpec:
         """Return the average fill price (quote per base), exact to 8 decimals, or None if nothing filled."""
         if filled_lots == 0:
             return None
-        base_atoms = filled_lots * self.base_atoms_per_lot
-        return (from_atoms(cumulative_quote_atoms) / from_atoms(base_atoms)).quantize(
-            Decimal(1).scaleb(-8)
-        ).normalize() if cumulative_quote_atoms else Decimal(0)
+        return average_price(cumulative_quote_atoms, filled_lots * self.base_atoms_per_lot)
 
     def notional_atoms(self, ticks: int, lots: int) -> int:
         """Return price × quantity in quote atoms."""

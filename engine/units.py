@@ -47,9 +47,27 @@ def to_atoms(value: Decimal, *, field: str) -> int:
     return whole_units(value, ATOM, field=field, error=ValidationError, what="the balance precision")
 
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""A context that never rounds (for scaling and normalising; never for a division)."""
+
+
 def from_atoms(atoms: int) -> Decimal:
-    """Return an atom count as a Decimal asset amount."""
-    return Decimal(atoms).scaleb(-ATOM_PLACES)
+    """Return an atom count as a Decimal asset amount (exact at any size)."""
+    return Decimal(atoms).scaleb(-ATOM_PLACES, _EXACT)
+
+
+def atoms_of(amount: Decimal) -> int:
+    """Return an amount of at most 8 decimal places (a stored one) as whole atoms, exactly at any size."""
+    return int(amount.scaleb(ATOM_PLACES, _EXACT))
+
+
+def average_price(quote_atoms: int, base_atoms: int) -> Decimal:
+    """Return quote ÷ base (an average price) rounded half-even to 8 decimal places, exactly at any size
+    (the default context's 28 digits round large quotients, and cannot quantize them at all)."""
+    atoms, rest = divmod(quote_atoms * ATOMS_PER_UNIT, base_atoms)
+    if 2 * rest > base_atoms or (2 * rest == base_atoms and atoms & 1):
+        atoms += 1
+    return from_atoms(atoms)
 
 
 def format_decimal(value: Decimal) -> str:
@@ -63,21 +81,15 @@ def format_decimal(value: Decimal) -> str:
     return f"{value.normalize(_EXACT):f}" if value else "0"
 
 
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-
 
 def format_atoms(atoms: int) -> str:
     """Render an atom count as a decimal string (`150000000` → `"1.5"`).
 
     ``format_decimal(from_atoms(atoms))``, written straight from the integer's digits (the writer renders
     a few per command)."""
-    if not -_ATOMS_EXACT < atoms < _ATOMS_EXACT:
-        return format_decimal(from_atoms(atoms))  # from_atoms rounds to 28 digits: render what it gives
     digits = str(abs(atoms))
     whole = digits[:-ATOM_PLACES] or "0"
     fraction = digits[-ATOM_PLACES:].rjust(ATOM_PLACES, "0").rstrip("0")
     text = f"{whole}.{fraction}" if fraction else whole
     return "-" + text if atoms < 0 else text
 
-
-_ATOMS_EXACT = 10**28  # from_atoms (scaleb in the default 28-digit context) is exact below this

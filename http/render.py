@@ -13,13 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from tradeengine.actors.pair import CommandOutcome
-from tradeengine.engine.units import format_decimal
+from tradeengine.engine.units import atoms_of, average_price, format_decimal
 from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.rows import OrderRow, TradeRow, build_order_rows, rfc3339
 
 from .models import Order, OrderResult, Trade
-
-_AVERAGE_PLACES = Decimal(1).scaleb(-8)
 
 
 def text(value: Decimal) -> str:
@@ -42,7 +40,7 @@ def order(row: OrderRow) -> Order:
     remaining = None if row.quantity is None else row.quantity - row.filled_quantity
     average = None
     if row.filled_quantity:
-        average = (row.filled_quote / row.filled_quantity).quantize(_AVERAGE_PLACES)
+        average = average_price(atoms_of(row.filled_quote), atoms_of(row.filled_quantity))
     return Order(
         id=str(row.id), client_order_id=row.client_order_id, symbol=row.symbol, side=row.side,  # type: ignore[arg-type]
         type=row.type, status=row.status,  # type: ignore[arg-type]

@@ -10,7 +10,13 @@ from decimal import Decimal
 
 import pytest
 
-from tradeengine.actors.ledger import AssetBalance, Ledger, LedgerInvariantViolation, NegativeBalance
+from tradeengine.actors.ledger import (
+    MAX_TRANSFER_ATOMS,
+    AssetBalance,
+    Ledger,
+    LedgerInvariantViolation,
+    NegativeBalance,
+)
 from tradeengine.actors.wallet import LedgerSlot, LockJournal
 from tradeengine.engine import (
     FEE_ACCOUNT,
@@ -117,6 +123,31 @@ def test_a_transfer_of_a_malformed_asset_or_amount_is_a_validation_error(asset: 
         ledger.deposit(ALICE, asset, amount)
     with pytest.raises(ValidationError):
         ledger.withdraw(ALICE, asset, amount)
+
+
+def test_no_deposit_takes_an_assets_total_past_what_a_balance_can_hold() -> None:
+    # Every balance is part of its asset's total, so a bounded total keeps every balance inside
+    # NUMERIC(38,8), whatever trades move later: a commit never fails on an overflow.
+    ledger = rich_ledger()
+    total = ledger.totals("USDT")
+    ledger.deposit(CAROL, "USDT", MAX_TRANSFER_ATOMS - total)  # up to the limit exactly
+    before = ledger.snapshot()
+    with pytest.raises(ValidationError, match="the most a balance can hold") as refused:
+        ledger.deposit(ALICE, "USDT", 1)
+    assert refused.value.field == "amount" and ledger.snapshot() == before
+    ledger.withdraw(CAROL, "USDT", 5)  # a withdrawal makes room again
+    ledger.deposit(ALICE, "USDT", 5)
+    assert ledger.totals("USDT") == MAX_TRANSFER_ATOMS
+    with pytest.raises(ValidationError):  # a ledger loaded with that total knows it too
+        Ledger(ledger.snapshot()).deposit(ALICE, "USDT", 1)
+
+    def writer_gone(balance: AssetBalance) -> None:
+        raise RuntimeError("writer gone")
+
+    with pytest.raises(RuntimeError):  # a withdrawal undone leaves the total as it was
+        ledger.withdraw(CAROL, "USDT", 5, then=writer_gone)
+    with pytest.raises(ValidationError):
+        ledger.deposit(ALICE, "USDT", 1)
 
 
 def test_the_then_callback_runs_with_the_new_balance_and_undoes_the_movement_when_it_fails() -> None:

@@ -18,6 +18,7 @@ from tradeengine.engine import (
     from_atoms,
     require_decimal,
 )
+from tradeengine.engine.units import atoms_of, average_price
 
 
 def _spec(**overrides: object) -> PairSpec:
@@ -128,6 +129,19 @@ def test_average_price_is_cumulative_quote_over_filled_base() -> None:
     assert spec.average_price(3, 3 * 1000 * 50000) == Decimal(50000)
 
 
+@pytest.mark.parametrize(("quote", "base", "average"), [
+    (10**8, 3 * 10**8, "0.33333333"),
+    (2 * 10**8, 3 * 10**8, "0.66666667"),
+    (5, 10**9, "0"),  # 0.000000005: half to even, down
+    (15, 10**9, "0.00000002"),  # 0.000000015: half to even, up
+    (10**36, 10**5, "10000000000000000000000000000000"),  # 1e28 for 0.001: no 28-digit limit
+    (10**37 + 1, 3 * 10**8, "33333333333333333333333333333.33333334"),
+])
+def test_an_average_price_is_exact_to_8_places_half_even_at_any_size(
+        quote: int, base: int, average: str) -> None:
+    assert format_decimal(average_price(quote, base)) == average
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [
@@ -180,6 +194,10 @@ def test_atoms_render_exactly_like_the_decimal_they_stand_for() -> None:
     values = [0, 1, -1, 10**8, -(10**8), 123_456_789, 10**28 - 1, 10**28, -(10**28), 10**40 + 7]
     values += [rng.randrange(-10**rng.randrange(1, 40), 10**rng.randrange(1, 40)) for _ in range(5000)]
     assert [format_atoms(v) for v in values] == [format_decimal(from_atoms(v)) for v in values]
+    # exact, however large (a 28-digit context once rounded balances from 10^20 up)
+    assert format_atoms(19_999_999_999_999_999_999_999_999_999) == "199999999999999999999.99999999"
+    assert format_atoms(10**40 + 7) == "100000000000000000000000000000000.00000007"
+    assert atoms_of(from_atoms(10**40 + 7)) == 10**40 + 7
 
 
 def test_floats_are_never_accepted_as_money() -> None:

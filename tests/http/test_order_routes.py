@@ -38,6 +38,19 @@ def place(api: ApiHarness, user: Trader, expect: int = 201, **order: Any) -> dic
 
 
 
+def test_a_fill_at_a_price_past_28_digits_commits_and_shows_its_average_exactly(api: ApiHarness) -> None:
+    # 1e20 × 10^8 atoms needs 29 digits: the default decimal context could not even quantize the average,
+    # and the failed commit restarted the engine's actors.
+    price = "100000000000000000000.5"
+    seller = api.user(funds={"BTC": "1"})
+    buyer = api.user(funds={"USDT": "200000000000000000"})
+    place(api, seller, side="SELL", quantity="0.001", price=price)
+    taken = place(api, buyer, side="BUY", quantity="0.001", price=price)
+    assert taken["order"]["status"] == "FILLED" and taken["order"]["average_price"] == price
+    assert api.get(f"{ORDERS}/{taken['order']['id']}", buyer).json["average_price"] == price
+    assert balances(api, buyer)["USDT"] == (D("200000000000000000") - D(price) * D("0.001"), D(0))
+
+
 def test_a_resting_limit_then_a_crossing_order_settle_with_exact_fees_on_both_sides(
         api: ApiHarness, alice: Trader, bob: Trader) -> None:
     resting = place(api, alice, side="SELL", quantity="0.5", price="50000", client_order_id="ask-1")
