@@ -51,7 +51,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from typing import Any
 
-from tradeengine.engine import PairSpec
+from tradeengine.engine import PairSpec, format_decimal
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database
 from tradeengine.storage.errors import StorageError, StorageUnavailable
@@ -77,7 +77,15 @@ from .relay import OutboxRelay, RelayFigures, RelaySettings, RelayStats
 from .relay_process import RelayProcess
 from .remote_wallet import RemoteWallet, RemoteWalletActor, RemoteWalletSettings
 from .settler import SettlerFigures, SettlerStats, WalletSettler
-from .supervision import ChildFactory, ChildSpec, ChildStatus, GroupSpec, Strategy, SupervisorEvent
+from .supervision import (
+    ActorUnavailable,
+    ChildFactory,
+    ChildSpec,
+    ChildStatus,
+    GroupSpec,
+    Strategy,
+    SupervisorEvent,
+)
 from .supervisor import Supervisor
 from .wallet import Deposit, LedgerSlot, WalletActor, Withdraw
 from .writer import BatchReport, Commit, PersistenceActor
@@ -466,19 +474,31 @@ class ActorSystem:
 
     def update_pair(self, symbol: str, *, status: str | None = None, maker_fee: Decimal | None = None,
                     taker_fee: Decimal | None = None) -> PairRecord:
-        """Halt, resume or delist a pair, or change its fees (the pair restarts with the new fees)."""
+        """Halt, resume or delist a pair, or change its fees (the pair restarts with the new fees).
+
+        The change is stored first, and every later incarnation of the pair starts with it. A pair that is
+        not running (failed, or restarting past the request timeout) takes it when it runs again: the
+        change is answered as made, with a warning in the log, since it is.
+        """
         route = self._route(symbol)
         record = PairRepository(self.pool).update(symbol, status=status, maker_fee=maker_fee,
                                                   taker_fee=taker_fee)
         if record is None:
             raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
         route.status = record.status
-        if maker_fee is not None or taker_fee is not None:
+        fees = maker_fee is not None or taker_fee is not None
+        if fees:
             route.spec = dataclasses.replace(route.spec, maker_fee=record.maker_fee,
                                              taker_fee=record.taker_fee)
-            self.restart_pair(symbol)
-        else:
-            route.ask(SetTrading(record.status in TRADING_STATUSES), self._request_timeout)
+        try:
+            if fees:
+                self.restart_pair(symbol)
+            else:
+                route.ask(SetTrading(record.status in TRADING_STATUSES), self._request_timeout)
+        except ActorUnavailable as exc:
+            _log.warning("pair %s is not running (%s): its change (status %s, fees %s/%s) is stored and "
+                         "takes effect when it runs again", symbol, exc, record.status,
+                         format_decimal(record.maker_fee), format_decimal(record.taker_fee))
         return record
 
     def restart_pair(self, symbol: str) -> ChildStatus:

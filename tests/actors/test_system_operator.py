@@ -22,7 +22,7 @@ from tests.actors.system_harness import (
 from tradeengine.actors.supervision import ChildState
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import OrderCancelled, Side, TradeExecuted
-from tradeengine.engine.errors import PairNotTrading
+from tradeengine.engine.errors import EngineUnavailable, PairNotTrading
 from tradeengine.storage.pairs import NewPair, PairRepository
 
 AVAX = NewPair(
@@ -119,6 +119,33 @@ def test_a_fee_change_takes_effect_on_the_next_trade_and_keeps_the_resting_order
     assert trade.buyer_fee == 3_000  # 0.00003 BTC in atoms
     assert trade.seller_fee == 1 * ATOMS  # 1 USDT
     assert exchange.spec("BTC-USDT").taker_fee == Decimal("0.003")
+    assert_consistent(exchange, pool)
+
+
+def test_a_failed_pair_can_be_halted_and_given_new_fees_and_starts_with_them_once_repaired(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    exchange = system.exchange
+    resting = order_id_of(exchange.place(1001, limit("LINK-USDT", Side.BUY, "1", "10")))
+    with pool.connection() as conn:  # a stored order the pair cannot rebuild: every start fails
+        conn.execute("UPDATE orders SET price = 10.0005 WHERE id = %s", (resting,))
+    with pytest.raises(EngineUnavailable):
+        system.restart_pair("LINK-USDT")
+    wait_until(lambda: system.pair_actor("LINK-USDT").state is ChildState.FAILED, 30, "the pair failing")
+
+    # Stored and answered as made (not a 503 "nothing was done" after storing it anyway)
+    assert system.update_pair("LINK-USDT", status="HALTED").status == "HALTED"
+    assert system.update_pair("LINK-USDT", maker_fee=Decimal("0.004")).maker_fee == Decimal("0.004")
+    record = PairRepository(pool).get("LINK-USDT")
+    assert record is not None and (record.status, record.maker_fee) == ("HALTED", Decimal("0.004"))
+
+    with pool.connection() as conn:
+        conn.execute("UPDATE orders SET price = 10 WHERE id = %s", (resting,))
+    system.restart_pair("LINK-USDT")
+    assert exchange.spec("LINK-USDT").maker_fee == Decimal("0.004")
+    with pytest.raises(PairNotTrading):
+        exchange.place(1002, limit("LINK-USDT", Side.SELL, "1", "10"))
+    assert memory_book(exchange, "LINK-USDT")[0]  # the repaired order is back in the book
     assert_consistent(exchange, pool)
 
 
