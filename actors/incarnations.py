@@ -84,7 +84,9 @@ def build_incarnation(
     try:
         ref.ask(_READY_PING, timeout=spec.start_timeout)
     except pykka.ActorDeadError as exc:  # on_start raised (pykka logged it) or the actor died at once
-        return ref, _caused(ChildExited(f"on_start of {link} failed"), exc)
+        cause = link.failure
+        why = "" if cause is None else f": {type(cause).__name__}: {cause}"
+        return ref, _caused(ChildExited(f"on_start of {link} failed{why}"), cause or exc)
     except pykka.Timeout as exc:
         late = ChildExited(f"on_start of {link} did not finish within {spec.start_timeout} s")
         return ref, _caused(late, exc)

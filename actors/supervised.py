@@ -61,7 +61,7 @@ class ChildNotice:
 class ChildLink:
     """A child's name, its incarnation, and a non-blocking way to report to its supervisor."""
 
-    __slots__ = ("_is_current", "_sink", "incarnation", "name")
+    __slots__ = ("_is_current", "_sink", "failure", "incarnation", "name")
 
     def __init__(
         self,
@@ -74,6 +74,8 @@ class ChildLink:
         self.incarnation = incarnation
         self._sink = sink
         self._is_current = is_current
+        self.failure: BaseException | None = None
+        """What ended the incarnation abnormally, once something did (also an on_start that raised)."""
 
     def __repr__(self) -> str:
         return f"ChildLink({self.name!r}, incarnation={self.incarnation})"
@@ -124,6 +126,17 @@ class SupervisedActor(pykka.ThreadingActor):
             self.release()
         finally:
             self.link.report_crash(exception_value)
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # pykka's own (it logs the exception and stops the actor) is the only place that sees an
+        # exception of on_start: kept on the link, it becomes the supervisor's "last failure".
+        self.link.failure = exception_value
+        super()._handle_failure(exception_type, exception_value, traceback)
 
     def on_stop(self) -> None:
         """Release, then report the normal end; a stop the supervisor asked for is not acted on."""

@@ -132,6 +132,8 @@ def test_a_failed_pair_can_be_halted_and_given_new_fees_and_starts_with_them_onc
     with pytest.raises(EngineUnavailable):
         system.restart_pair("LINK-USDT")
     wait_until(lambda: system.pair_actor("LINK-USDT").state is ChildState.FAILED, 30, "the pair failing")
+    failure = system.pair_actor("LINK-USDT").last_failure  # what made on_start fail, not only that it did
+    assert failure is not None and "CorruptStoredAmount" in failure.message and "10.0005" in failure.message
 
     # Stored and answered as made (not a 503 "nothing was done" after storing it anyway)
     assert system.update_pair("LINK-USDT", status="HALTED").status == "HALTED"
