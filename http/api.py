@@ -67,8 +67,8 @@ class Operation:
     """One method of one route: what it takes, what it answers, and which errors it may answer.
 
     ``errors`` lists the statuses specific to the operation; the builder adds those every route of its
-    kind can answer (400 when it takes input, 401/403 by role, 429 and 500 under ``/api``, 503/504 when
-    ``engine`` says it waits for the actors or the database).
+    kind can answer (400 when it takes input, 401/403 by role, 429, 500 and 503 under ``/api``, 504 when
+    ``engine`` says it waits for the actors or the database to commit a change).
     """
 
     summary: str
@@ -417,8 +417,8 @@ def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[st
         statuses.add(403)
     if parameters and any(p["in"] == "path" for p in parameters):
         statuses.add(404)
-    if api:
-        statuses.update((429, 500))
+    if api:  # every API route may need the database (a key to check, a read) or an actor: 503 then
+        statuses.update((429, 500, 503))
     if operation.engine:
         statuses.update((503, 504))
     responses: dict[str, Any] = {str(operation.status): _success(operation)}
