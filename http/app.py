@@ -58,9 +58,19 @@ def _json_handlers() -> dict[str, falcon.media.BaseHandler]:
     return {falcon.MEDIA_JSON: json}
 
 
-def _cors(origins: Sequence[str]) -> falcon.CORSMiddleware[Any, Any]:
-    allowed: str | list[str] = "*" if "*" in origins else list(origins)
-    return falcon.CORSMiddleware(allow_origins=allowed, expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
+def _cors(origins: Sequence[str]) -> list[Any]:
+    exposed = [REQUEST_ID_HEADER, "Retry-After"]
+    if "*" in origins:
+        return [falcon.CORSMiddleware(allow_origins="*", expose_headers=exposed)]
+    return [falcon.CORSMiddleware(allow_origins=list(origins), expose_headers=exposed), _VaryByOrigin()]
+
+
+class _VaryByOrigin:
+    """With named origins an answer depends on the request's Origin (echoed, or not): tell caches so."""
+
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: object,
+                               req_succeeded: bool) -> None:
+        resp.append_header("Vary", "Origin")
 
 
 def create_app(
@@ -100,7 +110,7 @@ def create_app(
         AccessLogMiddleware(log.getChild("access"), metrics, clock),
     ]
     if cors_origins:
-        middleware.append(_cors(cors_origins))
+        middleware.extend(_cors(cors_origins))
     if authenticate is not None:
         middleware.append(AuthMiddleware(authenticate))
     if rate_limit is not None:

@@ -93,6 +93,7 @@ def test_cors_headers_for_an_allowed_origin(make_client: AppFactory) -> None:
     result = client.simulate_get("/health", headers={"Origin": "https://app.example"})
     assert result.headers["access-control-allow-origin"] == "https://app.example"
     assert "X-Request-ID" in result.headers["access-control-expose-headers"]
+    assert result.headers["vary"] == "Origin"  # a cache must not hand it to another origin
 
 
 def test_cors_preflight_for_an_allowed_origin(make_client: AppFactory) -> None:
@@ -110,6 +111,7 @@ def test_no_cors_headers_for_another_origin(make_client: AppFactory) -> None:
     result = client.simulate_get("/health", headers={"Origin": "https://evil.example"})
     assert result.status_code == 200
     assert "access-control-allow-origin" not in result.headers
+    assert result.headers["vary"] == "Origin"
 
 
 def test_no_cors_headers_when_no_origin_is_configured(client: falcon.testing.TestClient) -> None:
