@@ -30,7 +30,7 @@ import msgspec
 from tradeengine.engine.errors import ValidationError
 
 from .auth import ADMIN, PUBLIC, TRADER
-from .errors import echoed
+from .errors import ECHO_LIMIT, echoed
 from .models import (
     DECIMAL_PATTERN,
     PATTERN_MEANINGS,
@@ -54,6 +54,7 @@ ERROR_DESCRIPTIONS = {
     404: "unknown id or symbol (NOT_FOUND, UNKNOWN_SYMBOL)",
     409: "conflict with the current state",
     413: f"the request body is longer than {MAX_BODY_BYTES} bytes (PAYLOAD_TOO_LARGE)",
+    415: f"the request body is declared as another type than {falcon.MEDIA_JSON} (UNSUPPORTED_MEDIA_TYPE)",
     422: "a trading rule is violated; nothing was stored or reserved",
     429: "rate limited (RATE_LIMITED); retry after Retry-After seconds",
     500: "unexpected error (INTERNAL_ERROR); quote the request id",
@@ -320,12 +321,18 @@ def read_query(req: falcon.asgi.Request, kind: type[T]) -> T:
         raise validation_error(exc, kind) from None
 
 
-class QueryParametersMiddleware:
-    """Refuse, on every route of the API, a query parameter its operation does not declare.
+class RequestShapeMiddleware:
+    """Refuse, on every route of the API, what its operation does not take, before it runs:
 
-    Routes with a query model refuse unknown parameters when :func:`read_query` decodes it; this covers
-    the routes that take no query at all (``/api/v1/pairs?x=1``), with the same words. It runs after
-    authentication and rate limiting (a stranger learns nothing from a 400 before their 401).
+    - a query parameter it does not declare (routes with a query model refuse unknown parameters when
+      :func:`read_query` decodes it; this covers the routes that take no query: ``/api/v1/pairs?x=1``),
+      with the same words;
+    - a body, on a route that takes none (a restart with ``{"force": true}`` is refused, not ignored);
+    - a body declared as anything but JSON (415): API.md's bodies are ``application/json``. A body
+      without a ``Content-Type`` is read as JSON.
+
+    It runs after authentication and rate limiting (a stranger learns nothing from a 400 before their
+    401).
     """
 
     async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -333,8 +340,23 @@ class QueryParametersMiddleware:
         if not isinstance(resource, Resource):
             return
         operation = resource.operations.get(req.method)
-        if operation is not None and operation.query is None:  # read_query checks the others
+        if operation is None:
+            return
+        if operation.query is None:  # read_query checks the others
             refuse_unknown_parameters(query_parameters(req), None)
+        if operation.body is None:
+            if req.content_length or req.get_header("Transfer-Encoding") is not None:
+                raise ValidationError(f"{req.method} {echoed(req.path, 2 * ECHO_LIMIT)} takes no request "
+                                      "body")
+        elif req.content_type is not None and _media_type(req.content_type) != falcon.MEDIA_JSON:
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Unsupported media type", code="UNSUPPORTED_MEDIA_TYPE",
+                description=f"the request body must be {falcon.MEDIA_JSON}, not "
+                            f"{echoed(req.content_type)}")
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
 
 
 def respond(resp: falcon.asgi.Response, body: Response, status: int = 200) -> None:
@@ -410,7 +432,7 @@ def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[st
     if operation.body is not None or operation.query is not None or api:
         statuses.add(400)  # every API route refuses unknown query parameters
     if operation.body is not None:
-        statuses.add(413)
+        statuses.update((413, 415))
     if endpoint.auth in (TRADER, ADMIN):
         statuses.add(401)
     if endpoint.auth == ADMIN:

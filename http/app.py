@@ -25,7 +25,7 @@ import falcon.media
 import orjson
 from prometheus_client import CollectorRegistry
 
-from .api import Endpoint, OpenApiResource, QueryParametersMiddleware, openapi_document, operations_endpoints
+from .api import Endpoint, OpenApiResource, RequestShapeMiddleware, openapi_document, operations_endpoints
 from .auth import AuthMiddleware, Principal
 from .blocking import limit_blocking_calls
 from .errors import ErrorMapping, register_error_handlers
@@ -115,7 +115,7 @@ def create_app(
         middleware.append(AuthMiddleware(authenticate))
     if rate_limit is not None:
         middleware.append(rate_limit)  # after auth: it counts per req.context.principal
-    middleware.append(QueryParametersMiddleware())  # after both: a refusal of the query is a 400 of a caller
+    middleware.append(RequestShapeMiddleware())  # after both: a refusal of a request is a 400 of a caller
     app = falcon.asgi.App(middleware=middleware)
     handlers = _json_handlers()
     app.req_options.media_handlers.update(handlers)

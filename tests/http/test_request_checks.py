@@ -3,6 +3,8 @@ numbers), bodies that are not objects, and what error messages repeat of the cli
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.http.api_harness import ApiHarness, Trader, error_of
@@ -131,6 +133,34 @@ def test_a_final_newline_fails_a_pattern_as_any_other_character_and_changes_noth
     deposit = api.post(f"/api/v1/admin/users/{bob.id}/deposits", admin,
                        json={"asset": "USDT\n", "amount": "1"})
     assert error_of(deposit, 400)["field"] == "asset"
+
+
+def test_a_route_that_takes_no_body_refuses_one_and_changes_nothing(api: ApiHarness, admin: Trader) -> None:
+    restarted = api.post("/api/v1/admin/pairs/BTC-USDT/restart", admin, body=b'{"force": true}',
+                         headers={"Content-Type": "application/json"})
+    error = error_of(restarted, 400)
+    assert error["code"] == "VALIDATION_ERROR" and "takes no request body" in error["message"]
+    assert api.get("/api/v1/admin/actors", admin).json  # still answering; nothing was restarted
+    actors = {a["name"]: a for a in api.get("/api/v1/admin/actors", admin).json["actors"]}
+    assert actors["pair:BTC-USDT"]["incarnation"] == 1
+
+
+@pytest.mark.parametrize("content_type",
+                         ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+def test_a_body_declared_as_another_type_than_json_is_a_415_and_places_nothing(
+        api: ApiHarness, bob: Trader, content_type: str) -> None:
+    response = api.post(ORDERS, bob, body=json.dumps(ONE).encode(), headers={"Content-Type": content_type})
+    error = error_of(response, 415)
+    assert error["code"] == "UNSUPPORTED_MEDIA_TYPE" and content_type in error["message"]
+    assert api.get(ORDERS, bob).json["orders"] == []
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "application/json; charset=utf-8"},
+                                     {"Content-Type": "Application/JSON"}, {}])
+def test_json_with_parameters_any_case_or_undeclared_is_read(
+        api: ApiHarness, bob: Trader, headers: dict[str, str]) -> None:
+    response = api.post(ORDERS, bob, body=json.dumps(ONE).encode(), headers=headers)
+    assert response.status_code == 201, response.text
 
 
 # -- what error messages repeat ------------------------------------------------------------------------------
