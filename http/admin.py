@@ -22,6 +22,7 @@ Decisions where API.md is silent:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -63,6 +64,7 @@ from .models import (
     User,
     UserBalance,
 )
+from .orders import user_of
 
 SUPERVISOR = "supervisor"
 PAIR_VALUE_LIMIT = Decimal(10) ** 15
@@ -91,6 +93,15 @@ def _failure(status: ChildStatus) -> ActorFailure | None:
     return ActorFailure(type=failure.type, message=failure.message,
                         at=render.timestamp(datetime.fromtimestamp(failure.at, UTC)),
                         incarnation=failure.incarnation)
+
+
+_AUDIT = logging.getLogger("tradeengine.http.audit")
+
+
+def audit(req: falcon.asgi.Request, what: str, *args: object) -> None:
+    """One INFO line for each change an admin made, naming the admin and the change (the access log
+    names only the route)."""
+    _AUDIT.info("admin %s " + what, user_of(req), *args)
 
 
 class _Pairs:
@@ -142,6 +153,7 @@ class UsersResource(Resource):
         """Create a user."""
         new = await read_body(req, NewUser)
         user, key = await blocking(self._users.create, new.name, new.role)
+        audit(req, "created user %s (%s, id %s)", user.name, user.role, user.id)
         respond(resp, CreatedUser(
             user=User(id=str(user.id), name=user.name, role=user.role,  # type: ignore[arg-type]
                       created_at=render.timestamp(user.created_at)),
@@ -152,6 +164,7 @@ class _TransferResource(Resource):
     """A deposit or a withdrawal through the running wallet."""
 
     auth = ADMIN
+    verb: ClassVar[str]
 
     def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
         self._system = system
@@ -161,7 +174,10 @@ class _TransferResource(Resource):
     async def _respond(self, move: Callable[[int, str, int], AssetBalance], req: falcon.asgi.Request,
                        resp: falcon.asgi.Response, user_id: str) -> None:
         transfer = await read_body(req, Transfer)
-        respond(resp, await blocking(self._move, move, user_id, transfer), 201)
+        balance = await blocking(self._move, move, user_id, transfer)
+        audit(req, "%s %s %s for user %s (available now %s)", self.verb, transfer.amount, transfer.asset,
+              balance.user_id, balance.available)
+        respond(resp, balance, 201)
 
     def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
               transfer: Transfer) -> UserBalance:
@@ -180,6 +196,8 @@ class _TransferResource(Resource):
 class DepositsResource(_TransferResource):
     """``/api/v1/admin/users/{user_id}/deposits``: credit a user's available balance."""
 
+    verb = "deposited"
+
     operations: ClassVar = {
         "POST": Operation("Deposit to a user: credit their available balance", UserBalance, 201,
                           body=Transfer, engine=True,
@@ -194,6 +212,8 @@ class DepositsResource(_TransferResource):
 
 class WithdrawalsResource(_TransferResource):
     """``/api/v1/admin/users/{user_id}/withdrawals``: debit a user's available balance."""
+
+    verb = "withdrew"
 
     operations: ClassVar = {
         "POST": Operation("Withdraw from a user: debit their available balance", UserBalance, 201,
@@ -250,6 +270,7 @@ class AdminPairsResource(Resource):
             maker_fee=pair_value(new.maker_fee, "maker_fee"),
             taker_fee=pair_value(new.taker_fee, "taker_fee"), status=new.status,
         ))
+        audit(req, "added pair %s (%s)", record.symbol, record.status)
         respond(resp, pair(record), 201)
 
 
@@ -283,6 +304,9 @@ class AdminPairResource(Resource):
                     taker_fee=current.taker_fee if taker_fee is None else taker_fee)
         record = await blocking(system.update_pair, symbol, status=change.status, maker_fee=maker_fee,
                                 taker_fee=taker_fee)
+        audit(req, "changed pair %s: %s", symbol, ", ".join(
+            f"{name} {value}" for name, value in (("status", change.status), ("maker_fee", change.maker_fee),
+                                                  ("taker_fee", change.taker_fee)) if value is not None))
         respond(resp, pair(record))
 
 
@@ -303,7 +327,9 @@ class PairRestartResource(Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Restart a pair."""
-        respond(resp, await blocking(self._restart, symbol))
+        restarted = await blocking(self._restart, symbol)
+        audit(req, "restarted pair %s (incarnation %d)", restarted.symbol, restarted.actor.incarnation)
+        respond(resp, restarted)
 
     def _restart(self, symbol: str) -> AdminPair:
         record = self._pairs.record(symbol)

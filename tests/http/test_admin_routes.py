@@ -6,6 +6,7 @@ and restarted while the engine runs, and the supervision tree.
 
 from __future__ import annotations
 
+import logging
 import re
 from decimal import Decimal
 from typing import Any
@@ -240,6 +241,25 @@ def test_a_halted_pair_refuses_new_orders_keeps_cancels_and_market_data_and_resu
     assert resumed.status_code == 200 and resumed.json["status"] == "ACTIVE"
     place(api, alice, side="SELL", quantity="0.1", price="50000")
     assert place(api, bob, side="BUY", quantity="0.1", price="50000")["order"]["status"] == "FILLED"
+
+
+def test_every_change_an_admin_makes_is_logged_with_the_admin_and_the_change(
+        api: ApiHarness, admin: Trader, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tradeengine.http.audit")
+    user = api.post("/api/v1/admin/users", admin, json={"name": "carol"}).json["user"]
+    api.post(f"/api/v1/admin/users/{user['id']}/deposits", admin, json={"asset": "USDT", "amount": "12.5"})
+    api.post(f"/api/v1/admin/users/{user['id']}/withdrawals", admin, json={"asset": "USDT", "amount": "2"})
+    api.patch("/api/v1/admin/pairs/BTC-USDT", admin, json={"status": "HALTED", "maker_fee": "0.001"})
+    api.post("/api/v1/admin/pairs/BTC-USDT/restart", admin)
+    api.patch("/api/v1/admin/pairs/BTC-USDT", admin, json={"status": "NOPE"})  # refused: no audit line
+    lines = [r.getMessage() for r in caplog.records if r.name == "tradeengine.http.audit"]
+    assert lines == [
+        f"admin {admin.id} created user carol (trader, id {user['id']})",
+        f"admin {admin.id} deposited 12.5 USDT for user {user['id']} (available now 12.5)",
+        f"admin {admin.id} withdrew 2 USDT for user {user['id']} (available now 10.5)",
+        f"admin {admin.id} changed pair BTC-USDT: status HALTED, maker_fee 0.001",
+        f"admin {admin.id} restarted pair BTC-USDT (incarnation 3)",
+    ]
 
 
 def test_a_pair_added_halted_takes_no_order_until_resumed(api: ApiHarness, admin: Trader) -> None:
