@@ -12,6 +12,7 @@ from tradeengine.ops.bench.http import CpuMeter
 from tradeengine.ops.threadcpu import ROLES
 
 from .conftest import (
+    Engine,
     Engines,
     engine_env,
     gone,
@@ -19,6 +20,25 @@ from .conftest import (
     run_cli,
     wait_until,
 )
+
+
+def orphan_a_server(engines: Engines, data_dir: Path) -> Engine:
+    """Start an engine on `data_dir`, kill -9 its master and wait for its worker to go: its embedded
+    PostgreSQL is left running, as after a crash. Returns the dead engine (its port is free again)."""
+    engine = engines.start(data_dir)
+    engine.wait_ready()
+    (worker,) = engine.worker_pids()
+    engine.signal(signal.SIGKILL)
+    engine.wait_exit(10)
+    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    return engine
+
+
+def postmaster_of(data_dir: Path) -> psutil.Process:
+    """The postmaster of the cluster in `data_dir` (the one of its processes whose parent is not one)."""
+    processes = postgres_processes(data_dir)
+    (postmaster,) = [p for p in processes if p.ppid() not in {q.pid for q in processes}]
+    return postmaster
 
 
 def _embedded_url(data_dir: Path) -> str:
@@ -116,12 +136,7 @@ def test_commands_reuse_the_server_of_a_running_engine_and_leave_it_running(
 def test_after_kill_9_of_the_master_the_worker_exits_and_the_next_start_takes_the_database_over(
         engines: Engines, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = engines.start(data_dir)
-    first.wait_ready()
-    (worker,) = first.worker_pids()
-    first.signal(signal.SIGKILL)
-    first.wait_exit(10)
-    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    first = orphan_a_server(engines, data_dir)
     assert postgres_processes(data_dir), "the killed engine's PostgreSQL keeps running until taken over"
 
     second = engines.start(data_dir, port=first.port)
@@ -136,14 +151,8 @@ def test_after_kill_9_of_the_master_the_worker_exits_and_the_next_start_takes_th
 def test_a_server_left_running_that_does_not_answer_is_named_and_left_alone_within_seconds(
         engines: Engines, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = engines.start(data_dir)
-    first.wait_ready()
-    (worker,) = first.worker_pids()
-    first.signal(signal.SIGKILL)
-    first.wait_exit(10)
-    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
-    processes = postgres_processes(data_dir)
-    (postmaster,) = [p for p in processes if p.ppid() not in {q.pid for q in processes}]
+    first = orphan_a_server(engines, data_dir)
+    postmaster = postmaster_of(data_dir)
     postmaster.suspend()  # a server that hangs: SIGSTOP
     try:
         second = engines.start(data_dir, port=first.port)
@@ -167,12 +176,7 @@ def test_a_server_left_running_that_does_not_answer_is_named_and_left_alone_with
 def test_a_command_takes_over_the_server_of_a_crashed_engine_and_stops_it(
         engines: Engines, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = engines.start(data_dir)
-    first.wait_ready()
-    (worker,) = first.worker_pids()
-    first.signal(signal.SIGKILL)
-    first.wait_exit(10)
-    wait_until(lambda: gone(worker), 15, "the orphaned worker exiting by itself")
+    first = orphan_a_server(engines, data_dir)
     listed = run_cli("pairs", "list", env=engine_env(data_dir, first.port), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "BTC-USDT" in listed.stdout
@@ -192,8 +196,7 @@ def test_when_the_embedded_postgres_stops_under_the_engine_the_engine_stops_with
         engines: Engines, tmp_path: Path) -> None:
     engine = engines.start(tmp_path / "data")
     engine.wait_ready()
-    processes = postgres_processes(tmp_path / "data")
-    (postmaster,) = [p for p in processes if p.ppid() not in {q.pid for q in processes}]
+    postmaster = postmaster_of(tmp_path / "data")
     postmaster.send_signal(signal.SIGINT)  # what `pg_ctl stop -m fast` does
 
     assert engine.wait_exit(60) == 1
