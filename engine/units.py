@@ -81,7 +81,6 @@ def format_decimal(value: Decimal) -> str:
     return f"{value.normalize(_EXACT):f}" if value else "0"
 
 
-
 def format_atoms(atoms: int) -> str:
     """Render an atom count as a decimal string (`150000000` → `"1.5"`).
 

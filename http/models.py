@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tradeengine.actors.ledger import ASSET_PATTERN as LEDGER_ASSET
+from tradeengine.engine.validation import CLIENT_ORDER_ID
+
 
 def whole(body: str) -> str:
     """A pattern that `body` must match from the first character to the last.
@@ -32,9 +35,9 @@ def whole(body: str) -> str:
 
 DECIMAL_PATTERN = whole(r"[0-9]{1,30}(\.[0-9]{1,30})?")
 SYMBOL_PATTERN = whole(r"[A-Z0-9]{1,16}-[A-Z0-9]{1,16}")
-ASSET_PATTERN = whole(r"[A-Z0-9]{2,12}")
+ASSET_PATTERN = whole(LEDGER_ASSET.pattern)  # the ledger's own rule
 PAIR_SYMBOL_PATTERN = whole(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")
-CLIENT_ORDER_ID_PATTERN = whole(r"[A-Za-z0-9._:-]{1,64}")
+CLIENT_ORDER_ID_PATTERN = whole(CLIENT_ORDER_ID.pattern)  # the engine's own rule
 USER_NAME_PATTERN = whole(r"[A-Za-z0-9._-]+")
 
 PATTERN_MEANINGS = {

@@ -9,7 +9,6 @@ caller: another user's order answers 404 exactly like an unknown id.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from tradeengine.engine import (
     TradeEngineError,
 )
 from tradeengine.engine.errors import OrderNotFound, ValidationError
+from tradeengine.engine.validation import CLIENT_ORDER_ID
 from tradeengine.storage import history
 from tradeengine.storage.facts import PairFacts
 from tradeengine.storage.ids import MAX_ORDER_ID
@@ -39,7 +39,6 @@ from .api import Operation, Resource, read_body, read_query, respond
 from .blocking import blocking
 from .errors import echoed, error_detail, not_found
 from .models import (
-    CLIENT_ORDER_ID_PATTERN,
     BatchItem,
     BatchResult,
     CancelAllQuery,
@@ -55,7 +54,6 @@ from .models import (
 )
 from .ratelimit import charge
 
-CLIENT_ORDER_ID = re.compile(CLIENT_ORDER_ID_PATTERN)
 ORDER_STATUSES = frozenset(OrderStatusName.__args__)  # type: ignore[attr-defined]
 
 

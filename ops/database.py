@@ -42,6 +42,7 @@ from tradeengine.storage.database import (
     DEFAULT_PREPARE_THRESHOLD,
     check_database,
     create_pool,
+    one_line,
 )
 from tradeengine.storage.embedded import EmbeddedPostgres
 from tradeengine.storage.errors import EmbeddedServerNotAnswering, StorageError, StorageUnavailable
@@ -323,7 +324,7 @@ def prepared_database(url: str | None, *, lock: DataDirLock, prepare: Callable[[
                 raise StartupError(f"the embedded PostgreSQL cannot be used: {exc}") from exc
             except StorageError as exc:
                 raise StartupError(f"the embedded PostgreSQL in {server.pgdata} did not start: "
-                                   f"{_one_line(exc)}") from exc
+                                   f"{one_line(exc)}") from exc
             _log.info("embedded %s ready in %s", what, server.pgdata)
             prepare(embedded_url)
             yield embedded_url
@@ -380,16 +381,16 @@ def wait_for_database(url: str, wait: float, *, attempt_timeout: float = 2.0, pa
             if sqlstate is not None:
                 raise DatabaseRefused(
                     f"the database at {redact(url)} refused the connection ({FATAL_SQLSTATES[sqlstate]}, "
-                    f"SQLSTATE {sqlstate}; not retried): {_one_line(exc)}"
+                    f"SQLSTATE {sqlstate}; not retried): {one_line(exc)}"
                 ) from exc
             if time.monotonic() + pause >= deadline:
                 raise StartupError(
                     f"the database at {redact(url)} did not answer within {wait:g} s "
-                    f"({attempts} attempts): {_one_line(exc)}"
+                    f"({attempts} attempts): {one_line(exc)}"
                 ) from exc
             if attempts == 1:
                 _log.warning("the database at %s does not answer yet (%s); retrying for up to %g s",
-                             redact(url), _one_line(exc), wait)
+                             redact(url), one_line(exc), wait)
         time.sleep(pause)
 
 
@@ -397,13 +398,8 @@ def _migrate(url: str) -> None:
     try:
         applied = apply_migrations(url)
     except StorageError as exc:
-        raise StartupError(f"migrations on {redact(url)} failed: {_one_line(exc)}") from exc
+        raise StartupError(f"migrations on {redact(url)} failed: {one_line(exc)}") from exc
     if applied:
         _log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
     else:
         _log.info("database schema is up to date")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

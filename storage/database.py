@@ -148,6 +148,11 @@ def _log_reconnect_failed(pool: psycopg_pool.ConnectionPool) -> None:
     _log.error("connection pool %r gave up reconnecting to the database", pool.name)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's whole text on one line (runs of whitespace folded; its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's text (its type's name when it has none), for one-line messages."""
     text = str(exc).strip()

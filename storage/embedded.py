@@ -43,6 +43,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
+from tradeengine.storage.database import one_line
 from tradeengine.storage.errors import EmbeddedPostgresError, EmbeddedServerNotAnswering
 
 _log = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class EmbeddedPostgres:
             conn = psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
         except psycopg.OperationalError as exc:
             if reused is None:
-                raise EmbeddedPostgresError(f"could not connect to the new server: {_one_line(exc)}") from exc
+                raise EmbeddedPostgresError(f"could not connect to the new server: {one_line(exc)}") from exc
             raise EmbeddedServerNotAnswering(_not_answering(self.pgdata, reused, exc)) from exc
         try:
             with conn:
@@ -408,11 +409,7 @@ def _not_answering(pgdata: Path, pid: int, exc: BaseException) -> str:
     what = (f"it is suspended (kill -CONT {pid} resumes it)" if suspended
             else f"wait until it answers, or stop it (kill {pid})")
     return (f"the PostgreSQL server already running on {pgdata} (pid {pid}) does not answer "
-            f"({_one_line(exc)}); it was left as it is: {what}, then start again")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+            f"({one_line(exc)}); it was left as it is: {what}, then start again")
 
 
 def _conf_quote(value: str) -> str:

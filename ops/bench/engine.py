@@ -74,6 +74,7 @@ from tradeengine.ops.gcpolicy import tune_collector
 from tradeengine.ops.settings import Settings
 from tradeengine.ops.threadcpu import ThreadCpu
 from tradeengine.storage import EmbeddedPostgres, apply_migrations, create_pool
+from tradeengine.storage.database import one_line
 from tradeengine.storage.recovery import load_pair_specs
 
 FIRST_USER = 10_000
@@ -209,8 +210,7 @@ def scratch_database(admin_url: str, keep: bool) -> Iterator[str]:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.Error as exc:
-        why = " ".join(str(exc).split()) or type(exc).__name__
-        raise BenchError(f"cannot create the bench database on {redact(admin_url)}: {why}") from exc
+        raise BenchError(f"cannot create the bench database on {redact(admin_url)}: {one_line(exc)}") from exc
     parts = urlsplit(admin_url)
     try:
         yield urlunsplit(parts._replace(path=f"/{name}"))
