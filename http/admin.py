@@ -1,4 +1,5 @@
-"""The operator's routes (API.md "Admin"): users, deposits and withdrawals, pairs, actors. Admin role only.
+"""The operator's routes (API.md "Admin"): users and their keys, deposits and withdrawals, pairs, actors.
+Admin role only.
 
 Money moves through the running engine's wallet (:meth:`ActorSystem.deposit` / ``withdraw``), never
 straight into the database: the answer comes after the transfer is committed. Pairs are added, halted,
@@ -16,6 +17,13 @@ Decisions where API.md is silent:
   ``min_notional`` to 0; a pair can be added HALTED;
 - ``PATCH`` takes a new status and/or new fees; a fee change restarts the pair's actor (its book is
   rebuilt from the database) and is answered once the new incarnation runs;
+- users are listed in id order (``GET /admin/users``, pages of ``limit`` with ``next_cursor``, or one by
+  ``name``), the fee account included (role ``system``); a user may hold several API keys:
+  ``GET /admin/users/{id}/keys`` lists them (prefix, created, revoked; never the key), ``POST`` issues
+  another (shown once: rotate a key by issuing the new one, then revoking the old),
+  ``DELETE /admin/users/{id}/keys/{key_id}`` revokes one at once (this process forgets every key it
+  remembered; a key revoked already answers as it is); the fee account holds no keys (409
+  ``SYSTEM_ACCOUNT``);
 - restart and ``GET /admin/pairs`` show each pair with its actor; ``open_orders`` is asked of a running
   actor and null when it does not answer (restarting, stopped or failed).
 """
@@ -39,12 +47,13 @@ from tradeengine.actors.system import ActorSystem
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.engine.units import ATOM, ATOM_PLACES, format_atoms, to_atoms
 from tradeengine.storage import pairs as stored_pairs
+from tradeengine.storage import users as stored_users
 from tradeengine.storage.pairs import PairRecord, PairRepository
 from tradeengine.storage.users import UserRepository
 
 from . import render
-from .api import Operation, Resource, read_body, respond
-from .auth import ADMIN
+from .api import Operation, Resource, read_body, read_query, respond
+from .auth import ADMIN, forget_keys
 from .blocking import blocking
 from .errors import not_found
 from .market import known_format, pair
@@ -55,7 +64,10 @@ from .models import (
     ActorState,
     AdminPair,
     AdminPairs,
+    ApiKey,
+    ApiKeys,
     CreatedUser,
+    IssuedKey,
     NewPair,
     NewUser,
     Pair,
@@ -63,6 +75,8 @@ from .models import (
     Transfer,
     User,
     UserBalance,
+    UserPage,
+    UserQuery,
 )
 from .orders import user_of
 
@@ -72,6 +86,31 @@ PAIR_VALUE_LIMIT = Decimal(10) ** 15
 
 def _not_found(what: str, value: str) -> falcon.HTTPNotFound:
     return falcon.HTTPNotFound(title="Not found", code="NOT_FOUND", description=not_found(what, value))
+
+
+def _id(text: str) -> int | None:
+    """A path's or cursor's id: digits that fit a bigint, else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def _user_of(users: UserRepository, user_id: str) -> stored_users.User:
+    """The user a path names (404 when there is none)."""
+    uid = _id(user_id)
+    user = None if uid is None else users.get(uid)
+    if user is None:
+        raise _not_found("user", user_id)
+    return user
+
+
+def _user(user: stored_users.User) -> User:
+    return User(id=str(user.id), name=user.name, role=user.role,  # type: ignore[arg-type]
+                created_at=render.timestamp(user.created_at))
+
+
+def _key(key: stored_users.ApiKey) -> ApiKey:
+    return ApiKey(id=str(key.id), user_id=str(key.user_id), prefix=key.prefix,
+                  created_at=render.timestamp(key.created_at),
+                  revoked_at=None if key.revoked_at is None else render.timestamp(key.revoked_at))
 
 
 def pair_value(text: str, field: str) -> Decimal:
@@ -137,10 +176,13 @@ class _Pairs:
 
 
 class UsersResource(Resource):
-    """``/api/v1/admin/users``: create a user and its first API key."""
+    """``/api/v1/admin/users``: list users; create a user and its first API key."""
 
     auth = ADMIN
     operations: ClassVar = {
+        "GET": Operation("List users in id order, or find one by name", UserPage, query=UserQuery,
+                         description="The exchange's own accounts are listed too (role system, ids below "
+                                     "1000). With `name`, the one user of that name (or none)."),
         "POST": Operation("Create a user and its API key (shown only in this answer)", CreatedUser, 201,
                           body=NewUser, errors=(409,),
                           description="A name taken already answers 409 USER_EXISTS."),
@@ -154,10 +196,82 @@ class UsersResource(Resource):
         new = await read_body(req, NewUser)
         user, key = await blocking(self._users.create, new.name, new.role)
         audit(req, "created user %s (%s, id %s)", user.name, user.role, user.id)
-        respond(resp, CreatedUser(
-            user=User(id=str(user.id), name=user.name, role=user.role,  # type: ignore[arg-type]
-                      created_at=render.timestamp(user.created_at)),
-            api_key=key), 201)
+        respond(resp, CreatedUser(user=_user(user), api_key=key), 201)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """List users."""
+        respond(resp, await blocking(self._page, read_query(req, UserQuery)))
+
+    def _page(self, query: UserQuery) -> UserPage:
+        if query.name is not None:
+            named = self._users.named(query.name)
+            return UserPage(users=[] if named is None else [_user(named)], next_cursor=None)
+        after = 0 if query.cursor is None else _id(query.cursor)
+        if after is None:
+            raise ValidationError("cursor is not valid: pass back a next_cursor unchanged", field="cursor")
+        users = self._users.page(after=after, limit=query.limit + 1)  # one more: is there a next page?
+        shown = users[:query.limit]
+        return UserPage(users=[_user(user) for user in shown],
+                        next_cursor=str(shown[-1].id) if len(users) > query.limit else None)
+
+
+class KeysResource(Resource):
+    """``/api/v1/admin/users/{user_id}/keys``: a user's API keys; issue another."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "GET": Operation("List a user's API keys, revoked ones included (never the keys themselves)", ApiKeys,
+                         errors=(404,)),
+        "POST": Operation("Issue another API key for a user (shown only in this answer)", IssuedKey, 201,
+                          errors=(404, 409),
+                          description="To rotate a key: issue the new one, move the client to it, then "
+                                      "revoke the old one. The fee account holds no keys: 409 "
+                                      "SYSTEM_ACCOUNT."),
+    }
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._users = UserRepository(pool)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
+        """List a user's keys."""
+        keys = await blocking(lambda: self._users.keys(_user_of(self._users, user_id).id))
+        respond(resp, ApiKeys(keys=[_key(key) for key in keys]))
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
+        """Issue a key."""
+        issued, key = await blocking(lambda: self._users.issue_key(_user_of(self._users, user_id)))
+        audit(req, "issued API key %s (id %s) for user %s", issued.prefix, issued.id, issued.user_id)
+        respond(resp, IssuedKey(key=_key(issued), api_key=key), 201)
+
+
+class KeyResource(Resource):
+    """``/api/v1/admin/users/{user_id}/keys/{key_id}``: revoke a key."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "DELETE": Operation("Revoke one of a user's API keys", ApiKey, errors=(404,),
+                            description="The key authenticates nobody from this answer on; revoking a key "
+                                        "revoked already answers it as it is."),
+    }
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._users = UserRepository(pool)
+
+    async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
+                        key_id: str) -> None:
+        """Revoke a key."""
+        revoked = await blocking(self._revoke, user_id, key_id)
+        forget_keys(req)
+        audit(req, "revoked API key %s (id %s) of user %s", revoked.prefix, revoked.id, revoked.user_id)
+        respond(resp, _key(revoked))
+
+    def _revoke(self, user_id: str, key_id: str) -> stored_users.ApiKey:
+        user = _user_of(self._users, user_id)
+        kid = _id(key_id)
+        revoked = None if kid is None else self._users.revoke_key(user.id, kid)
+        if revoked is None:
+            raise _not_found(f"API key of user {user.id}", key_id)
+        return revoked
 
 
 class _TransferResource(Resource):
@@ -181,9 +295,7 @@ class _TransferResource(Resource):
 
     def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
               transfer: Transfer) -> UserBalance:
-        uid = int(user_id) if user_id.isascii() and user_id.isdigit() and len(user_id) <= 18 else None
-        if uid is None or self._users.get(uid) is None:
-            raise _not_found("user", user_id)
+        uid = _user_of(self._users, user_id).id
         atoms = to_atoms(Decimal(transfer.amount), field="amount")
         traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
         if transfer.asset not in traded:

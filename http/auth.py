@@ -12,7 +12,10 @@ in ``req.context.principal``.
 Keys are looked up through the injected ``authenticate`` (the database, on a thread: see
 :mod:`tradeengine.http.blocking`) and remembered for
 ``cache_ttl`` seconds (unknown keys for ``miss_ttl``), so a busy client costs one lookup per TTL, not
-one per request. Known limit: a revoked key keeps working until its cache entry expires.
+one per request. A route that revokes keys calls :func:`forget_keys`: once it has answered, this
+process forgets every key it remembered, so a key revoked through the API is refused from the next
+request on; one revoked in the database by another process (``trade-engine users revoke-key``) is
+refused once its entry expires, within ``cache_ttl``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import falcon.asgi
 
 from .blocking import blocking
 
+# How long a known key is remembered: the longest a key revoked by another process keeps working here.
+KEY_CACHE_SECONDS = 5.0
 PUBLIC = "public"
 TRADER = "trader"
 ADMIN = "admin"
@@ -49,8 +54,8 @@ class Principal(Protocol):
 class AuthMiddleware:
     """Authenticate API keys and enforce each resource's ``auth`` requirement."""
 
-    def __init__(self, authenticate: Callable[[str], Principal | None], *, cache_ttl: float = 30.0,
-                 miss_ttl: float = 2.0, cache_size: int = 10_000,
+    def __init__(self, authenticate: Callable[[str], Principal | None], *,
+                 cache_ttl: float = KEY_CACHE_SECONDS, miss_ttl: float = 2.0, cache_size: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._authenticate = authenticate
         self._cache_ttl = cache_ttl
@@ -73,6 +78,13 @@ class AuthMiddleware:
             raise falcon.HTTPForbidden(title="Forbidden", description="this route is for admins",
                                        code="FORBIDDEN")
         req.context.principal = principal
+
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, req_succeeded: bool) -> None:
+        """Forget every remembered key once a route has revoked one (see :func:`forget_keys`)."""
+        if req.context.get(_FORGET_KEYS):
+            with self._lock:
+                self._cache.clear()
 
     async def _principal(self, req: falcon.asgi.Request) -> Principal:
         scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
@@ -100,6 +112,15 @@ class AuthMiddleware:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return principal
+
+
+_FORGET_KEYS = "forget_keys"
+
+
+def forget_keys(req: falcon.asgi.Request) -> None:
+    """Have the middleware forget every key it remembered once this request is answered (a key was
+    revoked: it must authenticate nobody from the next request on)."""
+    req.context[_FORGET_KEYS] = True
 
 
 def _unauthenticated(description: str) -> falcon.HTTPUnauthorized:

@@ -32,7 +32,7 @@ import falcon.asgi
 
 from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
-from tradeengine.storage.users import UserExists
+from tradeengine.storage.users import SystemAccount, UserExists
 
 from .blocking import NoAnswerInTime
 from .middleware import request_id_of
@@ -135,6 +135,7 @@ def default_error_mappings() -> list[ErrorMapping]:
         ErrorMapping(engine_errors.PairNotTrading, 409),
         ErrorMapping(engine_errors.PairExists, 409),
         ErrorMapping(UserExists, 409),
+        ErrorMapping(SystemAccount, 409),
         _bug(engine_errors.IllegalStatusTransition),
         _bug(engine_errors.InvariantViolation),
         _unavailable(engine_errors.InfrastructureError, "engine"),

@@ -400,11 +400,12 @@ class NewUser(Request):
 
 
 class User(Response):
-    """A user."""
+    """A user: a trader, an admin, or one of the exchange's own accounts (``system``: the fee account,
+    id 1, which holds no keys)."""
 
     id: UserId
     name: str
-    role: RoleName
+    role: Literal["trader", "admin", "system"]
     created_at: Timestamp
 
 
@@ -412,6 +413,45 @@ class CreatedUser(Response):
     """A new user and its API key (shown only this once)."""
 
     user: User
+    api_key: str
+
+
+class UserQuery(Request):
+    """Filters of ``GET /api/v1/admin/users``: one user by name, or a page in id order."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=USER_NAME_PATTERN)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=500)] = 100
+    cursor: str | None = None
+
+
+class UserPage(Response):
+    """A page of users in id order; ``next_cursor`` reads the next page (null: this is the last)."""
+
+    users: list[User]
+    next_cursor: str | None
+
+
+class ApiKey(Response):
+    """An API key without its secret: ``prefix`` is the key's first 10 characters, to tell keys apart;
+    a revoked key authenticates nobody, ever again."""
+
+    id: Annotated[str, Meta(description="opaque key id", examples=["7"])]
+    user_id: UserId
+    prefix: Annotated[str, Meta(examples=["te_Xq3v9aB"])]
+    created_at: Timestamp
+    revoked_at: Timestamp | None
+
+
+class ApiKeys(Response):
+    """A user's keys, revoked ones included, oldest first."""
+
+    keys: list[ApiKey]
+
+
+class IssuedKey(Response):
+    """A new API key: the key itself is shown only in this answer."""
+
+    key: ApiKey
     api_key: str
 
 

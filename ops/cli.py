@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 from .admin_cli import (
     add_admin_options,
@@ -25,6 +26,9 @@ from .admin_cli import (
     print_table,
 )
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from tradeengine.storage.users import ApiKey, User, UserRepository
 
 
 def engine_version() -> str:
@@ -94,20 +98,121 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     import json
-    from datetime import UTC
-
-    from tradeengine.storage.rows import rfc3339
 
     from .database import open_database
 
     with open_database(settings) as database:  # refuses a database `migrate` has not brought up to date
         user, key = database.users().create(args.name, args.role)
     if args.json:
-        print(json.dumps({"user": {"id": str(user.id), "name": user.name, "role": user.role,
-                                   "created_at": rfc3339(user.created_at.astimezone(UTC))}, "api_key": key}))
+        print(json.dumps({"user": _user_json(user), "api_key": key}))
     else:
         print(f"created {user.role} {user.name} (id {user.id})")
         print(f"api key (shown once, keep it safe): {key}")
+    return 0
+
+
+def _user_json(user: User) -> dict[str, str]:
+    from datetime import UTC
+
+    from tradeengine.storage.rows import rfc3339
+
+    return {"id": str(user.id), "name": user.name, "role": user.role,
+            "created_at": rfc3339(user.created_at.astimezone(UTC))}
+
+
+def _key_json(key: ApiKey) -> dict[str, str | None]:
+    from datetime import UTC
+
+    from tradeengine.storage.rows import rfc3339
+
+    return {"id": str(key.id), "user_id": str(key.user_id), "prefix": key.prefix,
+            "created_at": rfc3339(key.created_at.astimezone(UTC)),
+            "revoked_at": None if key.revoked_at is None else rfc3339(key.revoked_at.astimezone(UTC))}
+
+
+def _named(users: UserRepository, name: str) -> User:
+    from tradeengine.engine.errors import TradeEngineError
+
+    user = users.named(name)
+    if user is None:
+        raise TradeEngineError(f"no user is named {name} (`trade-engine users list` lists them)")
+    return user
+
+
+def _cmd_users_list(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .database import open_database
+
+    listed: list[User] = []
+    with open_database(settings) as database:
+        users = database.users()
+        while page := users.page(after=listed[-1].id if listed else 0, limit=1000):
+            listed.extend(page)
+        active = users.active_keys()
+    shown = [(_user_json(user), active.get(user.id, 0)) for user in listed]
+    if args.json:
+        print(json.dumps({"users": [{**user, "active_keys": keys} for user, keys in shown]}))
+    else:
+        print_table(("ID", "NAME", "ROLE", "CREATED", "ACTIVE KEYS"),
+                    [(*user.values(), str(keys)) for user, keys in shown])
+    return 0
+
+
+def _cmd_users_keys(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .database import open_database
+
+    with open_database(settings) as database:
+        users = database.users()
+        keys = users.keys(_named(users, args.name).id)
+    if args.json:
+        print(json.dumps({"keys": [_key_json(key) for key in keys]}))
+    else:
+        print_table(("ID", "PREFIX", "CREATED", "REVOKED"),
+                    [(k["id"] or "", k["prefix"] or "", k["created_at"] or "", k["revoked_at"] or "-")
+                     for k in map(_key_json, keys)])
+    return 0
+
+
+def _cmd_users_issue_key(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .database import open_database
+
+    with open_database(settings) as database:
+        users = database.users()
+        user = _named(users, args.name)
+        issued, key = users.issue_key(user)
+    if args.json:
+        print(json.dumps({"key": _key_json(issued), "api_key": key}))
+    else:
+        print(f"issued key {issued.id} ({issued.prefix}…) for {user.role} {user.name} (id {user.id})")
+        print(f"api key (shown once, keep it safe): {key}")
+    return 0
+
+
+def _cmd_users_revoke_key(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from tradeengine.engine.errors import TradeEngineError
+    from tradeengine.http.auth import KEY_CACHE_SECONDS
+
+    from .database import open_database
+
+    with open_database(settings) as database:
+        users = database.users()
+        user = _named(users, args.name)
+        revoked = users.revoke_key(user.id, args.key_id)
+    if revoked is None:
+        raise TradeEngineError(f"{user.name} holds no key {args.key_id} "
+                               f"(`trade-engine users keys {user.name}` lists theirs)")
+    if args.json:
+        print(json.dumps(_key_json(revoked)))
+    else:
+        print(f"revoked key {revoked.id} ({revoked.prefix}…) of {user.name}: a running engine refuses it "
+              f"within {KEY_CACHE_SECONDS:g} s")
     return 0
 
 
@@ -160,6 +265,14 @@ def _cmd_events_tail(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         events.close()
     return 0
+
+
+def _key_id(text: str) -> int:
+    """argparse type: an API key's id (digits)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a key id (digits, as `users keys NAME` lists "
+                                         "them)")
+    return int(text)
 
 
 def _symbol(text: str) -> str:
@@ -337,6 +450,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trader: places and cancels orders with the key; admin: may also call the "
                              "admin API (deposits, withdrawals, pairs, actors) [default: trader]")
     create.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = add("list", _cmd_users_list, "List every user: id, name, role, creation time and how many "
+                  "API keys they hold that are not revoked (the exchange's fee account included, role "
+                  "system).", user_commands, reads=DATABASE_SETTINGS)
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
+    keys = add("keys", _cmd_users_keys, "List a user's API keys, revoked ones included: id, prefix (the "
+               "key's first 10 characters), created, revoked. The keys themselves are never stored.",
+               user_commands, reads=DATABASE_SETTINGS)
+    keys.add_argument("name", help="the user's name")
+    keys.add_argument("--json", action="store_true", help="print one JSON object")
+    issue = add("issue-key", _cmd_users_issue_key, "Issue another API key for a user and print it (shown "
+                "once). To rotate a key: issue the new one, move the client to it, revoke the old one.",
+                user_commands, reads=DATABASE_SETTINGS)
+    issue.add_argument("name", help="the user's name")
+    issue.add_argument("--json", action="store_true", help="print one JSON object")
+    revoke = add("revoke-key", _cmd_users_revoke_key, "Revoke one of a user's API keys: it authenticates "
+                 "nobody again; a running engine refuses it within 5 s (at once when revoked through "
+                 "DELETE /api/v1/admin/users/{id}/keys/{key_id}).", user_commands, reads=DATABASE_SETTINGS)
+    revoke.add_argument("name", help="the user's name")
+    revoke.add_argument("key_id", type=_key_id, help="the key's id, as `users keys NAME` lists it")
+    revoke.add_argument("--json", action="store_true", help="print the revoked key as one JSON object")
     for name, text in (("deposit", "Credit a user's available balance"),
                        ("withdraw", "Debit a user's available balance")):
         transfer = add(name, cmd_transfer, f"{text} through the running engine's admin API (its wallet "

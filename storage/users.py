@@ -2,7 +2,9 @@
 
 A key is random (256 bits), shown once when it is issued, and stored only as its SHA-256 digest with a
 short prefix for display. Authentication hashes the presented key and looks the digest up; a revoked
-key, or a key of a system account, authenticates nobody.
+key, or a key of a system account, authenticates nobody. A user may hold several keys (to rotate one:
+issue the new key, move the client to it, revoke the old one); a revoked key stays listed, with the
+time it was revoked, and is never valid again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ class UserExists(DomainError):
     code = "USER_EXISTS"
 
 
+class SystemAccount(DomainError):
+    """The exchange's own accounts (the fee account) hold no API keys."""
+
+    code = "SYSTEM_ACCOUNT"
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     """One row of ``users``."""
@@ -40,6 +48,21 @@ class User:
     name: str
     role: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One row of ``api_keys``, without its digest: ``prefix`` is the key's first characters."""
+
+    id: int
+    user_id: int
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+_USER_COLUMNS = "id, name, role::text AS role, created_at"
+_KEY_COLUMNS = "id, user_id, key_prefix AS prefix, created_at, revoked_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +97,61 @@ class UserRepository:
         with storage_errors(f"creating user {name}"), self._pool.connection() as conn:
             return self._create(conn, name, role)
 
-    def issue_key(self, user_id: int) -> str:
-        """Issue another key for a user; return it (shown once)."""
-        with storage_errors("issuing an API key"), self._pool.connection() as conn:
-            return _insert_key(conn, user_id)
-
     def get(self, user_id: int) -> User | None:
         """Return a user by id, or None."""
         with storage_errors("reading a user"), self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(User))
-            return cur.execute("SELECT id, name, role::text AS role, created_at FROM users WHERE id = %s",
-                               (user_id,)).fetchone()
+            return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,)).fetchone()
+
+    def named(self, name: str) -> User | None:
+        """Return a user by name, or None."""
+        with storage_errors("reading a user"), self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(User))
+            return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = %s", (name,)).fetchone()
+
+    def page(self, *, after: int = 0, limit: int = 100) -> list[User]:
+        """Users in id order, the first ``limit`` with an id above ``after`` (the exchange's own accounts
+        included: their ids are below 1000)."""
+        with storage_errors("listing users"), self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(User))
+            return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s",
+                               (after, limit)).fetchall()
+
+    def keys(self, user_id: int) -> list[ApiKey]:
+        """A user's keys, revoked ones included, oldest first."""
+        with storage_errors("listing API keys"), self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(ApiKey))
+            return cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = %s ORDER BY id",
+                               (user_id,)).fetchall()
+
+    def active_keys(self) -> dict[int, int]:
+        """How many keys that are not revoked each user holds (users holding none are left out)."""
+        with storage_errors("counting API keys"), self._pool.connection() as conn:
+            rows = conn.execute("SELECT user_id, count(*) FROM api_keys WHERE revoked_at IS NULL "
+                                "GROUP BY user_id").fetchall()
+        return {user_id: count for user_id, count in rows}
+
+    def issue_key(self, user: User) -> tuple[ApiKey, str]:
+        """Issue another key for a trader or an admin; return it and the key itself (shown once)."""
+        if user.role not in ROLES:
+            raise SystemAccount(f"user {user.id} ({user.name}) is an account of the exchange itself: "
+                                "it holds no API keys")
+        with storage_errors("issuing an API key"), self._pool.connection() as conn:
+            key = _insert_key(conn, user.id)
+            cur = conn.cursor(row_factory=class_row(ApiKey))
+            issued = cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s",
+                                 (key_digest(key),)).fetchone()
+        assert issued is not None
+        return issued, key
+
+    def revoke_key(self, user_id: int, key_id: int) -> ApiKey | None:
+        """Revoke one of a user's keys (from now on it authenticates nobody) and return it; a key revoked
+        already keeps the time it was first revoked. None when the user holds no key with that id."""
+        with storage_errors("revoking an API key"), self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(ApiKey))
+            return cur.execute(
+                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, greatest(now(), created_at)) "
+                f"WHERE id = %s AND user_id = %s RETURNING {_KEY_COLUMNS}", (key_id, user_id)).fetchone()
 
     def authenticate(self, key: str) -> Principal | None:
         """Return who holds this key, or None for an unknown, revoked or system key."""
@@ -119,8 +186,8 @@ class UserRepository:
         try:
             with conn.transaction():
                 user = cur.execute(
-                    "INSERT INTO users (name, role) VALUES (%s, %s) "
-                    "RETURNING id, name, role::text AS role, created_at", (name, role)).fetchone()
+                    f"INSERT INTO users (name, role) VALUES (%s, %s) RETURNING {_USER_COLUMNS}",
+                    (name, role)).fetchone()
                 assert user is not None
                 return user, _insert_key(conn, user.id, key)
         except psycopg.errors.UniqueViolation:

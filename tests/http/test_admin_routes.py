@@ -56,14 +56,16 @@ def test_no_admin_route_answers_a_trader_or_a_caller_without_a_key(api: ApiHarne
                         if endpoint.auth == ADMIN for method, operation in endpoint.operations.items()]
     assert len(admin_operations) >= 8
     for path, method, operation in admin_operations:
-        concrete = path.replace("{user_id}", str(alice.id)).replace("{symbol}", "BTC-USDT")
+        concrete = (path.replace("{user_id}", str(alice.id)).replace("{symbol}", "BTC-USDT")
+                    .replace("{key_id}", "1"))
         body = None if operation.body is None else SAMPLE_BODIES[operation.body.__name__]
         as_trader = api.request(method, concrete, alice, json=body)
         assert error_of(as_trader, 403)["code"] == "FORBIDDEN", (method, path)
         anonymous = api.request(method, concrete, json=body)
         assert error_of(anonymous, 401)["code"] == "UNAUTHENTICATED", (method, path)
-    # nothing happened: no user, no money, no pair, no halt
+    # nothing happened: no user, no money, no pair, no halt, no key issued or revoked
     assert api.balances(alice) == {"BTC": (D(1), D(0)), "USDT": (D(100000), D(0))}
+    assert [(key.id, key.revoked_at) for key in api.users.keys(alice.id)] == [(1, None)]
     assert api.get("/api/v1/pairs/AVAX-USDT").status_code == 404
     assert api.get("/api/v1/pairs/BTC-USDT").json["status"] == "ACTIVE"
     with api.pool.connection() as conn:
@@ -100,6 +102,63 @@ def test_creating_a_user_refuses_a_taken_name_and_a_bad_body(api: ApiHarness, ad
         error = error_of(api.post("/api/v1/admin/users", admin, json=body), 400)
         assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field), body
     assert error_of(api.post("/api/v1/admin/users", admin, body=b"{nope"), 400)["code"] == "MALFORMED_JSON"
+
+
+def test_users_are_listed_page_by_page_in_id_order_and_found_by_name(api: ApiHarness, admin: Trader) -> None:
+    made = [api.user() for _ in range(3)]
+    first = api.get("/api/v1/admin/users", admin, params={"limit": 2}).json
+    assert [(u["id"], u["name"], u["role"]) for u in first["users"]] == [("1", "fees", "system"),
+                                                                        (str(admin.id), admin.name, "admin")]
+    rest = api.get("/api/v1/admin/users", admin, params={"limit": 2, "cursor": first["next_cursor"]}).json
+    assert [u["name"] for u in rest["users"]] == [made[0].name, made[1].name]
+    last = api.get("/api/v1/admin/users", admin, params={"limit": 2, "cursor": rest["next_cursor"]}).json
+    assert ([u["name"] for u in last["users"]], last["next_cursor"]) == ([made[2].name], None)
+    named = api.get("/api/v1/admin/users", admin, params={"name": made[1].name}).json
+    assert named == {"users": [rest["users"][1]], "next_cursor": None}
+    assert api.get("/api/v1/admin/users", admin, params={"name": "nobody"}).json["users"] == []
+    for params, field in (({"cursor": "x1"}, "cursor"), ({"limit": 0}, "limit"), ({"name": "a b"}, "name")):
+        error = error_of(api.get("/api/v1/admin/users", admin, params=params), 400)
+        assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field), params
+
+
+def test_a_key_is_rotated_and_a_revoked_key_is_refused_from_the_next_request_on(
+        api: ApiHarness, admin: Trader, alice: Trader) -> None:
+    keys = f"/api/v1/admin/users/{alice.id}/keys"
+    assert api.get("/api/v1/balances", alice).status_code == 200  # the old key is remembered now
+    issued = api.post(keys, admin)
+    assert issued.status_code == 201, issued.text
+    new_key = issued.json["api_key"]
+    assert set(issued.json["key"]) == {"id", "user_id", "prefix", "created_at", "revoked_at"}
+    assert (issued.json["key"]["prefix"], issued.json["key"]["revoked_at"]) == (new_key[:10], None)
+    listed = api.get(keys, admin).json["keys"]
+    assert [k["prefix"] for k in listed] == [alice.key[:10], new_key[:10]]
+    assert new_key not in api.get(keys, admin).text and alice.key not in api.get(keys, admin).text
+
+    revoked = api.delete(f"{keys}/{listed[0]['id']}", admin)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json["id"] == listed[0]["id"] and revoked.json["revoked_at"] is not None
+    assert error_of(api.get("/api/v1/balances", alice), 401)["code"] == "UNAUTHENTICATED"
+    assert api.balances(Trader(alice.id, alice.name, new_key)) == {"BTC": (D(1), D(0)),
+                                                                  "USDT": (D(100000), D(0))}
+    # revoking again answers the key as it is
+    assert api.delete(f"{keys}/{listed[0]['id']}", admin).json == revoked.json
+
+
+def test_key_routes_refuse_unknown_users_and_keys_of_others_and_the_fee_account(
+        api: ApiHarness, admin: Trader, alice: Trader) -> None:
+    bob = api.user()
+    [bobs_key] = api.get(f"/api/v1/admin/users/{bob.id}/keys", admin).json["keys"]
+    for method, path in (("GET", "/api/v1/admin/users/999999/keys"), ("POST", "/api/v1/admin/users/x/keys"),
+                         ("DELETE", f"/api/v1/admin/users/{alice.id}/keys/{bobs_key['id']}"),
+                         ("DELETE", f"/api/v1/admin/users/{alice.id}/keys/nope"),
+                         ("DELETE", f"/api/v1/admin/users/999999/keys/{bobs_key['id']}")):
+        assert error_of(api.request(method, path, admin), 404)["code"] == "NOT_FOUND", (method, path)
+    assert api.get("/api/v1/balances", bob).status_code == 200
+    assert error_of(api.post("/api/v1/admin/users/1/keys", admin), 409)["code"] == "SYSTEM_ACCOUNT"
+    assert api.get("/api/v1/admin/users/1/keys", admin).json == {"keys": []}
+    assert error_of(api.post(f"/api/v1/admin/users/{bob.id}/keys", admin, json={}), 400)["code"] == \
+        "VALIDATION_ERROR"
+    assert len(api.users.keys(bob.id)) == 1
 
 
 # -- deposits and withdrawals ---------------------------------------------------------------------------
@@ -252,6 +311,8 @@ def test_every_change_an_admin_makes_is_logged_with_the_admin_and_the_change(
     api.patch("/api/v1/admin/pairs/BTC-USDT", admin, json={"status": "HALTED", "maker_fee": "0.001"})
     api.post("/api/v1/admin/pairs/BTC-USDT/restart", admin)
     api.patch("/api/v1/admin/pairs/BTC-USDT", admin, json={"status": "NOPE"})  # refused: no audit line
+    key = api.post(f"/api/v1/admin/users/{user['id']}/keys", admin).json["key"]
+    api.delete(f"/api/v1/admin/users/{user['id']}/keys/{key['id']}", admin)
     lines = [r.getMessage() for r in caplog.records if r.name == "tradeengine.http.audit"]
     assert lines == [
         f"admin {admin.id} created user carol (trader, id {user['id']})",
@@ -259,6 +320,8 @@ def test_every_change_an_admin_makes_is_logged_with_the_admin_and_the_change(
         f"admin {admin.id} withdrew 2 USDT for user {user['id']} (available now 10.5)",
         f"admin {admin.id} changed pair BTC-USDT: status HALTED, maker_fee 0.001",
         f"admin {admin.id} restarted pair BTC-USDT (incarnation 3)",
+        f"admin {admin.id} issued API key {key['prefix']} (id {key['id']}) for user {user['id']}",
+        f"admin {admin.id} revoked API key {key['prefix']} (id {key['id']}) of user {user['id']}",
     ]
 
 

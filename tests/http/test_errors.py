@@ -16,7 +16,7 @@ from tradeengine.http.app import create_app
 from tradeengine.http.blocking import DEFAULT_LIMIT, blocking, limit_blocking_calls
 from tradeengine.http.errors import ErrorMapping, error_body
 from tradeengine.storage import errors as storage_errors
-from tradeengine.storage.users import UserExists
+from tradeengine.storage.users import SystemAccount, UserExists
 
 
 def test_unknown_path_answers_404_not_found_in_the_one_shape(client: falcon.testing.TestClient) -> None:
@@ -191,6 +191,7 @@ def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
     (engine_errors.PairNotTrading("BTC-USDT is halted"), 409, "PAIR_NOT_TRADING", None),
     (engine_errors.PairExists("BTC-USDT exists", field="symbol"), 409, "PAIR_EXISTS", "symbol"),
     (UserExists("alice exists", field="name"), 409, "USER_EXISTS", "name"),
+    (SystemAccount("user 1 holds no keys"), 409, "SYSTEM_ACCOUNT", None),
 ])
 def test_domain_errors_map_by_class_with_their_code_and_field(
         error: Exception, status: int, code: str, field: str | None) -> None:

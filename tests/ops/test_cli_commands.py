@@ -97,3 +97,57 @@ def test_users_create_prints_a_key_once_that_authenticates_the_new_user(machine_
     again = _run("users", "create", "alice", cwd=tmp_path, database_url=machine_pg_url)
     assert again.returncode == 1
     assert again.stderr.strip() == "trade-engine: a user named alice exists already"
+
+
+def test_users_list_keys_issue_key_and_revoke_key_rotate_a_key_on_the_database(machine_pg_url: str,
+                                                                               tmp_path: Path) -> None:
+    import json
+
+    from tradeengine.storage import create_pool
+    from tradeengine.storage.users import UserRepository
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return _run("users", *args, cwd=tmp_path, database_url=machine_pg_url)
+
+    assert _run("migrate", cwd=tmp_path, database_url=machine_pg_url).returncode == 0
+    old_key = json.loads(run("create", "bob", "--json").stdout)["api_key"]
+    issued = run("issue-key", "bob")
+    assert issued.returncode == 0, issued.stderr
+    new_key = issued.stdout.split("api key (shown once, keep it safe): ")[1].strip()
+    header, *rows = run("list").stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "ROLE", "CREATED", "ACTIVE", "KEYS"]
+    assert [(r.split()[1], r.split()[2], r.split()[4]) for r in rows] == [("fees", "system", "0"),
+                                                                        ("bob", "trader", "2")]
+    keys = json.loads(run("keys", "bob", "--json").stdout)["keys"]
+    assert [(k["prefix"], k["revoked_at"]) for k in keys] == [(old_key[:10], None), (new_key[:10], None)]
+
+    revoked = run("revoke-key", "bob", keys[0]["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == (f"revoked key {keys[0]['id']} ({old_key[:10]}…) of bob: "
+                                      "a running engine refuses it within 5 s")
+    table = run("keys", "bob").stdout.splitlines()
+    assert table[1].split()[:2] == [keys[0]["id"], old_key[:10]] and table[1].split()[3] != "-"
+    assert table[2].split()[3] == "-"
+    pool = create_pool(machine_pg_url, min_size=1, max_size=1)
+    try:
+        users = UserRepository(pool)
+        assert users.authenticate(old_key) is None
+        assert users.authenticate(new_key) is not None
+    finally:
+        pool.close()
+
+    for args, message in ((("keys", "nobody"), "no user is named nobody"),
+                          (("revoke-key", "bob", "999999"), "bob holds no key 999999"),
+                          (("issue-key", "fees"), "user 1 (fees) is an account of the exchange itself")):
+        refused = run(*args)
+        assert refused.returncode == 1, refused.stderr
+        assert refused.stderr.startswith(f"trade-engine: {message}"), refused.stderr
+    bad_id = run("revoke-key", "bob", "first")
+    assert bad_id.returncode == 2 and "'first' is not a key id" in bad_id.stderr
+
+
+def test_the_revoke_key_help_states_the_engines_key_cache_time(tmp_path: Path) -> None:
+    from tradeengine.http.auth import KEY_CACHE_SECONDS
+
+    shown = _run("users", "revoke-key", "--help", cwd=tmp_path)
+    assert f"within {KEY_CACHE_SECONDS:g} s" in " ".join(shown.stdout.split())

@@ -9,7 +9,7 @@ import psycopg_pool
 import pytest
 
 from tradeengine.engine.errors import ValidationError
-from tradeengine.storage.users import UserExists, UserRepository, new_api_key
+from tradeengine.storage.users import SystemAccount, UserExists, UserRepository, new_api_key
 
 
 def test_a_created_user_gets_a_key_that_authenticates_them_with_their_role(
@@ -40,12 +40,56 @@ def test_unknown_malformed_and_revoked_keys_authenticate_nobody(pg_pool: psycopg
     assert users.authenticate(key) is None
 
 
-def test_a_second_key_works_alongside_the_first(pg_pool: psycopg_pool.ConnectionPool) -> None:
+def test_a_key_is_rotated_by_issuing_a_second_and_revoking_the_first(
+    pg_pool: psycopg_pool.ConnectionPool,
+) -> None:
     users = UserRepository(pg_pool)
     dave, first = users.create("dave", "admin")
-    second = users.issue_key(dave.id)
-    assert first != second
-    assert users.authenticate(first) == users.authenticate(second)
+    issued, second = users.issue_key(dave)
+    assert first != second and issued.prefix == second[:10] and issued.revoked_at is None
+    assert users.authenticate(first) == users.authenticate(second) is not None
+    [old, new] = users.keys(dave.id)
+    assert (old.prefix, new) == (first[:10], issued)
+
+    revoked = users.revoke_key(dave.id, old.id)
+    assert revoked is not None and revoked.revoked_at is not None and revoked.id == old.id
+    assert users.authenticate(first) is None
+    assert users.authenticate(second) is not None
+    # revoking again changes nothing, not even the time
+    assert users.revoke_key(dave.id, old.id) == revoked
+    assert users.keys(dave.id) == [revoked, issued]
+    assert users.active_keys()[dave.id] == 1
+
+
+def test_a_key_is_revoked_only_through_its_own_user(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    erin, erins_key = users.create("erin", "trader")
+    frank, _ = users.create("frank", "trader")
+    [key] = users.keys(erin.id)
+    assert users.revoke_key(frank.id, key.id) is None
+    assert users.revoke_key(erin.id, key.id + 1000) is None
+    assert users.authenticate(erins_key) is not None
+
+
+def test_users_are_listed_in_id_order_page_by_page_and_found_by_name(
+    pg_pool: psycopg_pool.ConnectionPool,
+) -> None:
+    users = UserRepository(pg_pool)
+    made = [users.create(f"u{n}", "trader")[0] for n in range(5)]
+    fee_account = users.page(limit=1)[0]
+    assert (fee_account.id, fee_account.role) == (1, "system")
+    assert users.page(after=fee_account.id, limit=3) == made[:3]
+    assert users.page(after=made[2].id, limit=3) == made[3:]
+    assert users.named("u3") == made[3] and users.named("nobody") is None
+
+
+def test_the_fee_account_holds_no_keys(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    fee_account = users.get(1)
+    assert fee_account is not None
+    with pytest.raises(SystemAccount):
+        users.issue_key(fee_account)
+    assert users.keys(1) == []
 
 
 def test_a_taken_name_or_a_bad_role_or_name_is_refused_and_nothing_is_stored(
