@@ -339,7 +339,7 @@ class RequestShapeMiddleware:
                                resource: object, params: dict[str, Any]) -> None:
         if not isinstance(resource, Resource):
             return
-        operation = resource.operations.get(req.method)
+        operation = resource.operations.get("GET" if req.method == "HEAD" else req.method)
         if operation is None:
             return
         if operation.query is None:  # read_query checks the others

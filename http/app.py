@@ -122,16 +122,26 @@ def create_app(
     app.resp_options.media_handlers.update(handlers)
     register_error_handlers(app, log, error_mappings)
 
-    app.add_route("/health", HealthResource(version))
-    app.add_route("/ready", ReadyResource(Readiness(readiness_checks, ready_timeout)))
-    app.add_route("/metrics", MetricsResource(registry))
+    app.add_route("/health", _answer_head(HealthResource(version)))
+    app.add_route("/ready", _answer_head(ReadyResource(Readiness(readiness_checks, ready_timeout))))
+    app.add_route("/metrics", _answer_head(MetricsResource(registry)))
     endpoints = list(endpoints)
     for endpoint in endpoints:
         if endpoint.resource is not None:
-            app.add_route(endpoint.path, endpoint.resource)
+            app.add_route(endpoint.path, _answer_head(endpoint.resource))
     document = openapi_document([*operations_endpoints(), *endpoints], title="trade-engine", version=version)
-    app.add_route("/openapi.json", OpenApiResource(document))
+    app.add_route("/openapi.json", _answer_head(OpenApiResource(document)))
     for route in routes:
         template, resource, *suffix = route
-        app.add_route(template, resource, **({"suffix": suffix[0]} if suffix else {}))
+        app.add_route(template, _answer_head(resource, *suffix), **({"suffix": suffix[0]} if suffix else {}))
     return app
+
+
+def _answer_head(resource: object, suffix: str | None = None) -> object:
+    """Let ``resource`` answer HEAD wherever it answers GET (RFC 9110: the same headers, no body: the
+    framework sends none for HEAD), unless it answers HEAD itself."""
+    tail = f"_{suffix}" if suffix else ""
+    on_get = getattr(resource, f"on_get{tail}", None)
+    if on_get is not None and not hasattr(resource, f"on_head{tail}"):
+        setattr(resource, f"on_head{tail}", on_get)
+    return resource

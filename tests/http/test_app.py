@@ -25,4 +25,8 @@ def test_routes_may_name_a_responder_suffix() -> None:
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/orders").json == {"orders": []}
     assert client.simulate_get("/orders/42").json == {"id": "42"}
+    head = client.simulate_head("/orders/42")  # HEAD follows GET, suffix included
+    got = client.simulate_get("/orders/42")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == str(len(got.content))
 

@@ -206,3 +206,24 @@ def test_an_empty_path_segment_is_named_for_what_is_missing(
         assert (error["code"], error["message"]) == (code, message), path
     deposit = api.post("/api/v1/admin/users//deposits", admin, json={"asset": "USDT", "amount": "1"})
     assert error_of(deposit, 404)["message"] == "the path names no user: its user segment is empty"
+
+
+# -- HEAD -------------------------------------------------------------------------------------------------
+
+
+def test_head_answers_wherever_get_does_with_its_headers_and_no_body(api: ApiHarness, bob: Trader) -> None:
+    for path, user in (("/health", None), ("/metrics", None), ("/openapi.json", None),
+                       ("/api/v1/pairs/BTC-USDT", None), ("/api/v1/balances", bob)):
+        got = api.get(path, user)
+        head = api.request("HEAD", path, user)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        if path != "/metrics":  # its figures move between the two requests
+            assert head.headers["content-length"] == str(len(got.content)), path
+    # as GET would be: refused without a key, with an unknown parameter, on an unknown pair
+    assert api.request("HEAD", "/api/v1/balances").status_code == 401
+    assert api.request("HEAD", "/api/v1/pairs", params={"x": "1"}).status_code == 400
+    assert api.request("HEAD", "/api/v1/pairs/NOPE-USDT").status_code == 404
+    # and only where GET answers
+    batch = api.request("HEAD", "/api/v1/orders/batch", bob)
+    assert batch.status_code == 405 and "HEAD" not in batch.headers["allow"]
