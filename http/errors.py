@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import falcon
 import falcon.asgi
 
+from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
 from tradeengine.storage.users import SystemAccount, UserExists
@@ -83,14 +84,15 @@ class ErrorMapping:
     """Answer exceptions of class ``error`` (and its subclasses) with ``status``.
 
     Without ``code`` the exception's own ``code`` attribute is used (domain errors carry one); with it,
-    the mapping's code wins. ``message`` replaces the exception text where that text must not be shown;
+    the mapping's code wins. ``message`` replaces the exception text where that text must not be shown
+    (a function of the exception: a message built from its fields, never from its text);
     ``retry_after`` (seconds) adds a ``Retry-After`` header; ``log_level`` >= ERROR logs the traceback.
     """
 
     error: type[Exception]
     status: int
     code: str | None = None
-    message: str | None = None
+    message: str | Callable[[Exception], str] | None = None
     retry_after: int | None = None
     log_level: int = logging.INFO
 
@@ -141,6 +143,8 @@ def default_error_mappings() -> list[ErrorMapping]:
         _unavailable(engine_errors.InfrastructureError, "engine"),
         _unavailable(engine_errors.StorageUnavailable, "database"),
         _unavailable(engine_errors.EngineUnavailable, "engine"),
+        ErrorMapping(ActorUnavailable, 503, "UNAVAILABLE", _actor_unavailable, retry_after=1,
+                     log_level=logging.WARNING),
         ErrorMapping(engine_errors.EngineTimeout, 504, "ENGINE_TIMEOUT", _TIMEOUT_MESSAGE,
                      log_level=logging.WARNING),
         # The storage layer has its own tree; its errors reach here when a read goes to a repository.
@@ -149,6 +153,21 @@ def default_error_mappings() -> list[ErrorMapping]:
         ErrorMapping(storage_errors.CommitOutcomeUnknown, 504, "ENGINE_TIMEOUT", _LOST_COMMIT_MESSAGE,
                      log_level=logging.WARNING),
     ]
+
+
+def _actor_unavailable(ex: Exception) -> str:
+    """What a client is told when an actor cannot take its command: which pair, and whether it comes back
+    by itself (restarting) or only once an operator restarts it (failed)."""
+    kind, _, symbol = (getattr(ex, "child", None) or "").partition(":")
+    if kind != "pair" or not symbol:
+        return "the engine is unavailable; retry later"
+    state = getattr(ex, "state", None)
+    if state is ChildState.FAILED:
+        return (f"the pair {symbol} has failed and takes no commands until an operator restarts it; "
+                "retry later")
+    if state is ChildState.RESTARTING:
+        return f"the pair {symbol} is restarting; retry later"
+    return f"the pair {symbol} is unavailable; retry later"
 
 
 def _bug(error: type[Exception]) -> ErrorMapping:
@@ -251,7 +270,7 @@ def describe(mapping: ErrorMapping, ex: Exception) -> tuple[str, str, str | None
     client_error = mapping.status < 500  # a field or details only ever point at the client's input
     field = getattr(ex, "field", None) if client_error else None
     details = getattr(ex, "details", None) if client_error else None
-    message = mapping.message or str(ex) or code
+    message = mapping.message(ex) if callable(mapping.message) else mapping.message or str(ex) or code
     return (code, message, field if isinstance(field, str) else None,
             details if isinstance(details, Mapping) else None)
 

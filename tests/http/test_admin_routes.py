@@ -406,3 +406,27 @@ def test_the_supervision_tree_lists_every_actor_with_state_and_restarts(api: Api
     assert (actors["pair:ETH-USDT"]["incarnation"], actors["pair:ETH-USDT"]["restarts"]) == (2, 1)
     assert (actors["pair:BTC-USDT"]["incarnation"], actors["pair:BTC-USDT"]["restarts"]) == (1, 0)
     assert all(a["state"] == "running" and a["group"] == "database" for a in actors.values())
+
+
+def test_a_failed_pair_answers_its_orders_503_saying_an_operator_must_restart_it(
+        api: ApiHarness, admin: Trader, alice: Trader) -> None:
+    from tests.actors.system_harness import wait_until
+
+    resting = place(api, alice, side="SELL", quantity="0.1", price="50000")["order"]
+    with api.pool.connection() as conn:  # a stored order the pair cannot rebuild: every start fails
+        conn.execute("UPDATE orders SET price = 50000.005 WHERE id = %s", (int(resting["id"]),))
+    assert api.post("/api/v1/admin/pairs/BTC-USDT/restart", admin).status_code == 503
+
+    def actor_state() -> str:
+        [btc] = [p for p in api.get("/api/v1/admin/pairs", admin).json["pairs"] if p["symbol"] == "BTC-USDT"]
+        return str(btc["actor"]["state"])
+
+    wait_until(lambda: actor_state() == "failed", 30, "the pair failing")
+    refused = api.post(ORDERS, alice, json={"symbol": "BTC-USDT", "type": "LIMIT", "side": "SELL",
+                                            "quantity": "0.1", "price": "50000"})
+    assert error_of(refused, 503) == {"code": "UNAVAILABLE", "message": (
+        "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later")}
+    assert refused.headers["retry-after"] == "1"
+    # the other pairs trade on
+    other = place(api, alice, symbol="ETH-USDT", side="BUY", quantity="0.01", price="1000")
+    assert other["order"]["status"] == "OPEN"

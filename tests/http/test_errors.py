@@ -11,6 +11,7 @@ import falcon.testing
 import pytest
 from prometheus_client import CollectorRegistry
 
+from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.engine import errors as engine_errors
 from tradeengine.http.app import create_app
 from tradeengine.http.blocking import DEFAULT_LIMIT, blocking, limit_blocking_calls
@@ -176,6 +177,21 @@ def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
     assert result.json["error"]["code"] == code
     assert str(error) not in result.text
     assert result.headers.get("retry-after") == retry_after
+
+
+@pytest.mark.parametrize(("state", "child", "message"), [
+    (ChildState.FAILED, "pair:BTC-USDT",
+     "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later"),
+    (ChildState.RESTARTING, "pair:ETH-USDT", "the pair ETH-USDT is restarting; retry later"),
+    (ChildState.STOPPED, "pair:ETH-USDT", "the pair ETH-USDT is unavailable; retry later"),
+    (ChildState.FAILED, "wallet", "the engine is unavailable; retry later"),
+])
+def test_an_actor_that_cannot_take_a_command_is_a_503_naming_the_pair_and_whether_it_comes_back(
+        state: ChildState, child: str, message: str) -> None:
+    result = _answer_to(ActorUnavailable(f"{child} is {state.value}: connection to 10.0.0.5 refused",
+                                         child=child, state=state))
+    assert (result.status_code, result.headers.get("retry-after")) == (503, "1")
+    assert result.json["error"] == {"code": "UNAVAILABLE", "message": message}
 
 
 @pytest.mark.parametrize(("error", "status", "code", "field"), [
