@@ -51,7 +51,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from typing import Any
 
-from tradeengine.engine import PairSpec, format_decimal
+from tradeengine.engine import PairSpec, format_atoms, format_decimal
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
 from tradeengine.storage.database import DEFAULT_PREPARE_THRESHOLD, check_database
 from tradeengine.storage.errors import StorageError, StorageUnavailable
@@ -438,8 +438,9 @@ class ActorSystem:
         pairs = [(route.spec, load_pair_state(self.pool, route.spec).snapshots)
                  for route in self._routes.values()]
         for gap in check_reserved_funds(ledger, pairs):  # type: ignore[arg-type]
-            _log.error("locked funds differ from what open orders reserve: user %s asset %s locked %d "
-                       "reserved %d (atoms)", gap.user_id, gap.asset, gap.locked, gap.reserved)
+            _log.error("locked funds differ from what open orders reserve: user %s asset %s locked %s "
+                       "reserved %s", gap.user_id, gap.asset, format_atoms(gap.locked),
+                       format_atoms(gap.reserved))
 
     def _database_answers(self) -> bool:
         try:

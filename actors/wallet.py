@@ -245,7 +245,7 @@ class WalletActor(SupervisedActor):
     def _open_backend(self) -> WalletBackend:
         """Build this incarnation's backend: the built-in ledger, loaded from the committed balances."""
         self.ledger = Ledger(self._load(self._pool))
-        log.info("wallet %s started with %d balances", self.link, len(self.ledger.snapshot()))
+        log.info("%s started with %d balances", self.link, len(self.ledger.snapshot()))
         return self.ledger
 
     def on_stop(self) -> None:

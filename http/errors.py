@@ -36,7 +36,7 @@ from tradeengine.storage import errors as storage_errors
 from tradeengine.storage.users import SystemAccount, UserExists
 
 from .blocking import NoAnswerInTime
-from .middleware import request_id_of
+from .middleware import note_error, request_id_of
 from .models import ErrorDetail
 
 # Codes for falcon errors that carry none of their own, by status.
@@ -200,6 +200,7 @@ def register_error_handlers(app: falcon.asgi.App[falcon.asgi.Request, falcon.asg
 def _render(req: falcon.asgi.Request, resp: falcon.asgi.Response, status: int, body: dict[str, Any]) -> None:
     resp.status = status
     resp.media = body
+    note_error(req, body["error"]["code"], body["error"]["message"])
 
 
 async def _handle_http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: falcon.HTTPError,
@@ -253,10 +254,11 @@ class _MappedErrorHandler:
                        params: dict[str, Any]) -> None:
         mapping = self._mapping
         code, message, field, details = describe(mapping, ex)
-        traceback = ex if mapping.log_level >= logging.ERROR else None
-        self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
-                         mapping.status, code, ex, exc_info=traceback,
-                         extra={"request_id": request_id_of(req), "error_code": code})
+        if mapping.log_level > logging.INFO:  # a client's mistake is told by the access line alone
+            traceback = ex if mapping.log_level >= logging.ERROR else None
+            self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
+                             mapping.status, code, ex, exc_info=traceback,
+                             extra={"request_id": request_id_of(req), "error_code": code})
         if mapping.retry_after is not None:
             resp.set_header("Retry-After", str(mapping.retry_after))
         _render(req, resp, mapping.status, error_body(code, message, request_id_of(req), field, details))

@@ -62,6 +62,11 @@ def request_id_of(req: falcon.asgi.Request) -> str | None:
     return getattr(req.context, "request_id", None)
 
 
+def note_error(req: falcon.asgi.Request, code: str, message: str) -> None:
+    """Have the access line of this request carry the error it was answered with."""
+    req.context.error = (code, message)
+
+
 def route_of(req: falcon.asgi.Request) -> str:
     """The matched URI template (``/api/v1/orders/{id}``), never the raw path."""
     return req.uri_template or UNMATCHED_ROUTE
@@ -129,7 +134,9 @@ error answer still at INFO), so the access log at INFO holds what clients did.""
 
 class AccessLogMiddleware:
     """One log line and one metrics sample per request, with its route template and latency (at INFO; the
-    probes' and scrapers' routes, :data:`QUIET_ROUTES`, at DEBUG unless they answer an error)."""
+    probes' and scrapers' routes, :data:`QUIET_ROUTES`, at DEBUG unless they answer an error). A request
+    answered with an error carries its ``error_code`` and ``error`` (the message) on that line: a
+    client's mistake is told in this one line, not in a second one."""
 
     def __init__(self, logger: logging.Logger, metrics: HttpMetrics, clock: Callable[[], float]) -> None:
         self._logger = logger
@@ -160,6 +167,9 @@ class AccessLogMiddleware:
             "latency_ms": round(seconds * 1000.0, 3),
             "request_id": request_id_of(req),
         }
+        error = getattr(req.context, "error", None)
+        if error is not None:
+            fields["error_code"], fields["error"] = error
         # logger.info(...) without its findCaller() (a walk up the stack per line): the record names this
         # method as its source, which it is.
         logger.handle(logger.makeRecord(logger.name, level, __file__, _ACCESS_LOG_LINE,

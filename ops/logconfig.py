@@ -21,8 +21,9 @@ from gunicorn import glogging
 from .settings import Settings
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
+# (uvicorn adds ``color_message``, the message with terminal colour codes, for its own formatter.)
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName",
+    "message", "asctime", "taskName", "color_message",
 }
 
 # Libraries that are chatty at INFO about things an operator does not act on.

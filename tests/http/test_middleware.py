@@ -7,8 +7,11 @@ import json
 import logging
 from collections.abc import Callable
 
+import falcon.asgi
 import falcon.testing
 import pytest
+
+from tests.http.conftest import FailingResource
 
 AppFactory = Callable[..., falcon.testing.TestClient]
 
@@ -69,6 +72,32 @@ def test_probes_are_logged_at_debug_and_what_clients_do_at_info(
         client.simulate_get("/health")
     records = [r for r in caplog.records if r.name == "tests.http.access"]
     assert [(r.levelno, r.path) for r in records] == [(logging.DEBUG, "/health")]  # type: ignore[attr-defined]
+
+
+def test_a_clients_mistake_is_one_access_line_carrying_the_error_and_a_503_adds_a_warning(
+        make_client: AppFactory, caplog: pytest.LogCaptureFixture) -> None:
+    from tradeengine.engine.errors import StorageUnavailable
+
+    class DatabaseDown:
+        async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+            raise StorageUnavailable("pool timeout")
+
+    client = make_client(routes=[("/test/fail/{kind}", FailingResource()), ("/test/down", DatabaseDown())])
+    with caplog.at_level(logging.DEBUG, logger="tests.http"):
+        client.simulate_get("/test/fail/domain")
+        client.simulate_get("/test/fail/conflict")
+        client.simulate_get("/test/down")
+    lines = [(r.name, r.levelname, r.getMessage(), getattr(r, "error_code", None), getattr(r, "error", None))
+             for r in caplog.records]
+    assert lines == [
+        ("tests.http.access", "INFO", "GET /test/fail/domain 422", "INVALID_TICK_SIZE",
+         "price 100.005 is not a multiple of tick size 0.01"),
+        ("tests.http.access", "INFO", "GET /test/fail/conflict 409", "PAIR_EXISTS", "pair BTC-USDT exists"),
+        ("tests.http", "WARNING", "GET /test/down answered 503 UNAVAILABLE: pool timeout", "UNAVAILABLE",
+         None),
+        ("tests.http.access", "INFO", "GET /test/down 503", "UNAVAILABLE",
+         "the database is unavailable; retry later"),
+    ]
 
 
 def test_request_id_is_on_error_responses_and_in_their_body(client: falcon.testing.TestClient) -> None:

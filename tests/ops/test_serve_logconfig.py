@@ -63,6 +63,14 @@ def test_json_line_has_timestamp_level_logger_message_and_extra_fields() -> None
     assert "\n" not in line
 
 
+def test_uvicorns_colour_coded_copy_of_the_message_is_left_out() -> None:
+    record = _record("Started server process [%d]", (7216,),
+                     color_message="Started server process [\x1b[36m%d\x1b[0m]")
+    assert json.loads(JsonFormatter().format(record))["message"] == "Started server process [7216]"
+    assert "color_message" not in JsonFormatter().format(record)
+    assert "color_message" not in TextFormatter().format(record)
+
+
 def test_json_line_carries_the_traceback_of_an_exception() -> None:
     try:
         raise ValueError("broken")
