@@ -22,8 +22,8 @@ Decisions where API.md is silent:
   ``GET /admin/users/{id}/keys`` lists them (prefix, created, revoked; never the key), ``POST`` issues
   another (shown once: rotate a key by issuing the new one, then revoking the old),
   ``DELETE /admin/users/{id}/keys/{key_id}`` revokes one at once (this process forgets every key it
-  remembered; a key revoked already answers as it is); the fee account holds no keys (409
-  ``SYSTEM_ACCOUNT``);
+  remembered; a key revoked already answers as it is, and is not audited again); the last key of the
+  last admin is kept (409 ``LAST_ADMIN_KEY``); the fee account holds no keys (409 ``SYSTEM_ACCOUNT``);
 - restart and ``GET /admin/pairs`` show each pair with its actor; ``open_orders`` is asked of a running
   actor and null when it does not answer (restarting, stopped or failed).
 """
@@ -203,6 +203,9 @@ class UsersResource(Resource):
         respond(resp, await blocking(self._page, read_query(req, UserQuery)))
 
     def _page(self, query: UserQuery) -> UserPage:
+        if query.name is not None and query.cursor is not None:
+            raise ValidationError("cursor pages through every user; it is not taken with name",
+                                  field="cursor")
         if query.name is not None:
             named = self._users.named(query.name)
             return UserPage(users=[] if named is None else [_user(named)], next_cursor=None)
@@ -249,9 +252,10 @@ class KeyResource(Resource):
 
     auth = ADMIN
     operations: ClassVar = {
-        "DELETE": Operation("Revoke one of a user's API keys", ApiKey, errors=(404,),
+        "DELETE": Operation("Revoke one of a user's API keys", ApiKey, errors=(404, 409),
                             description="The key authenticates nobody from this answer on; revoking a key "
-                                        "revoked already answers it as it is."),
+                                        "revoked already answers it as it is. The last key of the last "
+                                        "admin is kept: 409 LAST_ADMIN_KEY."),
     }
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -260,17 +264,18 @@ class KeyResource(Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
                         key_id: str) -> None:
         """Revoke a key."""
-        revoked = await blocking(self._revoke, user_id, key_id)
-        forget_keys(req)
-        audit(req, "revoked API key %s (id %s) of user %s", revoked.prefix, revoked.id, revoked.user_id)
-        respond(resp, _key(revoked))
+        key, revoked_now = await blocking(self._revoke, user_id, key_id)
+        if revoked_now:
+            forget_keys(req)
+            audit(req, "revoked API key %s (id %s) of user %s", key.prefix, key.id, key.user_id)
+        respond(resp, _key(key))
 
-    def _revoke(self, user_id: str, key_id: str) -> stored_users.ApiKey:
+    def _revoke(self, user_id: str, key_id: str) -> tuple[stored_users.ApiKey, bool]:
         user = _user_of(self._users, user_id)
         kid = _id(key_id)
         revoked = None if kid is None else self._users.revoke_key(user.id, kid)
         if revoked is None:
-            raise _not_found(f"API key of user {user.id}", key_id)
+            raise _not_found("API key", key_id)
         return revoked
 
 

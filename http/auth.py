@@ -64,6 +64,7 @@ class AuthMiddleware:
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._forgotten = 0  # how many times the cache was emptied: a lookup begun before keeps nothing
 
     async def process_resource(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                                resource: object, params: dict[str, Any]) -> None:
@@ -85,6 +86,7 @@ class AuthMiddleware:
         if req.context.get(_FORGET_KEYS):
             with self._lock:
                 self._cache.clear()
+                self._forgotten += 1
 
     async def _principal(self, req: falcon.asgi.Request) -> Principal:
         scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
@@ -104,9 +106,12 @@ class AuthMiddleware:
             if cached is not None and cached[0] > now:
                 self._cache.move_to_end(digest)
                 return cached[1]
+            forgotten = self._forgotten
         principal = await blocking(self._authenticate, key)  # the database, on a thread
         ttl = self._cache_ttl if principal is not None else self._miss_ttl
         with self._lock:
+            if forgotten != self._forgotten:  # a key was revoked meanwhile: what was read may be stale
+                return principal
             self._cache[digest] = (now + ttl, principal)
             self._cache.move_to_end(digest)
             while len(self._cache) > self._cache_size:

@@ -33,7 +33,7 @@ import falcon.asgi
 from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.engine import errors as engine_errors
 from tradeengine.storage import errors as storage_errors
-from tradeengine.storage.users import SystemAccount, UserExists
+from tradeengine.storage.users import LastAdminKey, SystemAccount, UserExists
 
 from .blocking import NoAnswerInTime
 from .middleware import note_error, request_id_of
@@ -138,6 +138,7 @@ def default_error_mappings() -> list[ErrorMapping]:
         ErrorMapping(engine_errors.PairExists, 409),
         ErrorMapping(UserExists, 409),
         ErrorMapping(SystemAccount, 409),
+        ErrorMapping(LastAdminKey, 409),
         _bug(engine_errors.IllegalStatusTransition),
         _bug(engine_errors.InvariantViolation),
         _unavailable(engine_errors.InfrastructureError, "engine"),

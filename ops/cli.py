@@ -112,22 +112,17 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _user_json(user: User) -> dict[str, str]:
-    from datetime import UTC
-
     from tradeengine.storage.rows import rfc3339
 
-    return {"id": str(user.id), "name": user.name, "role": user.role,
-            "created_at": rfc3339(user.created_at.astimezone(UTC))}
+    return {"id": str(user.id), "name": user.name, "role": user.role, "created_at": rfc3339(user.created_at)}
 
 
 def _key_json(key: ApiKey) -> dict[str, str | None]:
-    from datetime import UTC
-
     from tradeengine.storage.rows import rfc3339
 
     return {"id": str(key.id), "user_id": str(key.user_id), "prefix": key.prefix,
-            "created_at": rfc3339(key.created_at.astimezone(UTC)),
-            "revoked_at": None if key.revoked_at is None else rfc3339(key.revoked_at.astimezone(UTC))}
+            "created_at": rfc3339(key.created_at),
+            "revoked_at": None if key.revoked_at is None else rfc3339(key.revoked_at)}
 
 
 def _named(users: UserRepository, name: str) -> User:
@@ -208,11 +203,15 @@ def _cmd_users_revoke_key(args: argparse.Namespace, settings: Settings) -> int:
     if revoked is None:
         raise TradeEngineError(f"{user.name} holds no key {args.key_id} "
                                f"(`trade-engine users keys {user.name}` lists theirs)")
+    key, revoked_now = revoked
     if args.json:
-        print(json.dumps(_key_json(revoked)))
+        print(json.dumps(_key_json(key)))
+    elif revoked_now:
+        print(f"revoked key {key.id} ({key.prefix}…) of {user.name}: a running engine refuses it within "
+              f"{KEY_CACHE_SECONDS:g} s")
     else:
-        print(f"revoked key {revoked.id} ({revoked.prefix}…) of {user.name}: a running engine refuses it "
-              f"within {KEY_CACHE_SECONDS:g} s")
+        print(f"key {key.id} ({key.prefix}…) of {user.name} was revoked already, at "
+              f"{_key_json(key)['revoked_at']}")
     return 0
 
 

@@ -13,7 +13,9 @@ it, so it also works behind PgBouncer in transaction mode (the open transaction 
 connection). The transaction reads nothing and writes nothing after taking the lock, so it holds no
 snapshot back from vacuum. When the engine dies its connection closes and PostgreSQL releases the lock:
 a ``kill -9`` never leaves a stale lock behind. A second ``serve`` finds the lock taken and stops with
-one line naming the holder (its ``application_name``: host and pid).
+one line naming the holder (its ``application_name``: host and pid). Releasing is not instant: the
+server ends a closed session's backend a moment after the client has gone, so a ``serve`` started right
+after the previous one stopped keeps asking for up to ``RELEASE_WAIT`` seconds before it gives up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -32,6 +35,10 @@ _log = logging.getLogger(__name__)
 
 ENGINE_LOCK_KEY = 0x7E_E5_6E_01
 """The advisory lock key of a serving engine (one per database; an arbitrary, fixed 64-bit number)."""
+
+RELEASE_WAIT = 3.0
+"""Seconds a taken lock is asked for again before the start is refused: what a session closed a moment
+ago takes to end on a busy server."""
 
 
 def check_bind(host: str, port: int,
@@ -68,8 +75,12 @@ class EngineLock:
             raise StartupError(f"the database at {redact(url)} refused the engine lock's connection: "
                                f"{' '.join(str(exc).split())}") from exc
         try:
-            row = connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (ENGINE_LOCK_KEY,)).fetchone()
-            if not (row and row[0]):
+            deadline = time.monotonic() + RELEASE_WAIT
+            taken = _take(connection)
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.1)
+                taken = _take(connection)
+            if not taken:
                 holder = _holder(url)
                 raise StartupError(f"another trade-engine is serving the database at {redact(url)}"
                                    f"{f' ({holder})' if holder else ''}; one engine per database")
@@ -93,6 +104,12 @@ class EngineLock:
         if connection is not None:
             with suppress(OSError):
                 os.close(connection.pgconn.socket)
+
+
+def _take(connection: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Take the lock in the connection's transaction if it is free now."""
+    row = connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (ENGINE_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
 
 
 def _holder(url: str) -> str | None:

@@ -15,23 +15,32 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import args_row, class_row
 from psycopg_pool import ConnectionPool
 
 from tradeengine.engine.errors import DomainError, ValidationError
 
 from .database import storage_errors
+from .history import utc
 
 KEY_PREFIX = "te_"
 ROLES = ("trader", "admin")
 # Serialises "create the first admin" between processes starting at the same time.
 _BOOTSTRAP_LOCK = 0x7E_AD_01
+# Serialises revocations, so that two at once cannot both take what each thinks is not the last admin key.
+_ADMIN_KEYS_LOCK = 0x7E_AD_02
 
 
 class UserExists(DomainError):
     """A user with that name exists already."""
 
     code = "USER_EXISTS"
+
+
+class LastAdminKey(DomainError):
+    """The last API key of the last admin is kept: without it nobody could use the admin API."""
+
+    code = "LAST_ADMIN_KEY"
 
 
 class SystemAccount(DomainError):
@@ -63,6 +72,16 @@ class ApiKey:
 
 _USER_COLUMNS = "id, name, role::text AS role, created_at"
 _KEY_COLUMNS = "id, user_id, key_prefix AS prefix, created_at, revoked_at"
+
+
+# Times in UTC whatever the session's time zone (psycopg gives that zone's).
+def _user_row(id: int, name: str, role: str, created_at: datetime) -> User:
+    return User(id, name, role, utc(created_at))
+
+
+def _key_row(id: int, user_id: int, prefix: str, created_at: datetime,
+             revoked_at: datetime | None) -> ApiKey:
+    return ApiKey(id, user_id, prefix, utc(created_at), None if revoked_at is None else utc(revoked_at))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,27 +119,27 @@ class UserRepository:
     def get(self, user_id: int) -> User | None:
         """Return a user by id, or None."""
         with storage_errors("reading a user"), self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(User))
+            cur = conn.cursor(row_factory=args_row(_user_row))
             return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = %s", (user_id,)).fetchone()
 
     def named(self, name: str) -> User | None:
         """Return a user by name, or None."""
         with storage_errors("reading a user"), self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(User))
+            cur = conn.cursor(row_factory=args_row(_user_row))
             return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = %s", (name,)).fetchone()
 
     def page(self, *, after: int = 0, limit: int = 100) -> list[User]:
         """Users in id order, the first ``limit`` with an id above ``after`` (the exchange's own accounts
         included: their ids are below 1000)."""
         with storage_errors("listing users"), self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(User))
+            cur = conn.cursor(row_factory=args_row(_user_row))
             return cur.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s",
                                (after, limit)).fetchall()
 
     def keys(self, user_id: int) -> list[ApiKey]:
         """A user's keys, revoked ones included, oldest first."""
         with storage_errors("listing API keys"), self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(ApiKey))
+            cur = conn.cursor(row_factory=args_row(_key_row))
             return cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE user_id = %s ORDER BY id",
                                (user_id,)).fetchall()
 
@@ -138,20 +157,38 @@ class UserRepository:
                                 "it holds no API keys")
         with storage_errors("issuing an API key"), self._pool.connection() as conn:
             key = _insert_key(conn, user.id)
-            cur = conn.cursor(row_factory=class_row(ApiKey))
+            cur = conn.cursor(row_factory=args_row(_key_row))
             issued = cur.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = %s",
                                  (key_digest(key),)).fetchone()
         assert issued is not None
         return issued, key
 
-    def revoke_key(self, user_id: int, key_id: int) -> ApiKey | None:
-        """Revoke one of a user's keys (from now on it authenticates nobody) and return it; a key revoked
-        already keeps the time it was first revoked. None when the user holds no key with that id."""
-        with storage_errors("revoking an API key"), self._pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(ApiKey))
-            return cur.execute(
-                f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, greatest(now(), created_at)) "
-                f"WHERE id = %s AND user_id = %s RETURNING {_KEY_COLUMNS}", (key_id, user_id)).fetchone()
+    def revoke_key(self, user_id: int, key_id: int) -> tuple[ApiKey, bool] | None:
+        """Revoke one of a user's keys (from now on it authenticates nobody); return it and whether this
+        call revoked it (a key revoked already keeps the time it was first revoked). None when the user
+        holds no key with that id. The last key of the last admin is not revoked (:class:`LastAdminKey`):
+        nobody could use the admin API any more."""
+        with storage_errors("revoking an API key"), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADMIN_KEYS_LOCK,))
+            cur = conn.cursor(row_factory=args_row(_key_row))
+            key = cur.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = %s AND user_id = %s FOR UPDATE",
+                (key_id, user_id)).fetchone()
+            if key is None or key.revoked_at is not None:
+                return None if key is None else (key, False)
+            others = conn.execute(
+                "SELECT count(*) FILTER (WHERE u.role = 'admin' AND k.id <> %s), bool_or(u.id = %s "
+                "AND u.role = 'admin') FROM api_keys k JOIN users u ON u.id = k.user_id "
+                "WHERE k.revoked_at IS NULL", (key_id, user_id)).fetchone()
+            assert others is not None
+            if others[1] and others[0] == 0:
+                raise LastAdminKey(f"key {key_id} is the last API key of any admin: revoking it would leave "
+                                   "nobody able to use the admin API; issue another admin a key first")
+            revoked = cur.execute(
+                f"UPDATE api_keys SET revoked_at = greatest(now(), created_at) WHERE id = %s "
+                f"RETURNING {_KEY_COLUMNS}", (key_id,)).fetchone()
+            assert revoked is not None
+            return revoked, True
 
     def authenticate(self, key: str) -> Principal | None:
         """Return who holds this key, or None for an unknown, revoked or system key."""
@@ -182,7 +219,7 @@ class UserRepository:
     @staticmethod
     def _create(conn: psycopg.Connection[object], name: str, role: str, key: str | None = None
                 ) -> tuple[User, str]:
-        cur = conn.cursor(row_factory=class_row(User))
+        cur = conn.cursor(row_factory=args_row(_user_row))
         try:
             with conn.transaction():
                 user = cur.execute(

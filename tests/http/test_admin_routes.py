@@ -116,7 +116,8 @@ def test_users_are_listed_page_by_page_in_id_order_and_found_by_name(api: ApiHar
     named = api.get("/api/v1/admin/users", admin, params={"name": made[1].name}).json
     assert named == {"users": [rest["users"][1]], "next_cursor": None}
     assert api.get("/api/v1/admin/users", admin, params={"name": "nobody"}).json["users"] == []
-    for params, field in (({"cursor": "x1"}, "cursor"), ({"limit": 0}, "limit"), ({"name": "a b"}, "name")):
+    for params, field in (({"cursor": "x1"}, "cursor"), ({"limit": 0}, "limit"), ({"name": "a b"}, "name"),
+                          ({"name": made[0].name, "cursor": rest["next_cursor"]}, "cursor")):
         error = error_of(api.get("/api/v1/admin/users", admin, params=params), 400)
         assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field), params
 
@@ -159,6 +160,10 @@ def test_key_routes_refuse_unknown_users_and_keys_of_others_and_the_fee_account(
     assert error_of(api.post(f"/api/v1/admin/users/{bob.id}/keys", admin, json={}), 400)["code"] == \
         "VALIDATION_ERROR"
     assert len(api.users.keys(bob.id)) == 1
+    [admins_key] = api.get(f"/api/v1/admin/users/{admin.id}/keys", admin).json["keys"]
+    last = error_of(api.delete(f"/api/v1/admin/users/{admin.id}/keys/{admins_key['id']}", admin), 409)
+    assert last["code"] == "LAST_ADMIN_KEY"
+    assert api.get("/api/v1/admin/actors", admin).status_code == 200
 
 
 # -- deposits and withdrawals ---------------------------------------------------------------------------
@@ -313,6 +318,7 @@ def test_every_change_an_admin_makes_is_logged_with_the_admin_and_the_change(
     api.patch("/api/v1/admin/pairs/BTC-USDT", admin, json={"status": "NOPE"})  # refused: no audit line
     key = api.post(f"/api/v1/admin/users/{user['id']}/keys", admin).json["key"]
     api.delete(f"/api/v1/admin/users/{user['id']}/keys/{key['id']}", admin)
+    api.delete(f"/api/v1/admin/users/{user['id']}/keys/{key['id']}", admin)  # revoked already: no line
     lines = [r.getMessage() for r in caplog.records if r.name == "tradeengine.http.audit"]
     assert lines == [
         f"admin {admin.id} created user carol (trader, id {user['id']})",

@@ -120,3 +120,26 @@ def test_a_key_is_looked_up_once_per_cache_period(lookups: Lookups) -> None:
     now[0] = 31.0
     lookup("te_trader")
     assert lookups.calls[-1] == "te_trader"
+
+
+def test_a_lookup_in_flight_while_a_key_is_revoked_is_not_remembered(lookups: Lookups) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from tradeengine.http.auth import forget_keys
+
+    revoking = SimpleNamespace(context=falcon.Context())
+    forget_keys(revoking)  # type: ignore[arg-type]
+    revocations = [revoking]  # one revocation, answered while the first lookup is in flight
+
+    def racing(key: str) -> User | None:
+        found = lookups(key)  # read before the revocation committed ...
+        for request in revocations:
+            asyncio.run(auth.process_response(request, None, None, True))  # type: ignore[arg-type]
+        revocations.clear()
+        return found  # ... and answered after it was answered
+
+    auth = AuthMiddleware(racing, cache_ttl=30.0)
+    for _ in range(3):
+        assert falcon.async_to_sync(auth._lookup, "te_trader") == KEYS["te_trader"]
+    assert lookups.calls == ["te_trader", "te_trader"]  # the first answer was not remembered, the second was

@@ -125,6 +125,9 @@ def test_users_list_keys_issue_key_and_revoke_key_rotate_a_key_on_the_database(m
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout.strip() == (f"revoked key {keys[0]['id']} ({old_key[:10]}…) of bob: "
                                       "a running engine refuses it within 5 s")
+    again = run("revoke-key", "bob", keys[0]["id"])
+    assert again.returncode == 0 and again.stdout.startswith(f"key {keys[0]['id']} ({old_key[:10]}…) of bob "
+                                                             "was revoked already, at 20"), again.stdout
     table = run("keys", "bob").stdout.splitlines()
     assert table[1].split()[:2] == [keys[0]["id"], old_key[:10]] and table[1].split()[3] != "-"
     assert table[2].split()[3] == "-"

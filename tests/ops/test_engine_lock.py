@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tradeengine.ops.database import StartupError
-from tradeengine.ops.engine_lock import EngineLock
+from tradeengine.ops.engine_lock import ENGINE_LOCK_KEY, RELEASE_WAIT, EngineLock
 
 
 def test_a_second_holder_is_refused_while_the_first_holds(machine_pg_url: str) -> None:
@@ -52,3 +52,15 @@ def test_letting_go_does_not_wait_for_a_database_that_hangs(machine_pg_url: str)
             time.sleep(0.05)
     with EngineLock().held(machine_pg_url):  # its lock went with its session
         pass
+
+
+def test_a_lock_let_go_a_moment_ago_is_taken_once_its_session_has_ended(machine_pg_url: str) -> None:
+    """The server ends a closed session's backend a moment after the client left: a start right after a
+    stop asks again for a while instead of refusing."""
+    first = psycopg.connect(machine_pg_url, autocommit=False)
+    first.execute("SELECT pg_advisory_xact_lock(%s)", (ENGINE_LOCK_KEY,))
+    threading.Timer(1.0, first.close).start()  # as a session that is still ending when the next one asks
+    started = time.monotonic()
+    with EngineLock().held(machine_pg_url):
+        pass
+    assert 0.9 < time.monotonic() - started < RELEASE_WAIT

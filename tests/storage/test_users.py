@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, timedelta
 
 import psycopg_pool
 import pytest
 
 from tradeengine.engine.errors import ValidationError
-from tradeengine.storage.users import SystemAccount, UserExists, UserRepository, new_api_key
+from tradeengine.storage.users import LastAdminKey, SystemAccount, UserExists, UserRepository, new_api_key
 
 
 def test_a_created_user_gets_a_key_that_authenticates_them_with_their_role(
@@ -51,14 +52,51 @@ def test_a_key_is_rotated_by_issuing_a_second_and_revoking_the_first(
     [old, new] = users.keys(dave.id)
     assert (old.prefix, new) == (first[:10], issued)
 
-    revoked = users.revoke_key(dave.id, old.id)
-    assert revoked is not None and revoked.revoked_at is not None and revoked.id == old.id
+    answer = users.revoke_key(dave.id, old.id)
+    assert answer is not None
+    revoked, revoked_now = answer
+    assert revoked_now and revoked.revoked_at is not None and revoked.id == old.id
+    assert revoked.revoked_at.tzinfo is UTC and revoked.created_at.tzinfo is UTC
     assert users.authenticate(first) is None
     assert users.authenticate(second) is not None
     # revoking again changes nothing, not even the time
-    assert users.revoke_key(dave.id, old.id) == revoked
+    assert users.revoke_key(dave.id, old.id) == (revoked, False)
     assert users.keys(dave.id) == [revoked, issued]
     assert users.active_keys()[dave.id] == 1
+
+
+def test_times_are_in_utc_whatever_the_sessions_time_zone(migrated_pg_url: str) -> None:
+    pool = psycopg_pool.ConnectionPool(migrated_pg_url, min_size=1, max_size=1, open=True,
+                                       kwargs={"options": "-c TimeZone=Asia/Tokyo"})
+    try:
+        users = UserRepository(pool)
+        made, _ = users.create("tokyo", "trader")
+        with pool.connection() as conn:
+            assert conn.execute("SHOW TimeZone").fetchone() == ("Asia/Tokyo",)
+            stored = conn.execute("SELECT created_at FROM users WHERE id = %s", (made.id,)).fetchone()
+        assert stored is not None and stored[0].utcoffset() == timedelta(hours=9)
+        for moment in (made.created_at, users.named("tokyo").created_at,  # type: ignore[union-attr]
+                       users.keys(made.id)[0].created_at):
+            assert moment.tzinfo is UTC and moment == stored[0]
+    finally:
+        pool.close()
+
+
+def test_the_last_key_of_the_last_admin_is_kept(pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    root, root_key = users.create("root", "admin")
+    trader, _ = users.create("trader", "trader")
+    [key] = users.keys(root.id)
+    with pytest.raises(LastAdminKey):
+        users.revoke_key(root.id, key.id)
+    assert users.authenticate(root_key) is not None
+    [traders_key] = users.keys(trader.id)
+    assert users.revoke_key(trader.id, traders_key.id) is not None  # a trader's last key may go
+    second, _ = users.create("second", "admin")
+    assert users.revoke_key(root.id, key.id) is not None  # another admin holds a key now
+    [seconds_key] = users.keys(second.id)
+    with pytest.raises(LastAdminKey):
+        users.revoke_key(second.id, seconds_key.id)
 
 
 def test_a_key_is_revoked_only_through_its_own_user(pg_pool: psycopg_pool.ConnectionPool) -> None:
