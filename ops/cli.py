@@ -107,8 +107,12 @@ def _cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"user": _user_json(user), "api_key": key}))
     else:
         print(f"created {user.role} {user.name} (id {user.id})")
-        print(f"api key (shown once, keep it safe): {key}")
+        _print_new_key(key)
     return 0
+
+
+def _print_new_key(key: str) -> None:
+    print(f"api key (shown once, keep it safe): {key}")
 
 
 def _user_json(user: User) -> dict[str, str]:
@@ -184,7 +188,7 @@ def _cmd_users_issue_key(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"key": _key_json(issued), "api_key": key}))
     else:
         print(f"issued key {issued.id} ({issued.prefix}…) for {user.role} {user.name} (id {user.id})")
-        print(f"api key (shown once, keep it safe): {key}")
+        _print_new_key(key)
     return 0
 
 

@@ -176,12 +176,12 @@ class UserRepository:
                 (key_id, user_id)).fetchone()
             if key is None or key.revoked_at is not None:
                 return None if key is None else (key, False)
-            others = conn.execute(
-                "SELECT count(*) FILTER (WHERE u.role = 'admin' AND k.id <> %s), bool_or(u.id = %s "
-                "AND u.role = 'admin') FROM api_keys k JOIN users u ON u.id = k.user_id "
-                "WHERE k.revoked_at IS NULL", (key_id, user_id)).fetchone()
-            assert others is not None
-            if others[1] and others[0] == 0:
+            last = conn.execute(  # is it an admin's key, and no other admin key is active?
+                "SELECT u.role = 'admin' AND NOT EXISTS ("
+                "  SELECT FROM api_keys k JOIN users a ON a.id = k.user_id"
+                "  WHERE a.role = 'admin' AND k.revoked_at IS NULL AND k.id <> %s) "
+                "FROM users u WHERE u.id = %s", (key_id, user_id)).fetchone()
+            if last is not None and last[0]:
                 raise LastAdminKey(f"key {key_id} is the last API key of any admin: revoking it would leave "
                                    "nobody able to use the admin API; issue another admin a key first")
             revoked = cur.execute(
