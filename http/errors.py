@@ -86,14 +86,15 @@ class ErrorMapping:
     Without ``code`` the exception's own ``code`` attribute is used (domain errors carry one); with it,
     the mapping's code wins. ``message`` replaces the exception text where that text must not be shown
     (a function of the exception: a message built from its fields, never from its text);
-    ``retry_after`` (seconds) adds a ``Retry-After`` header; ``log_level`` >= ERROR logs the traceback.
+    ``retry_after`` (seconds, or a function of the exception) adds a ``Retry-After`` header; ``log_level``
+    >= ERROR logs the traceback.
     """
 
     error: type[Exception]
     status: int
     code: str | None = None
     message: str | Callable[[Exception], str] | None = None
-    retry_after: int | None = None
+    retry_after: int | Callable[[Exception], int] | None = None
     log_level: int = logging.INFO
 
 
@@ -144,7 +145,7 @@ def default_error_mappings() -> list[ErrorMapping]:
         _unavailable(engine_errors.InfrastructureError, "engine"),
         _unavailable(engine_errors.StorageUnavailable, "database"),
         _unavailable(engine_errors.EngineUnavailable, "engine"),
-        ErrorMapping(ActorUnavailable, 503, "UNAVAILABLE", _actor_unavailable, retry_after=1,
+        ErrorMapping(ActorUnavailable, 503, "UNAVAILABLE", _actor_unavailable, retry_after=_actor_retry_after,
                      log_level=logging.WARNING),
         ErrorMapping(engine_errors.EngineTimeout, 504, "ENGINE_TIMEOUT", _TIMEOUT_MESSAGE,
                      log_level=logging.WARNING),
@@ -169,6 +170,15 @@ def _actor_unavailable(ex: Exception) -> str:
     if state is ChildState.RESTARTING:
         return f"the pair {symbol} is restarting; retry later"
     return f"the pair {symbol} is unavailable; retry later"
+
+
+FAILED_PAIR_RETRY_AFTER = 30
+"""The ``Retry-After`` of a failed pair's 503 (seconds): it comes back only when an operator restarts it,
+so clients are asked not to poll it every second."""
+
+
+def _actor_retry_after(ex: Exception) -> int:
+    return FAILED_PAIR_RETRY_AFTER if getattr(ex, "state", None) is ChildState.FAILED else 1
 
 
 def _bug(error: type[Exception]) -> ErrorMapping:
@@ -260,8 +270,9 @@ class _MappedErrorHandler:
             self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
                              mapping.status, code, ex, exc_info=traceback,
                              extra={"request_id": request_id_of(req), "error_code": code})
-        if mapping.retry_after is not None:
-            resp.set_header("Retry-After", str(mapping.retry_after))
+        wait = mapping.retry_after
+        if wait is not None:
+            resp.set_header("Retry-After", str(wait if isinstance(wait, int) else wait(ex)))
         _render(req, resp, mapping.status, error_body(code, message, request_id_of(req), field, details))
 
 

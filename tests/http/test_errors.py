@@ -179,18 +179,19 @@ def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
     assert result.headers.get("retry-after") == retry_after
 
 
-@pytest.mark.parametrize(("state", "child", "message"), [
+@pytest.mark.parametrize(("state", "child", "message", "retry_after"), [
     (ChildState.FAILED, "pair:BTC-USDT",
-     "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later"),
-    (ChildState.RESTARTING, "pair:ETH-USDT", "the pair ETH-USDT is restarting; retry later"),
-    (ChildState.STOPPED, "pair:ETH-USDT", "the pair ETH-USDT is unavailable; retry later"),
-    (ChildState.FAILED, "wallet", "the engine is unavailable; retry later"),
+     "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later", "30"),
+    (ChildState.RESTARTING, "pair:ETH-USDT", "the pair ETH-USDT is restarting; retry later", "1"),
+    (ChildState.STOPPED, "pair:ETH-USDT", "the pair ETH-USDT is unavailable; retry later", "1"),
+    (ChildState.FAILED, "wallet", "the engine is unavailable; retry later", "30"),
 ])
 def test_an_actor_that_cannot_take_a_command_is_a_503_naming_the_pair_and_whether_it_comes_back(
-        state: ChildState, child: str, message: str) -> None:
+        state: ChildState, child: str, message: str, retry_after: str) -> None:
+    """A failed actor comes back only when an operator restarts it: its Retry-After is longer."""
     result = _answer_to(ActorUnavailable(f"{child} is {state.value}: connection to 10.0.0.5 refused",
                                          child=child, state=state))
-    assert (result.status_code, result.headers.get("retry-after")) == (503, "1")
+    assert (result.status_code, result.headers.get("retry-after")) == (503, retry_after)
     assert result.json["error"] == {"code": "UNAVAILABLE", "message": message}
 
 
