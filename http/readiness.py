@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
+
+from tradeengine.actors.supervision import ChildState, ChildStatus
 
 Check = Callable[[], object]
 
@@ -133,17 +135,31 @@ def broker_check(url: str, timeout: float = 1.0) -> Check:
     return check
 
 
+ENGINE_WIDE_ACTORS = ("writer", "wallet")
+"""The actors every order needs: while one of them is not running, no order can be answered."""
+
+
 class _Running(Protocol):
     @property
     def running(self) -> bool: ...
 
+    def actors(self) -> Sequence[ChildStatus]: ...
+
 
 def actors_check(system: _Running) -> Check:
-    """Ready when the actor system says it is running."""
+    """Ready when the actor system runs and so do the actors every order needs (writer, wallet).
+
+    A pair's actor that is restarting or has failed does not make the process unready: the other pairs
+    trade on, and a load balancer that took the process out would stop them too. Its state is in
+    ``GET /api/v1/admin/pairs`` and the ``trade_engine_actor_state`` metric.
+    """
 
     def check() -> None:
         if not system.running:
             raise CheckFailed("the actor system is not running")
+        for actor in system.actors():
+            if actor.name in ENGINE_WIDE_ACTORS and actor.state is not ChildState.RUNNING:
+                raise CheckFailed(f"the {actor.name} is {actor.state.value}")
 
     return check
 

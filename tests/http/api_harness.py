@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine.units import to_atoms
 from tradeengine.http.app import create_app
+from tradeengine.http.readiness import actors_check
 from tradeengine.http.routes import api_endpoints
 from tradeengine.storage.marketdata import MarketDataReader
 from tradeengine.storage.users import UserRepository
@@ -49,7 +50,8 @@ class ApiHarness:
         self.pool = pool
         self.users = UserRepository(pool)
         self._names = itertools.count(1)
-        app = create_app(version="test", readiness_checks={}, registry=CollectorRegistry(),
+        app = create_app(version="test", readiness_checks={"actors": actors_check(system)},
+                         registry=CollectorRegistry(),
                          authenticate=self.users.authenticate,
                          endpoints=api_endpoints(system=system, pool=pool, market_data=market_data))
         self.client = falcon.testing.TestClient(app)

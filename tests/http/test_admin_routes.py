@@ -433,6 +433,8 @@ def test_a_failed_pair_answers_its_orders_503_saying_an_operator_must_restart_it
     assert error_of(refused, 503) == {"code": "UNAVAILABLE", "message": (
         "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later")}
     assert refused.headers["retry-after"] == "30"  # it will not come back by itself within a second
+    ready = api.get("/ready")  # one failed pair does not take the process (and the other pairs) out
+    assert (ready.status_code, ready.json["checks"]) == (200, {"actors": "ok"})
     # the other pairs trade on
     other = place(api, alice, symbol="ETH-USDT", side="BUY", quantity="0.01", price="1000")
     assert other["order"]["status"] == "OPEN"

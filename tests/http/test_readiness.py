@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from psycopg_pool import ConnectionPool
 
+from tradeengine.actors.supervision import ChildState, ChildStatus, RestartPolicy
 from tradeengine.http.readiness import (
     Readiness,
     actors_check,
@@ -66,13 +67,43 @@ def test_broker_check_passes_when_the_broker_answers_and_fails_fast_when_it_does
     assert seconds < 2.5
 
 
-def test_actors_check_follows_the_running_flag() -> None:
-    class System:
-        running = False
+def _child(name: str, state: ChildState) -> ChildStatus:
+    return ChildStatus(name, state, 1, 0, 0, None, "database", RestartPolicy.PERMANENT)
 
-    system = System()
+
+class _System:
+    def __init__(self) -> None:
+        self.running = False
+        self.children = [_child("writer", ChildState.RUNNING), _child("wallet", ChildState.RUNNING),
+                         _child("pair:BTC-USDT", ChildState.RUNNING)]
+
+    def actors(self) -> list[ChildStatus]:
+        return self.children
+
+
+def test_actors_check_follows_the_running_flag() -> None:
+    system = _System()
     assert _answer("actors", actors_check(system))[0] == "unavailable: the actor system is not running"
     system.running = True
+    assert _answer("actors", actors_check(system))[0] == "ok"
+
+
+@pytest.mark.parametrize("state", [ChildState.FAILED, ChildState.RESTARTING, ChildState.STOPPED])
+def test_the_actors_are_unready_while_the_writer_or_the_wallet_is_not_running(state: ChildState) -> None:
+    system = _System()
+    system.running = True
+    for index, name in enumerate(("writer", "wallet")):
+        children = list(system.children)
+        children[index] = _child(name, state)
+        system.children = children
+        assert _answer("actors", actors_check(system))[0] == f"unavailable: the {name} is {state.value}"
+        system.children[index] = _child(name, ChildState.RUNNING)
+
+
+def test_a_failed_pair_leaves_the_process_ready_for_the_other_pairs() -> None:
+    system = _System()
+    system.running = True
+    system.children[2] = _child("pair:BTC-USDT", ChildState.FAILED)
     assert _answer("actors", actors_check(system))[0] == "ok"
 
 
