@@ -142,6 +142,14 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
         self.access_log.propagate = False
         self.access_log.disabled = True
 
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """As gunicorn's, but its "Error while closing socket [Errno 9] Bad file descriptor" at a worker's
+        stop is at DEBUG: the ASGI server closed the listening socket first, which is how it stops."""
+        if msg.startswith("Error while closing socket") and args and "[Errno 9]" in str(args[0]):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().info(msg, *args, **kwargs)
+
     def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
         """Write nothing: the HTTP middleware logs every request with its route and request id."""
 

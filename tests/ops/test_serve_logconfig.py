@@ -121,6 +121,7 @@ def test_gunicorn_error_log_goes_through_the_root_handler_and_access_log_is_sile
     config.set("accesslog", "-")  # even when asked for, no access line comes out
     glog = GunicornLogger(config)
     glog.info("Booting worker with pid: %s", 42)
+    glog.info("Error while closing socket %s", "[Errno 9] Bad file descriptor")  # uvicorn closed it first
     glog.access(None, None, {}, None)
     logging.getLogger("gunicorn.access").info("never")
     (line,) = stream.getvalue().splitlines()
