@@ -255,7 +255,7 @@ class ChildStatus:
     name: str
     state: ChildState
     incarnation: int
-    restarts: int
+    restarts: int  # incarnations started as restarts (by the supervisor or an operator), up or not
     mailbox: int
     last_failure: ChildFailure | None
     group: str | None

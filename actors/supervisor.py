@@ -511,15 +511,16 @@ class Supervisor:
             superseded = child.ticket != ticket
             if superseded:
                 error = error or ChildExited(f"{child.name} #{incarnation}: superseded while starting")
-            elif error is None:
-                child.ref, child.state = ref, _RUNNING
-                child.restarts += restart
-                self._cond.notify_all()
-                events.append(SupervisorEvent(EventKind.RESTARTED if restart else EventKind.STARTED,
-                                              child.name, incarnation))
-                logger.info("%s #%d %s", child.name, incarnation, "restarted" if restart else "started")
             else:
-                events += self._handle_end_locked(child, NoticeKind.CRASHED, error, "child")
+                child.restarts += restart  # an incarnation whose on_start failed was a restart too
+                if error is None:
+                    child.ref, child.state = ref, _RUNNING
+                    self._cond.notify_all()
+                    events.append(SupervisorEvent(EventKind.RESTARTED if restart else EventKind.STARTED,
+                                                  child.name, incarnation))
+                    logger.info("%s #%d %s", child.name, incarnation, "restarted" if restart else "started")
+                else:
+                    events += self._handle_end_locked(child, NoticeKind.CRASHED, error, "child")
         if error is not None:
             # Usually already dead; one whose on_start overran is stopped before a successor is built.
             stop_incarnation(ref, child.spec.stop_timeout)

@@ -328,7 +328,9 @@ def test_a_failing_on_start_is_retried_with_backoff_until_it_succeeds(
         supervisor.add(counter("wallet", store))
 
     eventually(is_running(supervisor, "wallet", 3))
-    failure = supervisor.status("wallet").last_failure
+    status = supervisor.status("wallet")
+    assert status.restarts == 2  # incarnations 2 (its on_start failed too) and 3
+    failure = status.last_failure
     assert failure is not None and failure.type == "ChildExited" and "on_start" in failure.message
     assert supervisor.handle("wallet").ask("get", WAIT) == (3, 0)
 
