@@ -9,7 +9,10 @@ look the order up by client_order_id). An actor that is restarting answers `Engi
 
 Client order ids are unique per user. The check is made here, before the order reaches a pair: the
 database holds every committed id, and ids of orders still in flight are held in memory until their
-commit resolves, so two concurrent requests with the same id cannot both pass.
+commit resolves, so two concurrent requests with the same id cannot both pass. A request whose id is
+held by another one in flight waits for that one's answer (at most half the timeout), then looks again:
+it is a duplicate of the stored order, or, the other order having been refused, the id is free for it.
+A batch takes its ids in sorted order, so two batches never wait on each other.
 
 An optional `CommandObserver` (metrics and request tracing, composed by `ops`) hears every command sent
 to a pair and every placement answered, refusals made here included.
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -137,8 +141,8 @@ class Exchange:
         self._clock_us = clock_us
         self._orders = orders
         self._timeout = timeout
-        # (user, client order id) → the id of the order carrying it, while that order is in flight.
-        self._in_flight: dict[tuple[int, str], str | None] = {}
+        # (user, client order id) → the request holding it while its order is in flight.
+        self._in_flight: dict[tuple[int, str], _Flight] = {}
         self._in_flight_lock = threading.Lock()
 
     # -- orders ---------------------------------------------------------------------------------------
@@ -165,14 +169,11 @@ class Exchange:
         try:
             claims = self._hold_client_ids(user_id, requests, held)
             results = _refusals(claims)
-            todo = [index for index, claim in enumerate(claims) if claim is None]
-            while True:  # rounds: the items after an earlier one with their id are decided once it is
+            # rounds: an item after an earlier one with its id is decided (and sent) once that one is answered
+            while todo := _next_round(requests, claims, results):
                 pending = [self._submit(user_id, requests[index]) for index in todo]
                 for index, item in zip(todo, pending, strict=True):
                     results[index] = item if isinstance(item, TradeEngineError) else self._settle(item)
-                todo = _next_round(requests, claims, results)
-                if not todo:
-                    break
         finally:
             self._release_client_ids(held)
         return self._placed(user_id, requests, _answers(results))
@@ -201,8 +202,7 @@ class Exchange:
             else:
                 claims = [None] * len(requests)
             results = _refusals(claims)
-            todo = [index for index, claim in enumerate(claims) if claim is None]
-            while True:  # rounds, as in place_batch
+            while todo := _next_round(requests, claims, results):  # rounds, as in place_batch
                 pending: list[Future[Any] | TradeEngineError] = []
                 for index in todo:
                     try:
@@ -214,9 +214,6 @@ class Exchange:
                 for index, item in zip(todo, pending, strict=True):
                     results[index] = (item if isinstance(item, TradeEngineError)
                                       else self._settle(item, timeout=0.0))
-                todo = _next_round(requests, claims, results)
-                if not todo:
-                    break
         finally:
             if lookup is None or lookup.done():
                 self._release_client_ids(held)
@@ -400,41 +397,55 @@ class Exchange:
         releases ``held`` when the batch is answered.
         """
         first: dict[str, int] = {}
-        claims: list[_Claim] = []
+        claims: list[_Claim] = [None] * len(requests)
         for index, request in enumerate(requests):
             client_order_id = request.client_order_id
             if client_order_id is not None and client_order_id in first:
-                claims.append(first[client_order_id])
-                continue
-            if client_order_id is not None:
+                claims[index] = first[client_order_id]
+            elif client_order_id is not None:
                 first[client_order_id] = index
-            claims.append(self._hold_client_id(user_id, client_order_id, held))
+        deadline = time.monotonic() + self._timeout / 2
+        for client_order_id in sorted(first):  # one order for all: two batches never wait on each other
+            claims[first[client_order_id]] = self._hold_client_id(user_id, client_order_id, held, deadline)
         return claims
 
     def _release_client_ids(self, held: list[tuple[int, str]]) -> None:
         with self._in_flight_lock:
-            for key in held:
-                self._in_flight.pop(key, None)
+            flights = [self._in_flight.pop(key) for key in held]
+        for flight in flights:
+            flight.released.set()
 
     def _note_in_flight(self, user_id: int, client_order_id: str | None, order_id: str) -> None:
         if client_order_id is not None:
             with self._in_flight_lock:
-                self._in_flight[(user_id, client_order_id)] = order_id
+                self._in_flight[(user_id, client_order_id)].order_id = order_id
 
-    def _hold_client_id(self, user_id: int, client_order_id: str | None,
-                        held: list[tuple[int, str]]) -> TradeEngineError | None:
-        if client_order_id is None:
-            return None
+    def _hold_client_id(self, user_id: int, client_order_id: str, held: list[tuple[int, str]],
+                        deadline: float) -> TradeEngineError | None:
+        """Hold the id for this request, once no other request holds it, and look it up in the database."""
         key = (user_id, client_order_id)
-        with self._in_flight_lock:
-            if key in self._in_flight:
-                return _duplicate(client_order_id, self._in_flight[key])
-            self._in_flight[key] = None
-            held.append(key)
+        while True:
+            with self._in_flight_lock:
+                flight = self._in_flight.get(key)
+                if flight is None:
+                    self._in_flight[key] = _Flight()
+                    held.append(key)
+                    break
+            if not flight.released.wait(max(deadline - time.monotonic(), 0.0)):
+                return _duplicate(client_order_id, flight.order_id, "is carried by an order in flight whose "
+                                  "outcome is not known yet: look it up by client_order_id")
         existing = self._orders.find_client_order(user_id, client_order_id)
         if existing is not None:
             return _duplicate(client_order_id, existing)
         return None
+
+
+@dataclasses.dataclass(eq=False)
+class _Flight:
+    """A client order id held by a request: the id of the order carrying it once sent; set when released."""
+
+    order_id: str | None = None
+    released: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
 _Claim = TradeEngineError | int | None
@@ -449,38 +460,43 @@ def _refusals(claims: list[_Claim]) -> list[_Result]:
 
 
 def _next_round(requests: Sequence[OrderRequest], claims: list[_Claim], results: list[_Result]) -> list[int]:
-    """Decide the items that wait on an earlier item with the same client order id; return those to send.
+    """Return the items to send next: in request order, every undecided item up to the first one that waits
+    on an earlier item with the same client order id still unanswered, so that the batch's orders reach
+    their pairs in request order. Empty once every item is decided.
 
-    The earlier item placed an order (accepted or rejected: stored), or was refused because the id was
-    already taken: the later one is a duplicate of that order. It was refused otherwise before anything
-    changed (a rule, an unknown pair): the id is still free, so the first item waiting on it is sent in
-    the next round and the others wait on that one. Its outcome is unknown (a timeout, an engine
-    restarting): the later items are refused, as the id may be taken.
+    An item waiting on an answered item is decided on the way. The earlier item placed an order (accepted
+    or rejected: stored), or was refused because the id was already taken: the later one is a duplicate
+    of that order. It was refused otherwise before anything changed (a rule, an unknown pair): the id is
+    still free, so the first item waiting on it is sent and the others wait on that one. Its outcome is
+    unknown (a timeout, an engine restarting): the later items are refused, as the id may be taken.
     """
     todo: list[int] = []
     for index, claim in enumerate(claims):
-        if type(claim) is not int or results[index] is not None:
+        if results[index] is not None:
             continue
-        earlier = results[claim]
-        if earlier is None:  # the earlier item waits itself (or is in the round being sent)
-            continue
-        client_order_id = requests[index].client_order_id
-        assert client_order_id is not None
-        if isinstance(earlier, CommandOutcome):
-            placed = earlier.events[0]
-            assert isinstance(placed, OrderAccepted | OrderRejected)
-            results[index] = _duplicate(client_order_id, placed.order_id)
-        elif isinstance(earlier, DuplicateClientOrderId):  # the id was taken before the batch came
-            results[index] = _duplicate(client_order_id, earlier.order_id)
-        elif isinstance(earlier, DomainError):
-            claims[index] = None
-            todo.append(index)
-            for later in range(index + 1, len(claims)):
-                if claims[later] == claim:
-                    claims[later] = index
-        else:
-            results[index] = _duplicate(client_order_id, None, "is carried by an earlier order of this batch "
-                                        "whose outcome is unknown")
+        if type(claim) is int:
+            earlier = results[claim]
+            if earlier is None:  # the earlier item goes in this round: this one waits for its answer
+                break
+            client_order_id = requests[index].client_order_id
+            assert client_order_id is not None
+            if isinstance(earlier, CommandOutcome):
+                placed = earlier.events[0]
+                assert isinstance(placed, OrderAccepted | OrderRejected)
+                results[index] = _duplicate(client_order_id, placed.order_id)
+            elif isinstance(earlier, DuplicateClientOrderId):  # the id was taken before the batch came
+                results[index] = _duplicate(client_order_id, earlier.order_id)
+            elif isinstance(earlier, DomainError):
+                claims[index] = None
+                for later in range(index + 1, len(claims)):
+                    if claims[later] == claim:
+                        claims[later] = index
+            else:
+                results[index] = _duplicate(client_order_id, None, "is carried by an earlier order of this "
+                                            "batch whose outcome is unknown")
+            if results[index] is not None:
+                continue
+        todo.append(index)
     return todo
 
 

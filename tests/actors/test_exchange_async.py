@@ -193,6 +193,22 @@ def test_an_id_whose_earlier_item_has_an_unknown_outcome_is_refused_for_the_late
     assert len(route.sends) == 1
 
 
+def test_two_batches_carrying_the_same_ids_in_opposite_orders_never_wait_on_each_other() -> None:
+    """Each batch takes its ids in sorted order: the second waits for the first's answer, not a timeout."""
+    route = Route()
+    engine = exchange(route, Directory(), timeout=4.0)
+
+    async def main() -> tuple[list[list[Any]], float]:
+        started = time.monotonic()
+        batches = await asyncio.gather(engine.place_batch_async(7, [order("a"), order("b")]),
+                                       engine.place_batch_async(7, [order("b"), order("a")]))
+        return batches, time.monotonic() - started
+
+    (first, second), took = asyncio.run(main())
+    assert took < 1.5  # not the 2 s of half the timeout
+    assert all(isinstance(result, CommandOutcome | DuplicateClientOrderId) for result in first + second)
+
+
 def test_a_restarting_pair_is_waited_for_on_a_thread_while_the_loop_runs() -> None:
     route = Route(restarting_for=0.6)
     ticks: list[float] = []
@@ -277,3 +293,55 @@ def test_an_order_sent_during_a_pair_restart_waits_for_it_on_a_thread(system: Ac
     restart.join(timeout=30)
     assert order_id_of(outcome) > 0
 
+
+
+@pytest.mark.parametrize("concurrent", [2, 10])
+def test_concurrent_orders_with_one_client_order_id_place_one_and_the_others_name_it(
+        system: ActorSystem, concurrent: int) -> None:
+    """The others wait for the one in flight, then find it stored: each 409 names the real order."""
+    exchange = system.exchange
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(
+            exchange.place_batch_async(1001, [limit("BTC-USDT", Side.BUY, "0.01", "40000",
+                                                    client_order_id="same")])
+            for _ in range(concurrent)))
+
+    results = [result for (result,) in asyncio.run(main())]
+    placed = [result for result in results if isinstance(result, CommandOutcome)]
+    assert len(placed) == 1, results
+    duplicates = [result for result in results if isinstance(result, DuplicateClientOrderId)]
+    assert len(duplicates) == concurrent - 1
+    assert {duplicate.order_id for duplicate in duplicates} == {str(order_id_of(placed[0]))}
+
+
+def test_concurrent_refused_orders_with_one_client_order_id_are_all_refused_and_leave_it_free(
+        system: ActorSystem) -> None:
+    """An order refused before anything changed stores nothing: the ones waiting on it are not duplicates."""
+    exchange = system.exchange
+    too_big = limit("BTC-USDT", Side.BUY, "900", "50000", client_order_id="again")  # 45 M USDT: too much
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(exchange.place_batch_async(1001, [too_big]) for _ in range(10)))
+
+    results = [result for (result,) in asyncio.run(main())]
+    assert all(type(result).__name__ == "InsufficientBalance" for result in results), results
+    fits = limit("BTC-USDT", Side.BUY, "0.01", "40000", client_order_id="again")
+    assert order_id_of(exchange.place(1001, fits)) > 0
+
+
+@pytest.mark.parametrize("on_loop", [True, False])
+def test_a_batch_reaches_its_pair_in_request_order_also_past_an_item_waiting_on_an_earlier_ones_id(
+        system: ActorSystem, on_loop: bool) -> None:
+    """The item after a refused one with its id goes before the items that follow it: it takes the ask."""
+    exchange = system.exchange
+    exchange.place(1002, limit("BTC-USDT", Side.SELL, "0.01", "50000"))
+    batch = [off_tick("rx"), limit("BTC-USDT", Side.BUY, "0.01", "50000", client_order_id="rx"),
+             limit("BTC-USDT", Side.BUY, "0.01", "50000")]
+    results = (asyncio.run(exchange.place_batch_async(1001, batch)) if on_loop
+               else exchange.place_batch(1001, batch))
+    refused, taker, behind = results
+    assert isinstance(refused, InvalidTickSize)
+    assert isinstance(taker, CommandOutcome) and isinstance(behind, CommandOutcome)
+    assert [type(event).__name__ for event in taker.events].count("TradeExecuted") == 1
+    assert [type(event).__name__ for event in behind.events] == ["OrderAccepted", "FundsLocked"]
