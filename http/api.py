@@ -254,6 +254,9 @@ def decode_json(raw: bytes | msgspec.Raw, kind: type[T]) -> T:
     except msgspec.DecodeError as exc:
         raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
                                     description=f"the request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # JSON is UTF-8; msgspec raises this for other bytes inside a string
+        raise falcon.HTTPBadRequest(title="Malformed JSON", code="MALFORMED_JSON",
+                                    description="the request body is not valid UTF-8") from None
 
 
 def query_parameters(req: falcon.asgi.Request) -> dict[str, str]:

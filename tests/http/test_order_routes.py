@@ -355,6 +355,7 @@ def test_a_refusal_for_funds_names_the_asset_and_the_amount_in_its_units(
      "VALIDATION_ERROR", "client_order_id"),
     (b'{"symbol": "BTC-USDT", ', "MALFORMED_JSON", None),
     (b"", "MALFORMED_JSON", None),
+    (b'{"symbol": "\xe9"}', "MALFORMED_JSON", None),  # not UTF-8
 ])
 def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
         api: ApiHarness, bob: Trader, body: bytes, code: str, field: str | None) -> None:
