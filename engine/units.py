@@ -21,6 +21,10 @@ ATOM_PLACES = 8
 ATOMS_PER_UNIT = 10**ATOM_PLACES
 ATOM = Decimal(1).scaleb(-ATOM_PLACES)
 
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+"""A context that never rounds (for scaling, normalising and whole-unit division; never for a division
+with a fractional result, which it would carry to MAX_PREC digits)."""
+
 
 def whole_units(
     value: Decimal, unit: Decimal, *, field: str, error: type[DomainError], what: str
@@ -30,9 +34,9 @@ def whole_units(
         raise ValidationError(f"{field} must be a finite decimal", field=field)
     if value <= 0:
         raise ValidationError(f"{field} must be positive, got {format_decimal(value)}", field=field)
-    try:
-        quotient, remainder = divmod(value, unit)
-    except InvalidOperation as exc:  # quotient too large for the context precision
+    try:  # exact at any size (the default context's 28 digits refuse a larger quotient)
+        quotient, remainder = _EXACT.divmod(value, unit)
+    except InvalidOperation as exc:  # beyond even the exact context
         raise ValidationError(f"{field} {value} is out of range", field=field) from exc
     if remainder != 0:
         raise error(
@@ -45,10 +49,6 @@ def whole_units(
 def to_atoms(value: Decimal, *, field: str) -> int:
     """Return a positive amount as whole atoms (1e-8), or raise VALIDATION_ERROR naming `field`."""
     return whole_units(value, ATOM, field=field, error=ValidationError, what="the balance precision")
-
-
-_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-"""A context that never rounds (for scaling and normalising; never for a division)."""
 
 
 def from_atoms(atoms: int) -> Decimal:

@@ -111,6 +111,16 @@ def test_conversions_round_trip() -> None:
     assert spec.amount_to_atoms(Decimal("1.5")) == 150_000_000
 
 
+def test_conversions_are_exact_for_every_size_the_api_takes() -> None:
+    """30 digits before the point and 8 after: past the default context's 28 digits of precision."""
+    spec = _spec()
+    assert spec.amount_to_atoms(Decimal("9" * 30 + ".12345678")) == int("9" * 30 + "12345678")
+    assert spec.amount_to_atoms(Decimal("180000000000000000000")) == 18 * 10**27
+    assert spec.price_to_ticks(Decimal("1" * 30 + ".5")) == int("1" * 30 + "50")
+    with pytest.raises(InvalidTickSize):
+        spec.price_to_ticks(Decimal("1" * 30 + ".005"))
+
+
 def test_amount_with_more_than_eight_decimals_is_refused() -> None:
     with pytest.raises(ValidationError):
         _spec().amount_to_atoms(Decimal("0.000000001"))
