@@ -213,10 +213,24 @@ def test_a_transfer_refuses_an_untraded_asset_and_a_bad_amount_naming_the_field(
                         ({"asset": "USDT", "amount": "0"}, "amount"),
                         ({"asset": "USDT", "amount": "-1"}, "amount"),
                         ({"asset": "USDT", "amount": 5}, "amount"), ({"asset": "USDT"}, "amount"),
-                        ({"asset": "USDT", "amount": "1" * 30}, "amount")):
+                        ({"asset": "USDT", "amount": "1" * 31}, "amount")):
         error = error_of(api.post(path, admin, json=body), 400)
         assert (error["code"], error["field"]) == ("VALIDATION_ERROR", field), body
     assert api.balances(carol) == {}
+
+
+def test_a_transfer_is_exact_at_any_size_up_to_what_a_balance_holds(api: ApiHarness, admin: Trader) -> None:
+    carol = api.user()
+    huge = "1" * 30 + ".12345678"  # past the 28 digits of Python's default decimal context
+    deposit = api.post(f"/api/v1/admin/users/{carol.id}/deposits", admin,
+                       json={"asset": "USDT", "amount": huge})
+    assert (deposit.status_code, deposit.json["available"]) == (201, huge)
+    error = error_of(api.post(f"/api/v1/admin/users/{carol.id}/deposits", admin,
+                              json={"asset": "USDT", "amount": "9" * 30}), 400)
+    assert (error["code"], error["field"]) == ("VALIDATION_ERROR", "amount")  # the total would pass 10^30
+    withdrawal = api.post(f"/api/v1/admin/users/{carol.id}/withdrawals", admin,
+                          json={"asset": "USDT", "amount": huge})
+    assert (withdrawal.status_code, withdrawal.json["available"]) == (201, "0")
 
 
 # -- pairs ----------------------------------------------------------------------------------------------
