@@ -242,7 +242,9 @@ def test_a_killed_child_fails_what_is_outstanding_at_once_and_takes_no_more_fram
         assert time.monotonic() - started_at < 5.0
     with pytest.raises(StorageUnavailable, match="has ended"):
         writer.send([deposit(10**8)])
-    assert balance(url) == 10**8
+    # the killed child's batch commits if it was sent whole before the kill (its backend waited on the
+    # lock, COMMIT included); the refused frame never does
+    assert balance(url) in (10**8, 2 * 10**8)
 
 
 def test_a_child_that_exits_while_idle_is_reported_at_once(writer: Writer) -> None:
