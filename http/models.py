@@ -561,7 +561,8 @@ class Health(Response):
 
 
 class Readiness(Response):
-    """Whether every configured dependency answers."""
+    """Whether the process can take orders: every configured dependency but Redis and the broker (reported,
+    though orders are taken without them) answers, and so do the writer and wallet actors."""
 
     status: Literal["ready", "not_ready"]
     checks: dict[str, Any]

@@ -7,7 +7,8 @@ still running from an earlier call is not started again (reported as still waiti
 hangs cannot pile up threads.
 
 The probe factories below build the checks the server wires in: the database (always), Redis, the
-broker and the remote wallet service (only when configured) and the actor system.
+broker and the remote wallet service (only when configured) and the actor system. Redis and the broker
+are advisory (`ADVISORY_CHECKS`): reported, but the engine trades on without them.
 """
 
 from __future__ import annotations
@@ -67,12 +68,23 @@ class _BoundedCheck:
         return self._result
 
 
-class Readiness:
-    """Named checks run concurrently, all answered within ``timeout`` seconds."""
+ADVISORY_CHECKS = frozenset({"redis", "broker"})
+"""Checks that are reported but leave the process ready when they fail: without Redis the market data is
+read from the actors and rate limits are counted in process; without the broker the events wait in the
+outbox. Orders are taken and committed all along, so a load balancer should keep sending them."""
 
-    def __init__(self, checks: Mapping[str, Check], timeout: float = 1.5) -> None:
+
+class Readiness:
+    """Named checks run concurrently, all answered within ``timeout`` seconds.
+
+    The process is ready when every check but the ``advisory`` ones answers ok.
+    """
+
+    def __init__(self, checks: Mapping[str, Check], timeout: float = 1.5,
+                 advisory: frozenset[str] = ADVISORY_CHECKS) -> None:
         self._checks = {name: _BoundedCheck(check) for name, check in checks.items()}
         self._timeout = timeout
+        self._advisory = advisory
 
     @property
     def names(self) -> list[str]:
@@ -80,7 +92,7 @@ class Readiness:
         return list(self._checks)
 
     def run(self) -> tuple[bool, dict[str, str]]:
-        """Run every check; return (all ok, {name: "ok" | "unavailable: <reason>"})."""
+        """Run every check; return (ready, {name: "ok" | "unavailable: <reason>"})."""
         threads = {name: check.start() for name, check in self._checks.items()}
         deadline = time.monotonic() + self._timeout
         results: dict[str, str] = {}
@@ -92,7 +104,7 @@ class Readiness:
             result = self._checks[name].result()
             results[name] = result if result is not None else (
                 f"unavailable: no answer within {self._timeout:g} s")
-        return all(result == OK for result in results.values()), results
+        return all(result == OK for name, result in results.items() if name not in self._advisory), results
 
 
 class _Connectable(Protocol):

@@ -45,6 +45,20 @@ def test_ready_answers_503_naming_the_failed_check_and_its_reason(make_client: A
     }}
 
 
+def test_redis_or_the_broker_unavailable_is_reported_but_leaves_the_process_ready(
+        make_client: AppFactory) -> None:
+    """Orders are taken without them (market data from the actors, events waiting in the outbox)."""
+    def away() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    client = make_client({"database": lambda: None, "redis": away, "broker": away, "actors": lambda: None})
+    result = client.simulate_get("/ready")
+    assert result.status_code == 200
+    assert result.json == {"status": "ready", "checks": {
+        "database": "ok", "redis": "unavailable: connection refused",
+        "broker": "unavailable: connection refused", "actors": "ok"}}
+
+
 def test_ready_never_hangs_on_a_check_that_does_not_answer(make_client: AppFactory) -> None:
     release = threading.Event()
     client = make_client({"database": lambda: release.wait(10), "actors": lambda: None}, ready_timeout=0.2)
