@@ -81,6 +81,7 @@ from .supervision import (
     ActorUnavailable,
     ChildFactory,
     ChildSpec,
+    ChildState,
     ChildStatus,
     GroupSpec,
     Strategy,
@@ -94,6 +95,8 @@ from .writer_process import WriterProcess
 _log = logging.getLogger(__name__)
 
 DATABASE_GROUP = "database"
+ENGINE_WIDE_CHILDREN = ("writer", "wallet")
+"""The actors every order needs: while one of them is down, no pair can take a command."""
 WRITER_COMMIT_TIMEOUT = 10.0
 WRITER_CONNECT_TIMEOUT = 5.0
 TRADING_STATUSES = frozenset({"ACTIVE"})
@@ -503,11 +506,23 @@ class ActorSystem:
         return record
 
     def restart_pair(self, symbol: str) -> ChildStatus:
-        """Restart a pair's actor; return once the new incarnation has rebuilt its book."""
+        """Restart a pair's actor; return once the new incarnation has rebuilt its book.
+
+        When the writer or the wallet has failed (after failed commits: with them, every pair), the pair
+        could not start without them: the whole database group is rebuilt instead, the pair with it.
+        """
         self._route(symbol)
         name = pair_child_name(symbol)
-        self._supervisor().restart(name)
-        return self._supervisor().status(name)
+        supervisor = self._supervisor()
+        failed = [child for child in ENGINE_WIDE_CHILDREN
+                  if supervisor.status(child).state is ChildState.FAILED]
+        if failed:
+            _log.warning("restarting %s: the %s failed, so every actor of the %s group is rebuilt", symbol,
+                         " and the ".join(failed), DATABASE_GROUP)
+            supervisor.restart_group(DATABASE_GROUP)
+        else:
+            supervisor.restart(name)
+        return supervisor.status(name)
 
     def deposit(self, user_id: int, asset: str, amount: int) -> AssetBalance:
         """Credit a user's balance (atoms); return it once committed."""

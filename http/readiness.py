@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from tradeengine.actors.supervision import ChildState, ChildStatus
+from tradeengine.actors.system import ENGINE_WIDE_CHILDREN
 
 Check = Callable[[], object]
 
@@ -147,10 +148,6 @@ def broker_check(url: str, timeout: float = 1.0) -> Check:
     return check
 
 
-ENGINE_WIDE_ACTORS = ("writer", "wallet")
-"""The actors every order needs: while one of them is not running, no order can be answered."""
-
-
 class _Running(Protocol):
     @property
     def running(self) -> bool: ...
@@ -170,7 +167,7 @@ def actors_check(system: _Running) -> Check:
         if not system.running:
             raise CheckFailed("the actor system is not running")
         for actor in system.actors():
-            if actor.name in ENGINE_WIDE_ACTORS and actor.state is not ChildState.RUNNING:
+            if actor.name in ENGINE_WIDE_CHILDREN and actor.state is not ChildState.RUNNING:
                 raise CheckFailed(f"the {actor.name} is {actor.state.value}")
 
     return check

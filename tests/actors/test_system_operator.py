@@ -215,3 +215,38 @@ def wait_until_more(items: list[int], timeout: float, more: int = 60) -> None:
     """Wait until `items` has grown by `more`."""
     target = len(items) + more
     wait_until(lambda: len(items) >= target, timeout, f"{more} more events")
+
+
+def test_restarting_a_pair_after_its_group_failed_with_the_writer_rebuilds_the_whole_group(
+    pool: psycopg_pool.ConnectionPool, system: ActorSystem,
+) -> None:
+    """Commits the database keeps refusing fail the writer and, one-for-all, every pair: a pair restart
+    alone could not start without the writer, so it rebuilds the group."""
+    exchange = system.exchange
+    resting = order_id_of(exchange.place(1002, limit("BTC-USDT", Side.SELL, "0.01", "60000")))
+    with pool.connection() as conn:
+        conn.execute("ALTER TABLE ledger_entries ADD CONSTRAINT no_doge CHECK (asset <> 'DOGE') NOT VALID")
+
+    def writer_state() -> ChildState:
+        return {s.name: s.state for s in system.actors()}["writer"]
+
+    def refuse_until_failed() -> bool:
+        if writer_state() is ChildState.RUNNING:
+            with pytest.raises(Exception):  # noqa: B017, PT011 - a refused commit, or the group rebuilding
+                system.deposit(1001, "DOGE", ATOMS)
+        return writer_state() is ChildState.FAILED
+
+    wait_until(refuse_until_failed, 60, "the writer failing after commits refused again and again")
+    states = {s.name: s.state for s in system.actors()}
+    assert states["wallet"] is ChildState.FAILED and states["pair:BTC-USDT"] is ChildState.FAILED
+    with pool.connection() as conn:
+        conn.execute("ALTER TABLE ledger_entries DROP CONSTRAINT no_doge")
+
+    status = system.restart_pair("ETH-USDT")
+
+    assert status.state is ChildState.RUNNING
+    assert {s.state for s in system.actors()} == {ChildState.RUNNING}  # the writer, the wallet, every pair
+    system.deposit(1001, "DOGE", ATOMS)
+    taker = exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.01", "60000"))
+    assert [trade.seller_order_id for trade in trades_of(taker)] == [str(resting)]
+    assert_consistent(exchange, pool)
