@@ -57,6 +57,8 @@ _MAX_SOCKET_PATH = 107
 _CONF_FILE = "tradeengine.conf"
 #: Seconds to wait for a connection to the server (a running one answers at once).
 CONNECT_TIMEOUT = 10
+#: Seconds an immediate shutdown (after a fast one failed) may take before the processes are killed.
+IMMEDIATE_STOP_SECONDS = 10.0
 
 
 def pgserver_bin_dir() -> Path:
@@ -196,20 +198,39 @@ class EmbeddedPostgres:
         return running is not None and running.is_alive(self.pgdata)
 
     def stop(self) -> None:
-        """Stop the server with ``pg_ctl stop -m fast`` and wait until none of its processes is left."""
+        """Stop the server with ``pg_ctl stop -m fast`` and wait until none of its processes is left.
+
+        A server that does not stop within the stop timeout gets an immediate shutdown, and what is still
+        there ``IMMEDIATE_STOP_SECONDS`` later is killed; a suspended one (SIGSTOP) is killed at once, as
+        it can act on no request. Either way it recovers from its WAL at the next start: nothing
+        committed is lost.
+        """
         if not self.pgdata.is_dir():
             return
         with self._exclusive():
             running = _Postmaster.read(self.pgdata)
+            leftovers_wait = self._stop_timeout
             if running is not None and running.is_alive(self.pgdata):
                 _log.info("stopping the PostgreSQL server on %s (pid %d)", self.pgdata, running.pid)
-                try:
-                    self._pg_ctl("stop", "-m", "fast", "-w", "-t", str(int(self._stop_timeout)))
-                except EmbeddedPostgresError:
+                if _suspended(running.pid):
+                    _log.warning("the PostgreSQL server on %s is suspended (SIGSTOP); killing it (it "
+                                 "recovers from its WAL at the next start)", self.pgdata)
+                    leftovers_wait = 0.0
+                elif not self._pg_ctl_stop("fast", self._stop_timeout):
                     _log.warning("fast shutdown failed; trying an immediate shutdown")
-                    self._pg_ctl("stop", "-m", "immediate", "-w", "-t", str(int(self._stop_timeout)))
-            self._reap_leftovers(self._stop_timeout)
+                    stopped = self._pg_ctl_stop("immediate", IMMEDIATE_STOP_SECONDS)
+                    leftovers_wait = IMMEDIATE_STOP_SECONDS if stopped else 0.0
+            self._reap_leftovers(leftovers_wait)
             self._socket_dir = None
+
+    def _pg_ctl_stop(self, mode: str, timeout: float) -> bool:
+        """``pg_ctl stop -m MODE``, waiting at most `timeout` s; whether the server stopped."""
+        try:
+            self._pg_ctl("stop", "-m", mode, "-w", "-t", str(max(1, int(timeout))))
+        except EmbeddedPostgresError as exc:
+            _log.warning("pg_ctl stop -m %s: %s", mode, one_line(exc))
+            return False
+        return True
 
     # -- start, step by step -------------------------------------------------------------------------
 
@@ -402,11 +423,7 @@ def _lock_file_pid(path: Path) -> int | None:
 
 def _not_answering(pgdata: Path, pid: int, exc: BaseException) -> str:
     """Why a server left running on `pgdata` cannot be used, and what the operator can do."""
-    try:
-        suspended = psutil.Process(pid).status() == psutil.STATUS_STOPPED
-    except psutil.Error:
-        suspended = False
-    what = (f"it is suspended (kill -CONT {pid} resumes it)" if suspended
+    what = (f"it is suspended (kill -CONT {pid} resumes it)" if _suspended(pid)
             else f"wait until it answers, or stop it (kill {pid})")
     return (f"the PostgreSQL server already running on {pgdata} (pid {pid}) does not answer "
             f"({one_line(exc)}); it was left as it is: {what}, then start again")
@@ -416,6 +433,13 @@ def _conf_quote(value: str) -> str:
     """Quote a value for postgresql.conf."""
     escaped = value.replace("\\", "\\\\").replace("'", "''")
     return f"'{escaped}'"
+
+
+def _suspended(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    except psutil.Error:
+        return False
 
 
 def _is_running(process: psutil.Process) -> bool:

@@ -69,6 +69,35 @@ def test_the_server_listens_on_a_unix_socket_only(server: EmbeddedPostgres) -> N
         assert conn.info.host.startswith("/")
 
 
+def test_a_suspended_server_is_killed_at_once_by_stop_and_starts_again_with_its_data(
+        pg_data_dir: Path) -> None:
+    server = EmbeddedPostgres(pg_data_dir)  # durable commits: a killed server keeps what it committed
+    try:
+        _suspended_server_is_killed_and_keeps_its_data(server)
+    finally:
+        server.stop()
+
+
+def _suspended_server_is_killed_and_keeps_its_data(server: EmbeddedPostgres) -> None:
+    url = server.start()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (n int)")
+        conn.execute("INSERT INTO kept VALUES (7)")
+    pid = postmaster_pid(server.pgdata)
+    os.kill(pid, signal.SIGSTOP)  # a hung server: it acts on no request
+    deadline = time.monotonic() + 5
+    while psutil.Process(pid).status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+        time.sleep(0.01)  # the kernel marks it stopped a moment after the signal
+
+    started = time.monotonic()
+    server.stop()
+
+    assert time.monotonic() - started < 10.0  # not the minute of a fast shutdown's timeout
+    assert cluster_processes(server.pgdata) == []
+    with psycopg.connect(server.start()) as conn:
+        assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+
+
 def test_stop_twice_or_before_start_is_harmless(server: EmbeddedPostgres) -> None:
     server.stop()
     server.start()
