@@ -330,8 +330,10 @@ def build_worker(settings: Settings, conninfo: str) -> WorkerParts:
 
 def _bootstrap_admin(users: UserRepository, key: str) -> None:
     """Create the admin holding `key` when there is none; say so when the key is not an admin's key."""
-    if users.ensure_admin(key):
-        _log.info("created the bootstrap admin (user 'admin') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY")
+    admin = users.ensure_admin(key)
+    if admin is not None:
+        _log.info("created the bootstrap admin (user '%s') holding TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY",
+                  admin.name)
         return
     holder = users.authenticate(key)
     if holder is None or holder.role != "admin":

@@ -10,6 +10,7 @@ time it was revoked, and is never valid again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -204,7 +205,10 @@ class UserRepository:
             ).fetchone()
 
     def ensure_admin(self, key: str, name: str = "admin") -> User | None:
-        """Create an admin holding `key` when no admin exists yet; return it, or None if one existed."""
+        """Create an admin holding `key` when no admin exists yet; return it, or None if one existed.
+
+        It is named `name`, or `name`-2, -3, ... when a user (a trader) holds that name already.
+        """
         if not key.startswith(KEY_PREFIX) or len(key) < len(KEY_PREFIX) + 16:
             raise ValidationError(f"a bootstrap admin key must start with {KEY_PREFIX} and carry at least "
                                   "16 more characters (e.g. te_ and the output of `openssl rand -hex 24`)")
@@ -213,7 +217,11 @@ class UserRepository:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
             if conn.execute("SELECT 1 FROM users WHERE role = 'admin' LIMIT 1").fetchone():
                 return None
-            user, _ = self._create(conn, name, "admin", key=key)
+            taken = {row[0] for row in conn.execute(
+                "SELECT name FROM users WHERE name = %s OR name LIKE %s", (name, f"{name}-%"))}
+            candidates = itertools.chain([name], (f"{name}-{n}" for n in itertools.count(2)))
+            free = next(candidate for candidate in candidates if candidate not in taken)
+            user, _ = self._create(conn, free, "admin", key=key)
             return user
 
     @staticmethod

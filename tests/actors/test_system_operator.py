@@ -232,7 +232,7 @@ def test_restarting_a_pair_after_its_group_failed_with_the_writer_rebuilds_the_w
 
     def refuse_until_failed() -> bool:
         if writer_state() is ChildState.RUNNING:
-            with pytest.raises(Exception):  # noqa: B017, PT011 - a refused commit, or the group rebuilding
+            with pytest.raises(Exception):  # noqa: B017 - a refused commit, or the group rebuilding
                 system.deposit(1001, "DOGE", ATOMS)
         return writer_state() is ChildState.FAILED
 

@@ -159,6 +159,18 @@ def test_the_bootstrap_admin_is_created_once_even_by_concurrent_starts(
     assert users.ensure_admin(new_api_key()) is None
 
 
+def test_the_bootstrap_admin_takes_the_next_free_name_when_a_trader_is_called_admin(
+        pg_pool: psycopg_pool.ConnectionPool) -> None:
+    users = UserRepository(pg_pool)
+    users.create("admin", "trader")
+    users.create("admin-2", "trader")
+    key = new_api_key()
+    admin = users.ensure_admin(key)
+    assert admin is not None and (admin.name, admin.role) == ("admin-3", "admin")
+    holder = users.authenticate(key)
+    assert holder is not None and holder.name == "admin-3"
+
+
 def test_a_weak_bootstrap_key_is_refused(pg_pool: psycopg_pool.ConnectionPool) -> None:
     with pytest.raises(ValidationError):
         UserRepository(pg_pool).ensure_admin("te_short")
