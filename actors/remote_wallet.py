@@ -169,7 +169,7 @@ class RemoteWallet(WalletBackend):
 
     def balances(self, user_id: str) -> list[AssetBalance]:
         """Return the user's balances at the service, by asset."""
-        with _unavailable("balance read"):
+        with _unavailable("balance read", changes=False):
             return [_balance(b) for b in self.client.balances(user_id)]
 
     # -- internals ------------------------------------------------------------------------------------
@@ -187,12 +187,12 @@ class RemoteWallet(WalletBackend):
 
 
 @contextlib.contextmanager
-def _unavailable(what: str) -> Any:
+def _unavailable(what: str, *, changes: bool = True) -> Any:
     try:
         yield
     except WalletUnavailable as exc:
-        raise EngineUnavailable(f"the wallet service is unavailable; the {what} may or may not have "
-                                f"happened (look at the balance): {exc}") from exc
+        outcome = f"; the {what} may or may not have happened (look at the balance)" if changes else ""
+        raise EngineUnavailable(f"the wallet service is unavailable{outcome}: {exc}") from exc
 
 
 class RemoteWalletActor(WalletActor):

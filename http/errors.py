@@ -109,13 +109,14 @@ def error_body(code: str, message: str, request_id: str | None, field: str | Non
     return {"error": error, "request_id": request_id}
 
 
-_TIMEOUT_MESSAGE = ("the engine did not answer in time; the outcome is unknown: look the order up by its "
-                    "client_order_id")
+_TIMEOUT_MESSAGE = ("the engine did not answer in time; the outcome is unknown: look the change up before "
+                    "retrying (an order by its client_order_id)")
 
 
 _NO_ANSWER_MESSAGE = "the engine did not answer in time; retry later"
 _LOST_COMMIT_MESSAGE = ("the connection to the database was lost while the change was being committed; the "
-                        "outcome is unknown: look the order up by its client_order_id")
+                        "outcome is unknown: look the change up before retrying (an order by its "
+                        "client_order_id)")
 
 
 def default_error_mappings() -> list[ErrorMapping]:

@@ -131,6 +131,6 @@ class EngineWorker(UvicornWorker):  # type: ignore[misc]
         while not server.should_exit:
             await asyncio.sleep(MASTER_CHECK_INTERVAL)
             if os.getppid() != self.ppid:
-                self.log.info("the gunicorn master is gone; stopping the worker")
+                self.log.warning("the gunicorn master is gone (killed?); stopping the worker")
                 self.alive = False
                 server.should_exit = True
