@@ -208,16 +208,38 @@ class Supervisor:
     # -- operator controls ----------------------------------------------------------------------------
 
     def start(self, name: str) -> None:
-        """Start a stopped, failed or restarting child now; return once its on_start has finished."""
-        self._replace(name, restart=False)
+        """Start a stopped, failed or restarting child now; return once its on_start has finished.
+
+        A child of a group failed with a one-for-all member gets the whole group rebuilt, as `restart`.
+        """
+        if not self._restarted_failed_group(name):
+            self._replace(name, restart=False)
 
     def restart(self, name: str) -> None:
         """Replace the child with incarnation+1 (stop, then start); return once on_start has finished.
 
         Resets a failed child and its restart-intensity window. Raises ActorUnavailable if the new
-        incarnation fails to start (it is then restarted per its policy).
+        incarnation fails to start (it is then restarted per its policy). When a one-for-all member of
+        the child's group has failed (so has every member), the child could not run without it: the
+        whole group is rebuilt instead (`restart_group`).
         """
-        self._replace(name, restart=True)
+        if not self._restarted_failed_group(name):
+            self._replace(name, restart=True)
+
+    def _restarted_failed_group(self, name: str) -> bool:
+        """Rebuild the child's group if a one-for-all member of it has failed; tell whether it did."""
+        group = self._child(name).spec.group
+        if group is None:
+            return False
+        with self._cond:
+            failed = [m.name for m in self._members_locked(group)
+                      if m.spec.strategy is Strategy.ONE_FOR_ALL and m.state is _FAILED]
+        if not failed:
+            return False
+        logger.warning("%s asked to start: %s of its group %s failed, so the whole group is rebuilt", name,
+                       ", ".join(failed), group)
+        self.restart_group(group)
+        return True
 
     def stop(self, name: str) -> None:
         """Stop the child (its on_stop runs); it stays stopped until `start` or `restart`."""

@@ -81,7 +81,6 @@ from .supervision import (
     ActorUnavailable,
     ChildFactory,
     ChildSpec,
-    ChildState,
     ChildStatus,
     GroupSpec,
     Strategy,
@@ -509,20 +508,12 @@ class ActorSystem:
         """Restart a pair's actor; return once the new incarnation has rebuilt its book.
 
         When the writer or the wallet has failed (after failed commits: with them, every pair), the pair
-        could not start without them: the whole database group is rebuilt instead, the pair with it.
+        could not start without them: the supervisor rebuilds the whole database group instead.
         """
         self._route(symbol)
         name = pair_child_name(symbol)
-        supervisor = self._supervisor()
-        failed = [child for child in ENGINE_WIDE_CHILDREN
-                  if supervisor.status(child).state is ChildState.FAILED]
-        if failed:
-            _log.warning("restarting %s: the %s failed, so every actor of the %s group is rebuilt", symbol,
-                         " and the ".join(failed), DATABASE_GROUP)
-            supervisor.restart_group(DATABASE_GROUP)
-        else:
-            supervisor.restart(name)
-        return supervisor.status(name)
+        self._supervisor().restart(name)
+        return self._supervisor().status(name)
 
     def deposit(self, user_id: int, asset: str, amount: int) -> AssetBalance:
         """Credit a user's balance (atoms); return it once committed."""

@@ -610,6 +610,25 @@ def test_a_one_for_all_member_beyond_its_intensity_fails_its_whole_group_but_not
     assert [writer.ask("get", WAIT)[0], pair.ask("get", WAIT)[0]] == [3, 3]
 
 
+@pytest.mark.parametrize("operation", ["restart", "start"])
+def test_restarting_a_member_of_a_group_failed_with_its_one_for_all_member_rebuilds_the_whole_group(
+    make_supervisor: Callable[..., Supervisor], store: Store, operation: str,
+) -> None:
+    """The pair could not run without the writer: asked to start it, the supervisor rebuilds both."""
+    supervisor = make_supervisor(groups=[GroupSpec("database", backoff=FAST)], clock=lambda: 0.0)
+    writer = supervisor.add(counter("writer", store, group="database", strategy=Strategy.ONE_FOR_ALL,
+                                    intensity=Intensity(max_restarts=0, within=10.0)))
+    pair = supervisor.add(counter("pair:A", store, group="database"))
+    writer.tell("crash")
+    eventually(lambda: supervisor.status("pair:A").state is ChildState.FAILED)
+
+    getattr(supervisor, operation)("pair:A")
+
+    assert {s.name: s.state for s in supervisor.list()} == {"writer": ChildState.RUNNING,
+                                                             "pair:A": ChildState.RUNNING}
+    assert [writer.ask("get", WAIT)[0], pair.ask("get", WAIT)[0]] == [2, 2]
+
+
 def test_a_group_restart_requested_without_waiting_returns_at_once_and_the_group_comes_back_later(
     make_supervisor: Callable[..., Supervisor], store: Store,
 ) -> None:
