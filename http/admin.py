@@ -31,11 +31,12 @@ Decisions where API.md is silent:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import falcon
 import falcon.asgi
@@ -54,7 +55,7 @@ from tradeengine.storage.users import UserRepository
 from . import render
 from .api import Operation, Resource, read_body, read_query, respond
 from .auth import ADMIN, forget_keys
-from .blocking import blocking
+from .blocking import NoAnswerInTime, blocking
 from .errors import not_found
 from .market import known_format, pair
 from .models import (
@@ -135,12 +136,36 @@ def _failure(status: ChildStatus) -> ActorFailure | None:
 
 
 _AUDIT = logging.getLogger("tradeengine.http.audit")
+R = TypeVar("R")
 
 
-def audit(req: falcon.asgi.Request, what: str, *args: object) -> None:
-    """One INFO line for each change an admin made, naming the admin and the change (the access log
-    names only the route)."""
-    _AUDIT.info("admin %s " + what, user_of(req), *args)
+async def audited(req: falcon.asgi.Request, change: Callable[[], R], said: Callable[[R], str | None]) -> R:
+    """Make an admin's change through `blocking` and log it: one INFO line naming the admin and the
+    change as ``said(result)`` words it (None: nothing changed, no line); the access log names only the
+    route.
+
+    The line is written by the thread that made the change, when it is made: a change that outlasts the
+    blocking limit is answered 504 (its outcome unknown) and still logged once its thread has made it,
+    marked as late, after a WARNING that names the request.
+    """
+    admin = user_of(req)
+    answered = threading.Event()  # set once the request was answered 504 without the change
+
+    def change_and_log() -> R:
+        result = change()
+        what = said(result)
+        if what is not None:
+            late = " (after its request was answered 504)" if answered.is_set() else ""
+            _AUDIT.info("admin %s %s%s", admin, what, late)
+        return result
+
+    try:
+        return await blocking(change_and_log)
+    except NoAnswerInTime:
+        answered.set()
+        _AUDIT.warning("admin %s: %s %s answered 504 before its change was made; it may still be made "
+                       "(a line follows if it is)", admin, req.method, req.path)
+        raise
 
 
 class _Pairs:
@@ -194,8 +219,9 @@ class UsersResource(Resource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Create a user."""
         new = await read_body(req, NewUser)
-        user, key = await blocking(self._users.create, new.name, new.role)
-        audit(req, "created user %s (%s, id %s)", user.name, user.role, user.id)
+        user, key = await audited(
+            req, lambda: self._users.create(new.name, new.role),
+            lambda made: f"created user {made[0].name} ({made[0].role}, id {made[0].id})")
         respond(resp, CreatedUser(user=_user(user), api_key=key), 201)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -242,8 +268,9 @@ class KeysResource(Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
         """Issue a key."""
-        issued, key = await blocking(lambda: self._users.issue_key(_user_of(self._users, user_id)))
-        audit(req, "issued API key %s (id %s) for user %s", issued.prefix, issued.id, issued.user_id)
+        issued, key = await audited(
+            req, lambda: self._users.issue_key(_user_of(self._users, user_id)),
+            lambda made: f"issued API key {made[0].prefix} (id {made[0].id}) for user {made[0].user_id}")
         respond(resp, IssuedKey(key=_key(issued), api_key=key), 201)
 
 
@@ -264,10 +291,12 @@ class KeyResource(Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
                         key_id: str) -> None:
         """Revoke a key."""
-        key, revoked_now = await blocking(self._revoke, user_id, key_id)
+        key, revoked_now = await audited(
+            req, lambda: self._revoke(user_id, key_id),
+            lambda made: f"revoked API key {made[0].prefix} (id {made[0].id}) of user {made[0].user_id}"
+            if made[1] else None)  # revoked already: not again
         if revoked_now:
             forget_keys(req)
-            audit(req, "revoked API key %s (id %s) of user %s", key.prefix, key.id, key.user_id)
         respond(resp, _key(key))
 
     def _revoke(self, user_id: str, key_id: str) -> tuple[stored_users.ApiKey, bool]:
@@ -293,9 +322,10 @@ class _TransferResource(Resource):
     async def _respond(self, move: Callable[[int, str, int], AssetBalance], req: falcon.asgi.Request,
                        resp: falcon.asgi.Response, user_id: str) -> None:
         transfer = await read_body(req, Transfer)
-        balance = await blocking(self._move, move, user_id, transfer)
-        audit(req, "%s %s %s for user %s (available now %s)", self.verb, transfer.amount, transfer.asset,
-              balance.user_id, balance.available)
+        balance = await audited(
+            req, lambda: self._move(move, user_id, transfer),
+            lambda moved: f"{self.verb} {transfer.amount} {transfer.asset} for user {moved.user_id} "
+                          f"(available now {moved.available})")
         respond(resp, balance, 201)
 
     def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
@@ -379,15 +409,16 @@ class AdminPairsResource(Resource):
         min_quantity = lot_size if new.min_quantity is None else pair_value(new.min_quantity, "min_quantity")
         min_notional = Decimal(0) if new.min_notional is None else pair_value(new.min_notional,
                                                                                   "min_notional")
-        record = await blocking(self._pairs.system.add_pair, stored_pairs.NewPair(
+        spec = stored_pairs.NewPair(
             symbol=new.symbol, base_asset=new.base_asset, quote_asset=new.quote_asset,
             tick_size=pair_value(new.tick_size, "tick_size"), lot_size=lot_size,
             min_quantity=min_quantity, max_quantity=pair_value(new.max_quantity, "max_quantity"),
             min_notional=min_notional,
             maker_fee=pair_value(new.maker_fee, "maker_fee"),
             taker_fee=pair_value(new.taker_fee, "taker_fee"), status=new.status,
-        ))
-        audit(req, "added pair %s (%s)", record.symbol, record.status)
+        )
+        record = await audited(req, lambda: self._pairs.system.add_pair(spec),
+                               lambda added: f"added pair {added.symbol} ({added.status})")
         respond(resp, pair(record), 201)
 
 
@@ -419,11 +450,13 @@ class AdminPairResource(Resource):
             current = system.exchange.spec(symbol)  # the engine checks the rates before anything is stored
             replace(current, maker_fee=current.maker_fee if maker_fee is None else maker_fee,
                     taker_fee=current.taker_fee if taker_fee is None else taker_fee)
-        record = await blocking(system.update_pair, symbol, status=change.status, maker_fee=maker_fee,
-                                taker_fee=taker_fee)
-        audit(req, "changed pair %s: %s", symbol, ", ".join(
-            f"{name} {value}" for name, value in (("status", change.status), ("maker_fee", change.maker_fee),
-                                                  ("taker_fee", change.taker_fee)) if value is not None))
+        changes = ", ".join(f"{name} {value}" for name, value in (
+            ("status", change.status), ("maker_fee", change.maker_fee), ("taker_fee", change.taker_fee))
+            if value is not None)
+        record = await audited(
+            req, lambda: system.update_pair(symbol, status=change.status, maker_fee=maker_fee,
+                                            taker_fee=taker_fee),
+            lambda _: f"changed pair {symbol}: {changes}")
         respond(resp, pair(record))
 
 
@@ -444,8 +477,9 @@ class PairRestartResource(Resource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, symbol: str) -> None:
         """Restart a pair."""
-        restarted = await blocking(self._restart, symbol)
-        audit(req, "restarted pair %s (incarnation %d)", restarted.symbol, restarted.actor.incarnation)
+        restarted = await audited(
+            req, lambda: self._restart(symbol),
+            lambda made: f"restarted pair {made.symbol} (incarnation {made.actor.incarnation})")
         respond(resp, restarted)
 
     def _restart(self, symbol: str) -> AdminPair:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from types import SimpleNamespace
 
 import falcon
 import falcon.asgi
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.engine import errors as engine_errors
+from tradeengine.http.admin import audited
 from tradeengine.http.app import create_app
 from tradeengine.http.blocking import DEFAULT_LIMIT, blocking, limit_blocking_calls
 from tradeengine.http.errors import ErrorMapping, error_body
@@ -256,5 +259,45 @@ def test_a_blocking_call_past_the_limit_answers_a_read_503_and_a_change_504_in_t
         change = client.simulate_post("/slow")
         assert change.status_code == 504 and change.json["error"]["code"] == "ENGINE_TIMEOUT"
         assert "outcome is unknown" in change.json["error"]["message"]
+    finally:
+        limit_blocking_calls(DEFAULT_LIMIT)
+
+
+class _SlowChange:
+    """An admin's change that takes longer than the blocking limit; `made` once it is done."""
+
+    def __init__(self) -> None:
+        self.made = threading.Event()
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        req.context.principal = SimpleNamespace(user_id=7)  # what the auth middleware sets
+
+        def change() -> str:
+            time.sleep(0.6)
+            self.made.set()
+            return "X"
+
+        await audited(req, change, lambda result: f"set {result}")
+
+
+def test_an_admin_change_answered_504_is_still_audited_when_it_is_made(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tradeengine.http.audit")
+    slow = _SlowChange()
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(),
+                     routes=[("/change", slow)], blocking_limit=0.2)
+    try:
+        answer = falcon.testing.TestClient(app).simulate_post("/change")
+        assert answer.status_code == 504 and not slow.made.is_set()
+        assert slow.made.wait(5)
+        deadline = time.monotonic() + 5
+        while len(caplog.records) < 2 and time.monotonic() < deadline:  # the line follows `made`
+            time.sleep(0.01)
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tradeengine.http.audit"]
+        assert lines == [
+            ("WARNING", "admin 7: POST /change answered 504 before its change was made; it may still be made "
+                        "(a line follows if it is)"),
+            ("INFO", "admin 7 set X (after its request was answered 504)"),
+        ]
     finally:
         limit_blocking_calls(DEFAULT_LIMIT)
