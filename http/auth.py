@@ -16,10 +16,19 @@ one per request. A route that revokes keys calls :func:`forget_keys`: once it ha
 process forgets every key it remembered, so a key revoked through the API is refused from the next
 request on; one revoked in the database by another process (``trade-engine users revoke-key``) is
 refused once its entry expires, within ``cache_ttl``.
+
+While the database cannot answer (it is down, or gives no answer within ``stale_grace``), a key it
+answered for before (within ``stale_ttl`` past its cache period) authenticates as it did: during an
+outage an operator can still list the actors (``trade-engine actors``, ``GET /api/v1/admin/actors``)
+and a client its balances and book as the engine holds them, instead of every request answering 503
+before it reaches its route. A key nobody used before the outage is
+refused 503 as before; a key revoked through the API is forgotten at once, so it is never served
+stale. One lookup per key runs at a time: requests with the same key share it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -30,10 +39,17 @@ from typing import Any, Protocol
 import falcon
 import falcon.asgi
 
+from tradeengine.engine.errors import EngineTimeout
+from tradeengine.engine.errors import StorageUnavailable as UnavailableInfrastructure
+
 from .blocking import blocking
 
 # How long a known key is remembered: the longest a key revoked by another process keeps working here.
 KEY_CACHE_SECONDS = 5.0
+# While the database cannot answer (down, or no answer within STALE_KEY_GRACE seconds), a key it answered
+# for within this many seconds past its cache period still authenticates as it did.
+STALE_KEY_SECONDS = 3600.0
+STALE_KEY_GRACE = 1.0
 PUBLIC = "public"
 TRADER = "trader"
 ADMIN = "admin"
@@ -56,11 +72,15 @@ class AuthMiddleware:
 
     def __init__(self, authenticate: Callable[[str], Principal | None], *,
                  cache_ttl: float = KEY_CACHE_SECONDS, miss_ttl: float = 2.0, cache_size: int = 10_000,
+                 stale_ttl: float = STALE_KEY_SECONDS, stale_grace: float = STALE_KEY_GRACE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._authenticate = authenticate
         self._cache_ttl = cache_ttl
         self._miss_ttl = miss_ttl
         self._cache_size = cache_size
+        self._stale_ttl = stale_ttl
+        self._stale_grace = stale_grace
+        self._fetches: dict[bytes, asyncio.Future[Principal | None]] = {}  # on the loop's thread only
         self._clock = clock
         self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
         self._lock = threading.Lock()
@@ -106,13 +126,28 @@ class AuthMiddleware:
             if cached is not None and cached[0] > now:
                 self._cache.move_to_end(digest)
                 return cached[1]
+            stale = cached[1] if cached is not None and now - cached[0] < self._stale_ttl else None
+        fetch = self._fetches.get(digest)  # one lookup per key at a time: a stalled database holds one thread
+        if fetch is None:
+            fetch = self._fetches[digest] = asyncio.ensure_future(self._fetch(digest, key))
+            fetch.add_done_callback(lambda _: self._fetches.pop(digest, None))
+        if stale is None:
+            return await asyncio.shield(fetch)
+        try:  # a key known before: its last answer serves while the database cannot give one
+            return await asyncio.wait_for(asyncio.shield(fetch), self._stale_grace)
+        except (TimeoutError, UnavailableInfrastructure, EngineTimeout):
+            return stale
+
+    async def _fetch(self, digest: bytes, key: str) -> Principal | None:
+        """Look the key up in the database and remember the answer."""
+        with self._lock:
             forgotten = self._forgotten
         principal = await blocking(self._authenticate, key)  # the database, on a thread
         ttl = self._cache_ttl if principal is not None else self._miss_ttl
         with self._lock:
             if forgotten != self._forgotten:  # a key was revoked meanwhile: what was read may be stale
                 return principal
-            self._cache[digest] = (now + ttl, principal)
+            self._cache[digest] = (self._clock() + ttl, principal)
             self._cache.move_to_end(digest)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

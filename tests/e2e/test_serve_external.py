@@ -1,5 +1,6 @@
 """``trade-engine serve`` against the machine's PostgreSQL (TRADE_ENGINE_DATABASE_URL), through a proxy
-the test can cut: /ready follows the database through an outage without a restart."""
+the test can cut: /ready follows the database through an outage without a restart, and an admin who
+used their key before it can still list the actors."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ import time
 from pathlib import Path
 
 import psycopg
+import requests
+
+from tradeengine.http.auth import KEY_CACHE_SECONDS
 
 from .conftest import Engines, TcpProxy, postgres_processes, wait_until
 
 
 def test_ready_turns_503_naming_the_database_while_it_is_unreachable_and_200_when_it_returns(
         engines: Engines, pg_proxy: TcpProxy, machine_pg_url: str, tmp_path: Path) -> None:
-    engine = engines.start(tmp_path / "data", database_url=pg_proxy.url(machine_pg_url))
+    admin_key = "te_" + "5" * 40
+    engine = engines.start(tmp_path / "data", database_url=pg_proxy.url(machine_pg_url),
+                           bootstrap_admin_key=admin_key)
     engine.wait_ready()
+
+    def actors(key: str) -> requests.Response:
+        return requests.get(engine.base + "/api/v1/admin/actors", timeout=10,
+                            headers={"Authorization": f"Bearer {key}"})
+
+    assert actors(admin_key).status_code == 200
     with psycopg.connect(machine_pg_url) as conn:  # migrations ran at start, on the external database
         assert conn.execute("SELECT count(*) FROM pairs").fetchone()[0] > 0  # type: ignore[index]
     assert postgres_processes(tmp_path / "data") == []  # nothing embedded was started
@@ -37,6 +49,14 @@ def test_ready_turns_503_naming_the_database_while_it_is_unreachable_and_200_whe
     assert body["checks"]["actors"] == "ok"
     assert float(outage["seconds"]) < 3.0  # type: ignore[arg-type]  # bounded, never hangs
     assert engine.get("/health").status_code == 200
+    time.sleep(KEY_CACHE_SECONDS + 0.5)  # past the key's cache period: the database is asked, cannot answer
+    started = time.monotonic()
+    listed = actors(admin_key)
+    assert listed.status_code == 200, listed.text
+    assert time.monotonic() - started < 3.0
+    assert {"writer", "wallet"} <= {actor["name"] for actor in listed.json()["actors"]}, listed.json()
+    unknown = actors("te_" + "6" * 40)  # never used before the outage: the database must answer for it
+    assert unknown.status_code == 503 and unknown.json()["error"]["code"] == "UNAVAILABLE"
 
     pg_proxy.restore()
     wait_until(lambda: engine.get("/ready", timeout=10).status_code == 200, 30, "/ready answering 200 again")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from types import SimpleNamespace
 
 import falcon
 import falcon.asgi
@@ -11,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tradeengine.http.app import create_app
-from tradeengine.http.auth import ADMIN, PUBLIC, AuthMiddleware
+from tradeengine.http.auth import ADMIN, PUBLIC, AuthMiddleware, forget_keys
+from tradeengine.storage.errors import StorageUnavailable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,3 +147,70 @@ def test_a_lookup_in_flight_while_a_key_is_revoked_is_not_remembered(lookups: Lo
     for _ in range(3):
         assert falcon.async_to_sync(auth._lookup, "te_trader") == KEYS["te_trader"]
     assert lookups.calls == ["te_trader", "te_trader"]  # the first answer was not remembered, the second was
+
+
+class Outage(Lookups):
+    """The database: answers, or is down (raises), or stalls (`stall` seconds per lookup)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.stall = 0.0
+
+    def __call__(self, key: str) -> User | None:
+        self.calls.append(key)
+        if self.down:
+            raise StorageUnavailable("checking an API key: the database is down")
+        time.sleep(self.stall)
+        return KEYS.get(key)
+
+
+def test_while_the_database_is_down_a_key_it_answered_for_still_authenticates() -> None:
+    now = [0.0]
+    database = Outage()
+    auth = AuthMiddleware(database, cache_ttl=5.0, stale_ttl=600.0, clock=lambda: now[0])
+
+    def lookup(key: str) -> object:
+        return falcon.async_to_sync(auth._lookup, key)
+
+    assert lookup("te_admin") == KEYS["te_admin"]
+    database.down = True
+    now[0] = 10.0  # past its cache period: the database is asked again, cannot answer
+    assert lookup("te_admin") == KEYS["te_admin"]
+    with pytest.raises(StorageUnavailable):  # a key not seen before the outage
+        lookup("te_trader")
+    now[0] = 700.0  # past the stale period
+    with pytest.raises(StorageUnavailable):
+        lookup("te_admin")
+    assert database.calls == ["te_admin", "te_admin", "te_trader", "te_admin"]
+
+
+def test_while_the_database_stalls_a_known_key_waits_only_the_grace_and_one_lookup_runs() -> None:
+    now = [0.0]
+    database = Outage()
+    auth = AuthMiddleware(database, cache_ttl=5.0, stale_grace=0.1, clock=lambda: now[0])
+
+    async def three_at_once() -> list[object]:
+        return list(await asyncio.gather(*(auth._lookup("te_admin") for _ in range(3))))
+
+    assert falcon.async_to_sync(auth._lookup, "te_admin") == KEYS["te_admin"]
+    database.stall = 1.0
+    now[0] = 10.0
+    started = time.monotonic()
+    assert falcon.async_to_sync(three_at_once) == [KEYS["te_admin"]] * 3
+    assert time.monotonic() - started < 0.9  # the stale answer, not the stalled lookup's
+    assert database.calls == ["te_admin", "te_admin"]  # the three shared one lookup
+
+
+def test_a_key_revoked_through_the_api_is_never_served_stale() -> None:
+    database = Outage()
+    now = [0.0]
+    auth = AuthMiddleware(database, cache_ttl=5.0, clock=lambda: now[0])
+    assert falcon.async_to_sync(auth._lookup, "te_admin") == KEYS["te_admin"]
+    revoking = SimpleNamespace(context=falcon.Context())
+    forget_keys(revoking)  # type: ignore[arg-type]
+    falcon.async_to_sync(auth.process_response, revoking, None, None, True)
+    database.down = True
+    now[0] = 10.0
+    with pytest.raises(StorageUnavailable):
+        falcon.async_to_sync(auth._lookup, "te_admin")
