@@ -6,7 +6,7 @@ and the pairs' funds gate is a `RemoteWallet`:
 - `try_lock` is a synchronous ``reserve`` at the service with a fresh key per call
   (``reserve:<incarnation uuid>:<n>``; every retry of the call carries the same key, so a retried call
   never reserves twice). A refusal answers False (INSUFFICIENT_BALANCE). When the service cannot be
-  used (breaker open: at once, no HTTP; or retries exhausted) it raises `EngineUnavailable` (503). If a
+  used (breaker open: at once, no HTTP; or retries exhausted) it raises `WalletServiceUnavailable` (503). If a
   call was sent and its outcome is unknown, a ``void`` command is committed at once (directly, not
   through the writer): the settler sends the same reserve again (it applies now or replays) and then
   releases it, so an unknown reserve never stays locked;
@@ -17,11 +17,13 @@ and the pairs' funds gate is a `RemoteWallet`:
   (``unlock:<incarnation uuid>:<n>``) and delivered by the settler; if even that fails (database down),
   the start-up reconciliation of the next wallet incarnation gives it back;
 - `deposit`, `withdraw` and `balances` go to the service directly (it is the source of truth; a key per
-  admin request, so an admin's retry after a 503 is a new request: look at the balance first).
+  admin request: a transfer whose request went out unanswered is EngineTimeout (504, the outcome is
+  unknown: look at the balance before a retry, which is a new request); one the breaker kept from the
+  service is WalletServiceUnavailable (503, nothing happened).
 
 Until the settler has delivered every pending command and reconciled the service's locked balances with
-what open orders reserve (`WalletSettler`), `try_lock` answers EngineUnavailable("the wallet service is
-not reconciled yet"): the group start never blocks on the service, orders wait for it.
+what open orders reserve (`WalletSettler`), `try_lock` answers WalletServiceUnavailable("the wallet
+service is not reconciled yet"): the group start never blocks on the service, orders wait for it.
 
 Single-engine assumption: the engine that reconciles is the only one reserving at this wallet service
 for these users (the reconciliation releases every locked amount no open order of THIS database
@@ -42,7 +44,14 @@ from typing import Any, Literal
 
 import pybreaker
 
-from tradeengine.engine import EngineEvent, EngineUnavailable, PairSpec, TradeEngineError, ValidationError
+from tradeengine.engine import (
+    EngineEvent,
+    EngineTimeout,
+    PairSpec,
+    TradeEngineError,
+    ValidationError,
+    WalletServiceUnavailable,
+)
 from tradeengine.storage.balances import user_exists
 from tradeengine.storage.breaker import DEFAULT_KEY_PREFIX as BREAKER_KEY_PREFIX
 from tradeengine.storage.breaker import make_breaker
@@ -118,9 +127,9 @@ class RemoteWallet(WalletBackend):
     # -- the funds gate -------------------------------------------------------------------------------
 
     def try_lock(self, user_id: str, asset: str, amount: int) -> bool:
-        """Reserve at the service; False when refused; EngineUnavailable when it cannot be used."""
+        """Reserve at the service; False when refused; WalletServiceUnavailable when it cannot be used."""
         if not self._reconciled.is_set():
-            raise EngineUnavailable("the wallet service is not reconciled yet; retry")
+            raise WalletServiceUnavailable("the wallet service is not reconciled yet; retry")
         key = f"reserve:{self.boot}:{next(self._counter)}"
         try:
             return self.client.reserve(key, user_id, asset, amount)
@@ -128,10 +137,10 @@ class RemoteWallet(WalletBackend):
             if exc.__cause__ is not None:  # a request went out: its outcome is unknown
                 self._commit(WalletCommandRow(f"void:{key}", "void",
                                               encode_movements([(user_id, asset, -amount, amount)])))
-            raise EngineUnavailable(f"the wallet service is unavailable: {exc}") from exc
+            raise WalletServiceUnavailable(f"the wallet service is unavailable: {exc}") from exc
         except WalletRejected as exc:  # a 4xx other than a refusal: never applied, but a bug
             log.error("the wallet service refused reserve %s: %s", key, exc)
-            raise EngineUnavailable(f"the wallet service refused the reserve: {exc}") from exc
+            raise WalletServiceUnavailable(f"the wallet service refused the reserve: {exc}") from exc
 
     def release(self, user_id: str, asset: str, amount: int) -> None:
         """Commit the release of a lock whose command produced no facts; the settler delivers it."""
@@ -191,8 +200,10 @@ def _unavailable(what: str, *, changes: bool = True) -> Any:
     try:
         yield
     except WalletUnavailable as exc:
-        outcome = f"; the {what} may or may not have happened (look at the balance)" if changes else ""
-        raise EngineUnavailable(f"the wallet service is unavailable{outcome}: {exc}") from exc
+        if changes and exc.__cause__ is not None:  # a request went out unanswered: it may have been applied
+            raise EngineTimeout(f"the wallet service did not answer the {what}; it may or may not have "
+                                f"happened (look at the balance): {exc}") from exc
+        raise WalletServiceUnavailable(f"the wallet service is unavailable: {exc}") from exc
 
 
 class RemoteWalletActor(WalletActor):

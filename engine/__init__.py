@@ -35,6 +35,7 @@ from .errors import (
     TradeEngineError,
     UnknownSymbol,
     ValidationError,
+    WalletServiceUnavailable,
 )
 from .events import (
     EngineEvent,
@@ -120,6 +121,7 @@ __all__ = [
     "UnknownSymbol",
     "UnlimitedFunds",
     "ValidationError",
+    "WalletServiceUnavailable",
     "balance_deltas",
     "check_transition",
     "decode_events",

@@ -28,6 +28,7 @@ TradeEngineError                       root of everything the project raises on 
 └── InfrastructureError                something outside the domain failed (HTTP 5xx); raised by other layers
     ├── StorageUnavailable             UNAVAILABLE     (database down)
     ├── EngineUnavailable              UNAVAILABLE     (actor restarting, breaker open)
+    │   └── WalletServiceUnavailable   UNAVAILABLE     (the remote wallet service cannot be used)
     └── EngineTimeout                  ENGINE_TIMEOUT  (outcome unknown)
 ```
 
@@ -215,6 +216,11 @@ class EngineUnavailable(InfrastructureError):
     """The pair actor is restarting, halted by a breaker, or otherwise not answering."""
 
     code = "UNAVAILABLE"
+
+
+class WalletServiceUnavailable(EngineUnavailable):
+    """The remote wallet service cannot be used (breaker open, not reconciled yet, no answer); nothing
+    was changed by the refused command."""
 
 
 class EngineTimeout(InfrastructureError):

@@ -146,6 +146,7 @@ def default_error_mappings() -> list[ErrorMapping]:
         _unavailable(engine_errors.InfrastructureError, "engine"),
         _unavailable(engine_errors.StorageUnavailable, "database"),
         _unavailable(engine_errors.EngineUnavailable, "engine"),
+        _unavailable(engine_errors.WalletServiceUnavailable, "wallet service"),
         ErrorMapping(ActorUnavailable, 503, "UNAVAILABLE", _actor_unavailable, retry_after=_actor_retry_after,
                      log_level=logging.WARNING),
         ErrorMapping(engine_errors.EngineTimeout, 504, "ENGINE_TIMEOUT", _TIMEOUT_MESSAGE,

@@ -23,7 +23,13 @@ from tradeengine.actors.remote_wallet import RemoteWalletSettings
 from tradeengine.actors.settler import SettlerSettings
 from tradeengine.actors.supervision import Backoff
 from tradeengine.actors.system import ActorSystem
-from tradeengine.engine import EngineUnavailable, InsufficientBalance, Side
+from tradeengine.engine import (
+    EngineTimeout,
+    EngineUnavailable,
+    InsufficientBalance,
+    Side,
+    WalletServiceUnavailable,
+)
 from tradeengine.storage.wallet_client import WalletClient
 from tradeengine.storage.wallet_commands import (
     WalletCommandRow,
@@ -301,3 +307,23 @@ def test_a_rebuild_of_the_database_group_reconciles_the_service_again(
         assert (figures.reconciliations, figures.released_by_reconciliation) == (2, 1)
         system.exchange.place(SELLER, limit("BTC-USDT", Side.SELL, "1", "50000"))
         assert at_service(wallet, SELLER, "BTC") == (D(8), D(2))
+
+
+# -- transfers during an outage ---------------------------------------------------------------------------
+
+
+def test_a_transfer_the_service_may_have_applied_is_outcome_unknown_one_the_breaker_kept_back_unavailable(
+    pool: psycopg_pool.ConnectionPool, wallet: WalletService,
+) -> None:
+    states = BreakerStates()
+    with remote_system(pool, wallet, retries=0, breaker_fail_max=1, breaker_reset_timeout=30.0,
+                       breaker_listeners=(states,)) as system:
+        wallet.set_faults(fail_next=1, fail_status=503, after_apply=True, routes=["deposit"])
+        with pytest.raises(EngineTimeout, match="may or may not have happened"):
+            system.deposit(BUYER, "USDT", 5 * ATOMS)
+        assert at_service(wallet, BUYER, "USDT") == (D(5), D(0))  # it was applied: a blind retry doubles it
+        assert states.current == "open"
+        with pytest.raises(WalletServiceUnavailable) as refused:  # nothing was sent: nothing happened
+            system.deposit(BUYER, "USDT", 5 * ATOMS)
+        assert not isinstance(refused.value, EngineTimeout)
+        assert at_service(wallet, BUYER, "USDT") == (D(5), D(0))

@@ -182,6 +182,13 @@ def test_infrastructure_errors_map_to_503_or_504_without_leaking_their_text(
     assert result.headers.get("retry-after") == retry_after
 
 
+def test_a_wallet_service_outage_tells_the_client_it_is_the_wallet_service() -> None:
+    result = _answer_to(engine_errors.WalletServiceUnavailable("wallet service reserve: breaker open"))
+    assert (result.status_code, result.headers.get("retry-after")) == (503, "1")
+    assert result.json["error"] == {"code": "UNAVAILABLE",
+                                    "message": "the wallet service is unavailable; retry later"}
+
+
 @pytest.mark.parametrize(("state", "child", "message", "retry_after"), [
     (ChildState.FAILED, "pair:BTC-USDT",
      "the pair BTC-USDT has failed and takes no commands until an operator restarts it; retry later", "30"),
