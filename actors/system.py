@@ -45,11 +45,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from decimal import Decimal
 from typing import Any
+
+import pykka
 
 from tradeengine.engine import PairSpec, format_atoms, format_decimal
 from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
@@ -303,7 +305,7 @@ class ActorSystem:
         self._exchange = Exchange(
             routes=self._routes.get, next_order_id=ids.next, clock_us=self._clock_us,
             orders=DatabaseOrders(self.pool), timeout=self._request_timeout,
-            wallet=supervisor.handle("wallet"), symbols=lambda: sorted(self._routes),
+            wallet=supervisor.handle("wallet"), symbols=self.symbols,
             observer=self._observer,
         )
         relay = self._relay_settings
@@ -457,15 +459,35 @@ class ActorSystem:
         """The supervised actors with state, incarnation, restarts, mailbox and last failure."""
         return list(self._supervisor().list())
 
+    def symbols(self) -> list[str]:
+        """The symbols of every pair of the engine, sorted."""
+        return sorted(self._routes)
+
     def pair_actor(self, symbol: str) -> ChildStatus:
         """The supervision status of one pair's actor."""
         self._route(symbol)
         return self._supervisor().status(pair_child_name(symbol))
 
-    def open_orders(self, symbol: str) -> int:
-        """The number of live orders (resting and pending stops) of a pair, from its actor."""
-        status = self._route(symbol).ask(StatusQuery(), self._request_timeout)
-        return int(status.bids + status.asks + status.stops)
+    def open_orders(self, symbols: Iterable[str]) -> dict[str, int | None]:
+        """The number of live orders (resting and pending stops) of each pair, asked of all their actors
+        at once; None for a pair whose actor is not running or does not answer within the request
+        timeout (one deadline for all: a stuck pair does not hold the others' answers)."""
+        asked: dict[str, pykka.Future[Any] | None] = {}
+        for symbol in symbols:
+            route = self._route(symbol)
+            try:
+                asked[symbol] = None if route.handle is None else route.handle.ask_future(StatusQuery())
+            except ActorUnavailable:
+                asked[symbol] = None
+        deadline = time.monotonic() + self._request_timeout
+        counts: dict[str, int | None] = {}
+        for symbol, future in asked.items():
+            counts[symbol] = None
+            if future is not None:
+                with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                    status = future.get(timeout=max(deadline - time.monotonic(), 0.0))
+                    counts[symbol] = int(status.bids + status.asks + status.stops)
+        return counts
 
     def add_pair(self, pair: NewPair) -> PairRecord:
         """Persist a new pair and start its actor: it trades at once."""

@@ -43,9 +43,9 @@ import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.ledger import AssetBalance
-from tradeengine.actors.supervision import ChildState, ChildStatus
-from tradeengine.actors.system import ActorSystem
-from tradeengine.engine.errors import EngineTimeout, EngineUnavailable, UnknownSymbol, ValidationError
+from tradeengine.actors.supervision import ChildStatus
+from tradeengine.actors.system import ActorSystem, pair_child_name
+from tradeengine.engine.errors import UnknownSymbol, ValidationError
 from tradeengine.engine.units import ATOM, ATOM_PLACES, format_atoms, to_atoms
 from tradeengine.storage import pairs as stored_pairs
 from tradeengine.storage import users as stored_users
@@ -181,15 +181,16 @@ class _Pairs:
             raise UnknownSymbol(f"unknown symbol {symbol}", field="symbol")
         return record
 
-    def with_actor(self, record: PairRecord, status: ChildStatus | None = None) -> AdminPair:
-        """The pair with its actor's state; ``open_orders`` only from a running actor that answers."""
-        status = status if status is not None else self.system.pair_actor(record.symbol)
-        open_orders: int | None = None
-        if status.state is ChildState.RUNNING:
-            try:
-                open_orders = self.system.open_orders(record.symbol)
-            except (EngineUnavailable, EngineTimeout):
-                open_orders = None
+    def listed(self, records: list[PairRecord]) -> list[AdminPair]:
+        """The pairs with their actors' states (their open orders asked of all at once)."""
+        statuses = [self.system.pair_actor(record.symbol) for record in records]
+        counts = self.system.open_orders([record.symbol for record in records])
+        return [self.with_actor(record, status, counts[record.symbol])
+                for record, status in zip(records, statuses, strict=True)]
+
+    @staticmethod
+    def with_actor(record: PairRecord, status: ChildStatus, open_orders: int | None) -> AdminPair:
+        """The pair with its actor's state; ``open_orders`` from a running actor that answered, or None."""
         return AdminPair(symbol=record.symbol, status=record.status,  # type: ignore[arg-type]
                          actor=ActorState(state=status.state.value,
                                           incarnation=status.incarnation, restarts=status.restarts,
@@ -400,7 +401,7 @@ class AdminPairsResource(Resource):
         respond(resp, AdminPairs(pairs=await blocking(self._list)))
 
     def _list(self) -> list[AdminPair]:
-        return [self._pairs.with_actor(record) for record in self._pairs.repository.list()]
+        return self._pairs.listed(self._pairs.repository.list())
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Add a pair."""
@@ -484,7 +485,8 @@ class PairRestartResource(Resource):
 
     def _restart(self, symbol: str) -> AdminPair:
         record = self._pairs.record(symbol)
-        return self._pairs.with_actor(record, self._pairs.system.restart_pair(symbol))
+        status = self._pairs.system.restart_pair(symbol)
+        return self._pairs.with_actor(record, status, self._pairs.system.open_orders([symbol])[symbol])
 
 
 class ActorsResource(Resource):
@@ -504,13 +506,18 @@ class ActorsResource(Resource):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the actors."""
-        actors = [_actor(status) for status in await blocking(self._system.actors)]
-        respond(resp, Actors(supervisor=SUPERVISOR, actors=actors))
+        respond(resp, Actors(supervisor=SUPERVISOR, actors=await blocking(self._list)))
+
+    def _list(self) -> list[Actor]:
+        statuses = self._system.actors()
+        counts = {pair_child_name(symbol): count
+                  for symbol, count in self._system.open_orders(self._system.symbols()).items()}
+        return [_actor(status, counts.get(status.name)) for status in statuses]
 
 
-def _actor(status: ChildStatus) -> Actor:
+def _actor(status: ChildStatus, open_orders: int | None) -> Actor:
     fields: dict[str, Any] = {"name": status.name, "group": status.group, "policy": status.policy.value,
                               "state": status.state.value, "incarnation": status.incarnation,
                               "restarts": status.restarts, "mailbox": status.mailbox,
-                              "last_failure": _failure(status)}
+                              "last_failure": _failure(status), "open_orders": open_orders}
     return Actor(**fields)

@@ -541,6 +541,7 @@ class Actor(Response):
     restarts: int
     mailbox: int
     last_failure: ActorFailure | None
+    open_orders: int | None  # a pair's live orders (resting and stops); None for other actors, or no answer
 
 
 class Actors(Response):

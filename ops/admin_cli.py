@@ -184,14 +184,16 @@ def cmd_pairs_change(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_actors(args: argparse.Namespace, settings: Settings) -> int:
-    """``actors``: every supervised actor with its state, incarnation, restarts, mailbox and last failure."""
+    """``actors``: every supervised actor with its state, incarnation, restarts, mailbox, open orders (a
+    pair's) and last failure."""
     tree = _run(args, settings, "actors", "GET", "actors")
     if isinstance(tree, int):
         return tree
     if not args.json:
-        print_table(("NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "LAST FAILURE"),
+        print_table(("NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "OPEN ORDERS", "LAST FAILURE"),
                     [(a["name"], a["state"], str(a["incarnation"]), str(a["restarts"]), str(a["mailbox"]),
-                      _failure(a["last_failure"])) for a in tree["actors"]])
+                      "-" if a["open_orders"] is None else str(a["open_orders"]), _failure(a["last_failure"]))
+                     for a in tree["actors"]])
     return 0
 
 

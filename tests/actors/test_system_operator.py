@@ -5,7 +5,9 @@ fees, list the actors. Real PostgreSQL (the machine's server), real actors.
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
+from typing import Any
 
 import psycopg_pool
 import pytest
@@ -13,12 +15,14 @@ import pytest
 from tests.actors.system_harness import (
     ATOMS,
     assert_consistent,
+    fund,
     limit,
     memory_book,
     order_id_of,
     running_system,
     wait_until,
 )
+from tradeengine.actors.pair import PairActor, StatusQuery
 from tradeengine.actors.supervision import ChildState
 from tradeengine.actors.system import ActorSystem
 from tradeengine.engine import OrderCancelled, Side, TradeExecuted
@@ -166,7 +170,7 @@ def test_the_actor_list_shows_state_incarnation_restarts_mailbox_and_last_failur
 
     row = system.pair_actor("BNB-USDT")
     assert (row.state, row.incarnation, row.restarts, row.last_failure) == (ChildState.RUNNING, 2, 1, None)
-    assert system.open_orders("BNB-USDT") == 0
+    assert system.open_orders(["BNB-USDT"]) == {"BNB-USDT": 0}
 
 
 def test_restarting_a_pair_under_load_loses_no_command_and_leaves_no_gap_in_its_sequence(
@@ -250,3 +254,24 @@ def test_restarting_a_pair_after_its_group_failed_with_the_writer_rebuilds_the_w
     taker = exchange.place(1001, limit("BTC-USDT", Side.BUY, "0.01", "60000"))
     assert [trade.seller_order_id for trade in trades_of(taker)] == [str(resting)]
     assert_consistent(exchange, pool)
+
+
+def test_open_orders_are_asked_of_every_pair_at_once_and_a_stuck_pair_holds_no_other_answer(
+    pool: psycopg_pool.ConnectionPool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer = PairActor.on_receive
+
+    def stuck_on_btc(self: PairActor, message: Any) -> Any:
+        if isinstance(message, StatusQuery) and self.spec.symbol == "BTC-USDT":
+            time.sleep(1.5)
+        return answer(self, message)
+
+    monkeypatch.setattr(PairActor, "on_receive", stuck_on_btc)
+    with running_system(pool, request_timeout=0.5) as system:
+        fund(system)
+        system.exchange.place(1001, limit("ETH-USDT", Side.SELL, "1", "3000"))
+        started = time.monotonic()
+        counts = system.open_orders(system.symbols())
+        assert time.monotonic() - started < 1.2  # one deadline for all, not one per pair
+        assert counts["BTC-USDT"] is None and counts["ETH-USDT"] == 1
+        assert sum(1 for count in counts.values() if count == 0) == 8

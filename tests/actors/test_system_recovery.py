@@ -67,7 +67,7 @@ def observe(system: ActorSystem) -> dict[str, Any]:
     return {
         "books": {symbol: memory_book(exchange, symbol) for symbol in PAIRS},
         "tops": {symbol: exchange.top(symbol) for symbol in PAIRS},
-        "open": {symbol: system.open_orders(symbol) for symbol in PAIRS},
+        "open": system.open_orders(PAIRS),
         "balances": {user: exchange.balances(user) for user in (*TRADERS, 1)},
     }
 

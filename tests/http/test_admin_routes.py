@@ -409,7 +409,8 @@ def test_a_restart_answers_once_the_new_incarnation_has_rebuilt_the_book(
 
 
 def test_the_supervision_tree_lists_every_actor_with_state_and_restarts(api: ApiHarness,
-                                                                        admin: Trader) -> None:
+                                                                        admin: Trader, alice: Trader) -> None:
+    place(api, alice, side="SELL", quantity="0.1", price="50000")
     assert api.post("/api/v1/admin/pairs/ETH-USDT/restart", admin).status_code == 200
     response = api.get("/api/v1/admin/actors", admin)
     assert response.status_code == 200
@@ -422,7 +423,8 @@ def test_the_supervision_tree_lists_every_actor_with_state_and_restarts(api: Api
                               "DOGE-USDT", "LINK-USDT", "MATIC-USDT", "USDC-USDT")}
     assert actors["writer"] == {"name": "writer", "group": "database", "policy": "permanent",
                                 "state": "running", "incarnation": 1, "restarts": 0, "mailbox": 0,
-                                "last_failure": None}
+                                "last_failure": None, "open_orders": None}
+    assert (actors["pair:BTC-USDT"]["open_orders"], actors["pair:ETH-USDT"]["open_orders"]) == (1, 0)
     assert (actors["pair:ETH-USDT"]["incarnation"], actors["pair:ETH-USDT"]["restarts"]) == (2, 1)
     assert (actors["pair:BTC-USDT"]["incarnation"], actors["pair:BTC-USDT"]["restarts"]) == (1, 0)
     assert all(a["state"] == "running" and a["group"] == "database" for a in actors.values())

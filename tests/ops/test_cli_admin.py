@@ -204,10 +204,13 @@ def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_
     status, out, err = cli(engine, "actors", cwd=tmp_path)
     assert status == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "LAST", "FAILURE"]
+    assert header.split() == ["NAME", "STATE", "INCARNATION", "RESTARTS", "MAILBOX", "OPEN", "ORDERS", "LAST",
+                              "FAILURE"]
     actors = {row.split()[0]: row.split()[1:] for row in rows}
     assert actors["pair:ETH-BTC"][:3] == ["running", "3", "2"] and actors["pair:BTC-USDT"][:3] == [
         "running", "1", "0"]
+    assert actors["pair:ETH-BTC"][4] == "1" and actors["pair:BTC-USDT"][4] == "0"  # open orders
+    assert actors["writer"][4] == "-"
     assert {"writer", "wallet", "relay"} <= set(actors)
     status, out, err = cli(engine, "actors", "--json", cwd=tmp_path)
     assert status == 0 and {a["name"] for a in json.loads(out)["actors"]} == set(actors)
