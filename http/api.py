@@ -34,6 +34,7 @@ from .errors import ECHO_LIMIT, echoed
 from .models import (
     DECIMAL_PATTERN,
     PATTERN_MEANINGS,
+    SYMBOL_PATTERN,
     ErrorResponse,
     Health,
     Readiness,
@@ -423,10 +424,14 @@ def openapi_document(endpoints: Iterable[Endpoint], *, title: str, version: str)
     }
 
 
+_PATH_SCHEMA = {"type": "string", "minLength": 1}
+_PATH_SCHEMAS = {"symbol": {"type": "string", "pattern": SYMBOL_PATTERN}}  # a path symbol not of it: 404
+
+
 def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[str, Any]:
     api = endpoint.path.startswith("/api/")
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _PATH_SCHEMA)}
         for name in _PATH_PARAMETER.findall(endpoint.path)
     ]
     if operation.query is not None:

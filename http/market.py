@@ -35,6 +35,7 @@ from .auth import PUBLIC
 from .blocking import blocking
 from .errors import echoed
 from .models import (
+    SYMBOL_PATTERN,
     Candle,
     CandleQuery,
     Candles,
@@ -63,7 +64,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-_SYMBOL = re.compile(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")
+_SYMBOL = re.compile(SYMBOL_PATTERN)
 
 
 def known_format(symbol: str) -> str:

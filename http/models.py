@@ -20,6 +20,7 @@ from msgspec import Meta, Struct
 
 from tradeengine.actors.ledger import ASSET_PATTERN as LEDGER_ASSET
 from tradeengine.engine.validation import CLIENT_ORDER_ID
+from tradeengine.storage.market import DEFAULT_CANDLE_LIMIT, MAX_CANDLE_LIMIT
 
 
 def whole(body: str) -> str:
@@ -34,19 +35,16 @@ def whole(body: str) -> str:
 
 
 DECIMAL_PATTERN = whole(r"[0-9]{1,30}(\.[0-9]{1,30})?")
-SYMBOL_PATTERN = whole(r"[A-Z0-9]{1,16}-[A-Z0-9]{1,16}")
+SYMBOL_PATTERN = whole(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")  # the pairs table's own rule (pairs_symbol_format)
 ASSET_PATTERN = whole(LEDGER_ASSET.pattern)  # the ledger's own rule
-PAIR_SYMBOL_PATTERN = whole(r"[A-Z0-9]{2,12}-[A-Z0-9]{2,12}")
 CLIENT_ORDER_ID_PATTERN = whole(CLIENT_ORDER_ID.pattern)  # the engine's own rule
 USER_NAME_PATTERN = whole(r"[A-Za-z0-9._-]+")
 
 PATTERN_MEANINGS = {
     DECIMAL_PATTERN: 'a decimal number written as a JSON string of digits, e.g. "0.5" (at most 30 digits '
                      "before and after the point; no sign, exponent or spaces)",
-    SYMBOL_PATTERN: 'a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"',
+    SYMBOL_PATTERN: 'a pair symbol BASE-QUOTE, each of 2 to 12 capital letters and digits, e.g. "BTC-USDT"',
     ASSET_PATTERN: 'an asset code of 2 to 12 capital letters and digits, e.g. "USDT"',
-    PAIR_SYMBOL_PATTERN: 'a pair symbol BASE-QUOTE, each of 2 to 12 capital letters and digits, '
-                         'e.g. "AVAX-USDT"',
     CLIENT_ORDER_ID_PATTERN: "1 to 64 characters of A-Z, a-z, 0-9 and . _ : -",
     USER_NAME_PATTERN: "letters, digits and . _ -",
 }
@@ -60,8 +58,6 @@ Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with microseconds",
 Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description="BASE-QUOTE",
                              examples=["BTC-USDT"])]
 AssetCode = Annotated[str, Meta(pattern=ASSET_PATTERN, description="an asset code", examples=["USDT"])]
-PairSymbol = Annotated[str, Meta(pattern=PAIR_SYMBOL_PATTERN, description="BASE-QUOTE",
-                                 examples=["AVAX-USDT"])]
 UserId = Annotated[str, Meta(description="opaque user id", examples=["1000"])]
 ClientOrderId = Annotated[str, Meta(pattern=CLIENT_ORDER_ID_PATTERN, examples=["my-1"])]
 OrderId = Annotated[str, Meta(description="opaque order id", examples=["5764607523034234880"])]
@@ -386,7 +382,7 @@ class CandleQuery(Request):
     interval: CandleInterval = "1m"
     start: str | None = None
     end: str | None = None
-    limit: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_CANDLE_LIMIT)] = DEFAULT_CANDLE_LIMIT
 
 
 # -- admin --------------------------------------------------------------------------------------------
@@ -475,7 +471,7 @@ class NewPair(Request):
     """A pair to add; it trades at once (unless added HALTED). Sizes, limits and fees have at most 8
     decimal places; ``min_quantity`` defaults to ``lot_size``, ``min_notional`` to 0."""
 
-    symbol: PairSymbol
+    symbol: Symbol
     base_asset: AssetCode
     quote_asset: AssetCode
     tick_size: DecimalText

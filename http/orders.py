@@ -266,9 +266,8 @@ def _engine_order_id(text: str) -> str:
 def _statuses(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    statuses = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in ORDER_STATUSES]
-    if unknown or not statuses:
+    statuses = [s.strip() for s in text.split(",")]
+    if any(s not in ORDER_STATUSES for s in statuses):  # an empty item too: "OPEN,,FILLED" is malformed
         raise ValidationError(f"status must be a comma-separated list of {', '.join(sorted(ORDER_STATUSES))}",
                               field="status")
     return statuses

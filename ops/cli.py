@@ -86,6 +86,12 @@ def _cmd_pairs_list(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_database(settings) as database:  # refuses a database `migrate` has not brought up to date
         pairs = database.pairs().list()
+    if args.json:  # as GET /api/v1/pairs answers
+        from tradeengine.http.market import pair
+        from tradeengine.http.models import Pairs, encode
+
+        print(encode(Pairs(pairs=[pair(record) for record in pairs])).decode())
+        return 0
     header = ("SYMBOL", "STATUS", "TICK", "LOT", "MIN QTY", "MAX QTY", "MIN NOTIONAL", "MAKER", "TAKER")
     rows = [
         (p.symbol, p.status, *map(format_decimal, (p.tick_size, p.lot_size, p.min_quantity, p.max_quantity,
@@ -407,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="Trading pairs.", description="Trading pairs.",
                                 epilog=SETTINGS_POINTER)
     pair_commands = pairs.add_subparsers(dest="pairs_command", metavar="SUBCOMMAND", required=True)
-    add("list", _cmd_pairs_list, "List the trading pairs with their rules and status (from the database, "
-        "which must be migrated).", pair_commands, reads=DATABASE_SETTINGS)
+    pair_list = add("list", _cmd_pairs_list, "List the trading pairs with their rules and status (from the "
+                    "database, which must be migrated).", pair_commands, reads=DATABASE_SETTINGS)
+    pair_list.add_argument("--json", action="store_true", help="print one JSON object, as GET /api/v1/pairs")
     pair_add = add("add", cmd_pairs_add, "Add a pair to the running engine (its admin API): stored, its "
                    "actor started, trading at once; print it.", pair_commands, reads=ADMIN_SETTINGS)
     pair_add.add_argument("symbol", help="BASE-QUOTE, each 2-12 capital letters or digits, e.g. DOGE-BTC")

@@ -10,7 +10,7 @@ import openapi_spec_validator
 from tests.http.api_harness import ApiHarness
 from tradeengine.http.api import Endpoint, operations_endpoints
 from tradeengine.http.auth import ADMIN, PUBLIC
-from tradeengine.http.models import PATTERN_MEANINGS
+from tradeengine.http.models import PATTERN_MEANINGS, SYMBOL_PATTERN
 from tradeengine.http.routes import api_endpoints
 
 RESPONDER = re.compile(r"^on_(get|post|put|patch|delete)$")
@@ -116,3 +116,28 @@ def test_every_api_route_documents_a_400_for_its_query_parameters(api: ApiHarnes
         if path.startswith("/api/"):
             for method, operation in item.items():
                 assert "400" in operation["responses"], (path, method)
+
+
+def test_a_symbol_has_one_format_wherever_it_appears(api: ApiHarness) -> None:
+    """Path, query and body: the format every stored pair has (the pairs table's CHECK), so a client built
+    from the document accepts no symbol that no pair can have."""
+    formats: dict[str, set[str]] = {}
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("name") == "symbol" and "schema" in node:  # a path or query parameter
+                pattern = node["schema"].get("pattern", "none")
+                formats.setdefault(pattern, set()).add(f"{where} ({node['in']})")
+            symbol = node.get("properties", {}).get("symbol")
+            if isinstance(symbol, dict) and "pattern" in symbol:  # a request body's field
+                formats.setdefault(symbol["pattern"], set()).add(where)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, where)
+
+    walk(document(api), "")
+    assert set(formats) == {SYMBOL_PATTERN}, formats
+    assert any("(path)" in where for where in formats[SYMBOL_PATTERN])
+    assert any("NewPair" in where for where in formats[SYMBOL_PATTERN])

@@ -381,7 +381,7 @@ def test_a_malformed_order_is_400_naming_the_field_and_stores_nothing(
     ({"quantity": "0.1", "price": "1", "client_order_id": "é"},
      "client_order_id must be 1 to 64 characters of A-Z, a-z, 0-9 and . _ : -"),
     ({"quantity": "0.1", "price": "1", "symbol": "btc-usdt"},
-     'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"'),
+     'symbol must be a pair symbol BASE-QUOTE, each of 2 to 12 capital letters and digits, e.g. "BTC-USDT"'),
     # the decimal hint only on decimal fields
     ({"quantity": "0.1", "price": "1", "client_order_id": 5}, "client_order_id must be a JSON string"),
     ({"quantity": "0.1", "price": "1", "symbol": 5}, "symbol must be a JSON string"),
@@ -405,7 +405,8 @@ def test_a_malformed_query_parameter_is_told_in_words_what_it_takes(api: ApiHarn
     response = api.get(ORDERS, bob, params={"symbol": "btc"})
     assert response.status_code == 400, response.text
     assert error_of(response)["message"] == (
-        'symbol must be a pair symbol BASE-QUOTE in capital letters and digits, e.g. "BTC-USDT"')
+        'symbol must be a pair symbol BASE-QUOTE, each of 2 to 12 capital letters and digits, '
+        'e.g. "BTC-USDT"')
     response = api.post(ORDERS, bob, json={"symbol": "BTC-USDT", "type": "LIMIT", "quantity": "1"})
     assert (response.status_code, error_of(response)["message"]) == (400, "side is required")
     response = api.post(f"{ORDERS}/batch", bob, json={"orders": []})
@@ -445,8 +446,9 @@ def test_orders_are_listed_newest_first_filtered_and_paged_with_a_cursor(
     open_only = api.get(ORDERS, bob, params={"status": "OPEN,PARTIALLY_FILLED"}).json["orders"]
     assert [o["id"] for o in open_only] == [ids[4], ids[3], ids[2], ids[0]]
     assert api.get(ORDERS, bob, params={"side": "SELL"}).json["orders"] == []
-    bad = api.get(ORDERS, bob, params={"status": "OPEN,WAITING"})
-    assert bad.status_code == 400 and error_of(bad)["field"] == "status"
+    for malformed in ("OPEN,WAITING", "OPEN,,FILLED", "OPEN,", ","):
+        bad = api.get(ORDERS, bob, params={"status": malformed})
+        assert bad.status_code == 400 and error_of(bad)["field"] == "status", malformed
     bad = api.get(ORDERS, bob, params={"limit": 501})
     assert bad.status_code == 400 and error_of(bad)["field"] == "limit"
     bad = api.get(ORDERS, bob, params={"cursor": "not-a-cursor"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,14 @@ def test_migrate_then_pairs_list_against_a_fresh_database(machine_pg_url: str, t
     # decimals as the API renders them (no trailing zeros)
     assert ["BTC-USDT", "ACTIVE", "0.01", "0.00001", "0.00001", "9000", "10", "0.0008", "0.001"] in [
         row.split() for row in rows]
+    as_json = _run("pairs", "list", "--json", cwd=tmp_path, database_url=machine_pg_url)
+    assert as_json.returncode == 0, as_json.stderr
+    pairs = {p["symbol"]: p for p in json.loads(as_json.stdout)["pairs"]}
+    assert len(pairs) == len(rows)
+    assert pairs["BTC-USDT"] == {"symbol": "BTC-USDT", "base_asset": "BTC", "quote_asset": "USDT",
+                                 "tick_size": "0.01", "lot_size": "0.00001", "min_quantity": "0.00001",
+                                 "max_quantity": "9000", "min_notional": "10", "maker_fee": "0.0008",
+                                 "taker_fee": "0.001", "status": "ACTIVE"}
     assert not (tmp_path / "data").exists()  # an external database needs no data folder
 
 
