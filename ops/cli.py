@@ -285,14 +285,15 @@ def _key_id(text: str) -> int:
 
 
 def _symbol(text: str) -> str:
-    """argparse type: a pair symbol of the API's shape, BASE-QUOTE in capital letters and digits."""
+    """argparse type: a pair symbol of the API's shape, BASE-QUOTE, each of 2 to 12 capital letters and
+    digits."""
     import re
 
     from tradeengine.http.models import SYMBOL_PATTERN  # imported when used: --help stays instant
 
     if re.match(SYMBOL_PATTERN, text) is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a pair symbol BASE-QUOTE in capital letters and "
-                                         "digits, e.g. BTC-USDT")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a pair symbol BASE-QUOTE, each of 2 to 12 capital "
+                                         "letters and digits, e.g. BTC-USDT")
     return text
 
 

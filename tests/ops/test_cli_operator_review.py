@@ -277,17 +277,17 @@ def test_tail_refuses_a_symbol_of_the_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_tail_refuses_a_pair_the_running_engine_does_not_have(engine_with_pairs: int, tmp_path: Path) -> None:
-    result = _tail("NOPE-X", tmp_path, http_port=str(engine_with_pairs))
+    result = _tail("NOPE-XX", tmp_path, http_port=str(engine_with_pairs))
     assert result.returncode == 1
     assert _one_line(result) == (f"trade-engine: the engine at http://127.0.0.1:{engine_with_pairs} has no "
-                                 "pair NOPE-X (its pairs: BTC-USDT)")
+                                 "pair NOPE-XX (its pairs: BTC-USDT)")
     known = _tail("BTC-USDT", tmp_path, http_port=str(engine_with_pairs))
     assert "broker" in _one_line(known)  # accepted: it went on to the broker
 
 
 def test_tail_warns_when_no_engine_answers_to_check_the_symbol(tmp_path: Path) -> None:
-    result = _tail("NOPE-X", tmp_path)
+    result = _tail("NOPE-XX", tmp_path)
     warning, broker = result.stderr.strip().splitlines()
-    assert warning.startswith("trade-engine: warning: NOPE-X not checked: no engine answers")
+    assert warning.startswith("trade-engine: warning: NOPE-XX not checked: no engine answers")
     assert "broker" in broker and "Traceback" not in result.stderr
 
