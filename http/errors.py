@@ -269,8 +269,9 @@ class _MappedErrorHandler:
         code, message, field, details = describe(mapping, ex)
         if mapping.log_level > logging.INFO:  # a client's mistake is told by the access line alone
             traceback = ex if mapping.log_level >= logging.ERROR else None
-            self._logger.log(mapping.log_level, "%s %s answered %d %s: %s", req.method, req.path,
-                             mapping.status, code, ex, exc_info=traceback,
+            # what the client was told, then the cause (which it was not: it may name hosts and internals)
+            self._logger.log(mapping.log_level, "%s %s answered %d %s (%s); the cause: %s", req.method,
+                             req.path, mapping.status, code, message, ex, exc_info=traceback,
                              extra={"request_id": request_id_of(req), "error_code": code})
         wait = mapping.retry_after
         if wait is not None:

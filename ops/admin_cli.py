@@ -51,7 +51,8 @@ def decimal(text: str) -> str:
 def amount(text: str) -> str:
     """argparse type: a positive decimal as the API takes it (anything else is refused at once)."""
     if not _is_decimal(text) or Decimal(text) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive decimal of digits, e.g. 1000.5")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive decimal of digits, e.g. 1000.5 (at "
+                                         "most 30 digits before the point and 30 after)")
     return text
 
 

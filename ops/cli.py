@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
@@ -330,7 +331,6 @@ def _stop_on_interrupt_or_term() -> None:
     control) inherits that, and Python then installs no KeyboardInterrupt handler, so Ctrl-C, the
     stop this command promises, would do nothing. Only in the main thread, where handlers can be set.
     """
-    import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         and a pointer to ``serve --help`` for the rest."""
         sub = parent.add_parser(name, help=text, description=text, epilog=_settings_epilog(reads),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, reads_settings=reads != ())
         return sub
 
     add("serve", _cmd_serve,
@@ -538,10 +538,13 @@ BROKEN_PIPE_STATUS = 141
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
-    """Run the command line; return the exit status (141, quietly, when stdout is closed under us)."""
+    """Run the command line; return the exit status (141, quietly, when stdout is closed under us; 130,
+    quietly, for a Ctrl-C that came before a command took it over, e.g. while its modules load)."""
     try:
         status = _main(argv, environ)
         sys.stdout.flush()  # a closed pipe shows here rather than at exit, where it cannot be handled
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         # Python flushes stdout once more at exit, which would fail again and print an error: point
         # the descriptor at /dev/null first (the recipe of Python's `signal` documentation).
@@ -554,8 +557,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
 def _main(argv: Sequence[str] | None, environ: dict[str, str] | None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env(os.environ if environ is None else environ)
+    try:  # a command that reads no setting (`version`) runs whatever the environment holds
+        settings = Settings.from_env(os.environ if environ is None else environ) if args.reads_settings \
+            else Settings()
     except SettingsError as exc:
         print(f"trade-engine: configuration error: {exc}", file=sys.stderr)
         return 2

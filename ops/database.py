@@ -229,7 +229,7 @@ def require_migrations(url: str, shown: str | None = None) -> None:
     why = ("no migrations applied" if len(pending) == shipped
            else f"{len(pending)} of {shipped} migrations pending, the first {pending[0].name}")
     raise NotMigrated(f"the database at {shown or redact(url)} is not migrated ({why}); "
-                      "run `trade-engine migrate`")
+                      "run `trade-engine migrate` (or wait: a `serve` starting on it applies them)")
 
 
 @contextmanager

@@ -84,7 +84,9 @@ class EngineLock:
                 holder = _holder(url)
                 raise StartupError(f"another trade-engine is serving the database at {redact(url)}"
                                    f"{f' ({holder})' if holder else ''}; one engine per database")
-            _log.info("holding the engine lock of %s", redact(url))
+            info = connection.info  # what libpq reached: a URL may leave host and database to its defaults
+            _log.info("holding the engine lock of %s (database %s as %s on %s, port %s)", redact(url),
+                      info.dbname, info.user, info.host, info.port)
             self._connection = connection
             yield
         finally:

@@ -68,17 +68,32 @@ def _rate(name: str, raw: str) -> int:
     return value
 
 
+MAX_SECONDS = 1e9
+"""The longest duration a setting takes (~31 years): longer ones overflow the dates they compute."""
+
+
 def _seconds(name: str, raw: str) -> float:
     try:
-        return float(raw.strip())
+        value = float(raw.strip())
     except ValueError:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds") from None
+    if not abs(value) <= MAX_SECONDS:  # inf and nan too
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of seconds up to {MAX_SECONDS:.0e}")
+    return value
 
 
 def _positive_float(name: str, raw: str) -> float:
     value = _seconds(name, raw)
     if not value > 0:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be greater than 0")
+    return value
+
+
+def _request_timeout(name: str, raw: str) -> float:
+    value = _positive_float(name, raw)
+    if value > 3600:
+        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at most 3600 seconds (a request waits that "
+                            "long for the engine)")
     return value
 
 
@@ -109,19 +124,23 @@ def _bool(name: str, raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
-    if lowered in ("0", "false", "no", "off", ""):
+    if lowered in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{PREFIX}{name}={raw!r}: must be true or false")
 
 
 def _url(*schemes: str) -> Callable[[str, str], str | None]:
     def parse(name: str, raw: str) -> str | None:
-        if not raw:
-            return None
-        scheme = urlsplit(raw).scheme
-        if scheme not in schemes:
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}{name}={raw!r}: not a valid URL ({exc})") from None
+        if parts.scheme not in schemes:
             allowed = ", ".join(f"{s}://" for s in schemes)
             raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a URL starting with {allowed}")
+        if parts.scheme in ("http", "https") and not parts.hostname:
+            raise SettingsError(f"{PREFIX}{name}={raw!r}: names no host (e.g. http://127.0.0.1:8090)")
         return raw
 
     return parse
@@ -136,7 +155,7 @@ def _log_level(name: str, raw: str) -> str:
 
 def _log_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
-    if value not in ("json", "text", ""):  # empty: as unset (text on a terminal, json otherwise)
+    if value not in ("json", "text"):
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be json or text")
     return value
 
@@ -226,7 +245,7 @@ class Settings:
     )
     relay_process: bool = _field(
         _bool, False, "run the outbox relay in a process of its own, off the engine's GIL (amqp:// brokers "
-        "only; recommended with RabbitMQ)"
+        "only; worth it with a core to spare: see Benchmarks)"
     )
     relay_nudge_interval: float = _field(
         _relay_interval, 0.03,
@@ -268,7 +287,7 @@ class Settings:
     log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")
     cors_origins: tuple[str, ...] = _field(_origins, (), "comma-separated allowed CORS origins, or *")
     request_timeout: float = _field(
-        _positive_float, 5.0, "seconds to wait for the engine before answering 504"
+        _request_timeout, 5.0, "seconds to wait for the engine before answering 504 (at most 3600)"
     )
     bootstrap_admin_key: str | None = _field(
         _api_key, None, "creates an admin with this API key (te_…) at start when no admin exists"
@@ -303,7 +322,8 @@ class Settings:
             field = known.get(name)
             if field is None:
                 raise SettingsError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
-            values[field.name] = field.metadata["parse"](name, raw)
+            if raw.strip():  # empty is as unset (what `X: ${X:-}` gives in a compose file): the default
+                values[field.name] = field.metadata["parse"](name, raw)
         if not values.get("log_format"):
             values["log_format"] = "text" if sys.stderr.isatty() else "json"
         if values.get("relay_process") and str(values.get("broker_url") or "memory://").startswith("memory:"):

@@ -93,8 +93,8 @@ def test_a_clients_mistake_is_one_access_line_carrying_the_error_and_a_503_adds_
         ("tests.http.access", "INFO", "GET /test/fail/domain 422", "INVALID_TICK_SIZE",
          "price 100.005 is not a multiple of tick size 0.01"),
         ("tests.http.access", "INFO", "GET /test/fail/conflict 409", "PAIR_EXISTS", "pair BTC-USDT exists"),
-        ("tests.http", "WARNING", "GET /test/down answered 503 UNAVAILABLE: pool timeout", "UNAVAILABLE",
-         None),
+        ("tests.http", "WARNING", "GET /test/down answered 503 UNAVAILABLE (the database is unavailable; "
+         "retry later); the cause: pool timeout", "UNAVAILABLE", None),
         ("tests.http.access", "INFO", "GET /test/down 503", "UNAVAILABLE",
          "the database is unavailable; retry later"),
     ]

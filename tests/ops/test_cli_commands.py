@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _run(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRADE_ENGINE_")}
@@ -163,3 +165,20 @@ def test_the_revoke_key_help_states_the_engines_key_cache_time(tmp_path: Path) -
 
     shown = _run("users", "revoke-key", "--help", cwd=tmp_path)
     assert f"within {KEY_CACHE_SECONDS:g} s" in " ".join(shown.stdout.split())
+
+
+def test_version_runs_whatever_the_environment_holds_and_an_early_ctrl_c_is_quiet(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tradeengine.ops import cli
+
+    assert cli.main(["version"], environ={"TRADE_ENGINE_FOO": "1"}) == 0  # reads no setting
+    assert capsys.readouterr().out.startswith("trade-engine ")
+    assert cli.main(["migrate"], environ={"TRADE_ENGINE_FOO": "1"}) == 2  # reads settings: refused
+    assert "TRADE_ENGINE_FOO: unknown setting" in capsys.readouterr().err
+
+    def interrupted(*_: object) -> int:
+        raise KeyboardInterrupt  # as a Ctrl-C while a command's modules load
+
+    monkeypatch.setattr(cli, "_main", interrupted)
+    assert cli.main(["version"]) == 130
+    assert capsys.readouterr().err == ""

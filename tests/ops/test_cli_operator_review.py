@@ -57,7 +57,8 @@ def test_a_read_command_refuses_an_empty_database_and_leaves_it_empty(
     assert result.returncode == 1
     shown = url.replace(":pw@", ":***@")
     assert _one_line(result) == (f"trade-engine: the database at {shown} is not migrated (no migrations "
-                                 "applied); run `trade-engine migrate`")
+                                 "applied); run `trade-engine migrate` (or wait: a `serve` starting "
+                                 "on it applies them)")
     assert result.stdout == ""
     assert _tables(machine_pg_url) == []
 
@@ -76,7 +77,7 @@ def test_a_read_command_refuses_a_database_behind_the_code(machine_pg_url: str, 
     assert result.returncode == 1
     line = _one_line(result)
     assert f"(1 of {len(shipped)} migrations pending, the first {shipped[-1].name})" in line
-    assert line.endswith("run `trade-engine migrate`")
+    assert line.endswith("run `trade-engine migrate` (or wait: a `serve` starting on it applies them)")
     with psycopg.connect(machine_pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == users  # nobody created
 

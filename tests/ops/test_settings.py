@@ -66,7 +66,15 @@ def test_every_documented_variable_is_read() -> None:
         ("CORS_ORIGINS", "example.com", "http://"),
         ("REQUEST_TIMEOUT", "-1", "greater than 0"),
         ("DATABASE_PREPARE", "maybe", "true or false"),
-        ("DATA_DIR", " ", "folder path"),
+        ("REQUEST_TIMEOUT", "inf", "up to 1e+09"),
+        ("REQUEST_TIMEOUT", "nan", "up to 1e+09"),
+        ("REQUEST_TIMEOUT", "1e12", "up to 1e+09"),
+        ("REQUEST_TIMEOUT", "7200", "at most 3600"),
+        ("OUTBOX_RETENTION", "1e14", "up to 1e+09"),
+        ("WALLET_URL", "http://", "names no host"),
+        ("WALLET_URL", "http://:80/x", "names no host"),
+        ("DATABASE_URL", "postgresql://postgres@[bad/x", "not a valid URL"),
+        ("REDIS_URL", "redis://h:port/0", "not a valid URL"),
         ("BOOTSTRAP_ADMIN_KEY", "secret", "te_ followed by"),
         ("BOOTSTRAP_ADMIN_KEY", "te_short", "te_ followed by"),
         ("RATE_LIMIT", "-1", "must be 0 (off)"),
@@ -132,7 +140,11 @@ def test_documentation_lists_every_variable_with_its_default() -> None:
     assert len(rows) == len(Settings.__dataclass_fields__)
 
 
-def test_a_variable_set_empty_whose_default_is_empty_means_the_default() -> None:
-    settings = Settings.from_env({"TRADE_ENGINE_LOG_FORMAT": "", "TRADE_ENGINE_CORS_ORIGINS": "",
-                                  "TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY": "", "TRADE_ENGINE_REDIS_URL": ""})
+def test_a_variable_set_empty_or_blank_means_its_default() -> None:
+    """What `X: ${X:-}` in a compose file gives: as if unset, for every setting (an empty broker URL was
+    None and crashed the worker, an empty boolean turned its feature off)."""
+    empty = {f"TRADE_ENGINE_{name.upper()}": "" for name in Settings.__dataclass_fields__}
+    empty["TRADE_ENGINE_DATA_DIR"] = "  "
+    settings = Settings.from_env(empty)
     assert settings == Settings.from_env({})
+    assert (settings.broker_url, settings.writer_process, settings.http_port) == ("memory://", True, 8080)
