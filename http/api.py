@@ -431,7 +431,7 @@ _PATH_SCHEMAS = {"symbol": {"type": "string", "pattern": SYMBOL_PATTERN}}  # a p
 def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[str, Any]:
     api = endpoint.path.startswith("/api/")
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, _PATH_SCHEMA)}
+        {"name": name, "in": "path", "required": True, "schema": dict(_PATH_SCHEMAS.get(name, _PATH_SCHEMA))}
         for name in _PATH_PARAMETER.findall(endpoint.path)
     ]
     if operation.query is not None:

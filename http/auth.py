@@ -21,9 +21,9 @@ While the database cannot answer (it is down, or gives no answer within ``stale_
 answered for before (within ``stale_ttl`` past its cache period) authenticates as it did: during an
 outage an operator can still list the actors (``trade-engine actors``, ``GET /api/v1/admin/actors``)
 and a client its balances and book as the engine holds them, instead of every request answering 503
-before it reaches its route. A key nobody used before the outage is
-refused 503 as before; a key revoked through the API is forgotten at once, so it is never served
-stale. One lookup per key runs at a time: requests with the same key share it.
+before it reaches its route. A key nobody used before the outage is refused 503 as before; a key
+revoked through the API is forgotten at once, so it is never served stale. One lookup per key runs at
+a time: requests with the same key share it.
 """
 
 from __future__ import annotations
