@@ -140,7 +140,7 @@ def test_a_url_that_is_not_http_is_refused_before_any_request(tmp_path: Path, ur
         "(e.g. http://127.0.0.1:8080)")
 
 
-@pytest.mark.parametrize("amount", ["-1", "0", "0.000", "1e3", "abc", "1,5"])
+@pytest.mark.parametrize("amount", ["-1", "0", "0.000", "1e3", "abc", "1,5", "1" * 31])
 def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_request(
         tmp_path: Path, amount: str) -> None:
     port = free_port()  # nothing listens: a request would fail as "no engine answers"
@@ -150,7 +150,7 @@ def test_a_deposit_or_withdrawal_of_no_positive_decimal_is_refused_before_any_re
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.splitlines()[-1] == (
             f"trade-engine {command}: error: argument amount: {amount!r} is not a positive decimal of "
-            "digits, e.g. 1000.5")
+            "digits, e.g. 1000.5 (at most 30 digits before the point and 30 after)")
 
 
 def test_operators_add_halt_resume_and_restart_pairs_and_list_the_actors_of_the_running_engine(
