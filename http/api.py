@@ -424,14 +424,12 @@ def openapi_document(endpoints: Iterable[Endpoint], *, title: str, version: str)
     }
 
 
-_PATH_SCHEMA = {"type": "string", "minLength": 1}
-_PATH_SCHEMAS = {"symbol": {"type": "string", "pattern": SYMBOL_PATTERN}}  # a path symbol not of it: 404
-
-
 def _operation(endpoint: Endpoint, method: str, operation: Operation) -> dict[str, Any]:
     api = endpoint.path.startswith("/api/")
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": dict(_PATH_SCHEMAS.get(name, _PATH_SCHEMA))}
+        {"name": name, "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": SYMBOL_PATTERN} if name == "symbol"  # not of it: 404
+         else {"type": "string", "minLength": 1}}
         for name in _PATH_PARAMETER.findall(endpoint.path)
     ]
     if operation.query is not None:

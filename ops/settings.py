@@ -89,26 +89,21 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
-def _request_timeout(name: str, raw: str) -> float:
-    value = _positive_float(name, raw)
-    if value > 3600:
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at most 3600 seconds (a request waits that "
-                            "long for the engine)")
-    return value
+def _seconds_up_to(limit: float, why: str) -> Callable[[str, str], float]:
+    """A parser of a positive number of seconds of at most `limit` (`why`: the reason, for the message)."""
+    def parse(name: str, raw: str) -> float:
+        value = _positive_float(name, raw)
+        if value > limit:
+            raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at most {limit:g} s ({why})")
+        return value
+
+    return parse
 
 
 def _book_levels(name: str, raw: str) -> int:
     value = _int(name, raw)
     if not 1 <= value <= 500:
         raise SettingsError(f"{PREFIX}{name}={raw!r}: must be a number of levels from 1 to 500")
-    return value
-
-
-def _mirror_interval(name: str, raw: str) -> float:
-    value = _positive_float(name, raw)
-    if value > 1.0:
-        raise SettingsError(f"{PREFIX}{name}={raw!r}: must be at most 1 second (readers stop trusting "
-                            "the mirror after 2 s)")
     return value
 
 
@@ -231,7 +226,7 @@ class Settings:
         "order-book levels per side the Redis mirror keeps (1–500); a deeper request is read from the pair",
     )
     market_data_interval: float = _field(
-        _mirror_interval, 0.05,
+        _seconds_up_to(1.0, "readers stop trusting the mirror after 2 s"), 0.05,
         "seconds between the Redis mirror's looks at the pairs (at most 1): a pair is written at most "
         "once per interval",
     )
@@ -287,7 +282,8 @@ class Settings:
     log_format: str = _field(_log_format, "", "json or text; default text on a terminal, json otherwise")
     cors_origins: tuple[str, ...] = _field(_origins, (), "comma-separated allowed CORS origins, or *")
     request_timeout: float = _field(
-        _request_timeout, 5.0, "seconds to wait for the engine before answering 504 (at most 3600)"
+        _seconds_up_to(3600, "a request waits that long for the engine"), 5.0,
+        "seconds to wait for the engine before answering 504 (at most 3600)"
     )
     bootstrap_admin_key: str | None = _field(
         _api_key, None, "creates an admin with this API key (te_…) at start when no admin exists"

@@ -70,6 +70,7 @@ def test_every_documented_variable_is_read() -> None:
         ("REQUEST_TIMEOUT", "nan", "up to 1e+09"),
         ("REQUEST_TIMEOUT", "1e12", "up to 1e+09"),
         ("REQUEST_TIMEOUT", "7200", "at most 3600"),
+        ("MARKET_DATA_INTERVAL", "2", "at most 1 s"),
         ("OUTBOX_RETENTION", "1e14", "up to 1e+09"),
         ("WALLET_URL", "http://", "names no host"),
         ("WALLET_URL", "http://:80/x", "names no host"),
