@@ -54,7 +54,7 @@ from tradeengine.storage.users import UserRepository
 
 from . import render
 from .api import Operation, Resource, read_body, read_query, respond
-from .auth import ADMIN, forget_keys
+from .auth import ADMIN, key_forgetter
 from .blocking import NoAnswerInTime, blocking
 from .errors import not_found
 from .market import known_format, pair
@@ -292,20 +292,24 @@ class KeyResource(Resource):
     async def on_delete(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str,
                         key_id: str) -> None:
         """Revoke a key."""
-        key, revoked_now = await audited(
-            req, lambda: self._revoke(user_id, key_id),
+        forget = key_forgetter(req)
+        key, _ = await audited(
+            req, lambda: self._revoke(user_id, key_id, forget),
             lambda made: f"revoked API key {made[0].prefix} (id {made[0].id}) of user {made[0].user_id}"
             if made[1] else None)  # revoked already: not again
-        if revoked_now:
-            forget_keys(req)
         respond(resp, _key(key))
 
-    def _revoke(self, user_id: str, key_id: str) -> tuple[stored_users.ApiKey, bool]:
+    def _revoke(self, user_id: str, key_id: str,
+                forget: Callable[[], None]) -> tuple[stored_users.ApiKey, bool]:
+        """Revoke the key; this process forgets the keys it remembered as soon as it is (also when the
+        request was answered 504 meanwhile)."""
         user = _user_of(self._users, user_id)
         kid = _id(key_id)
         revoked = None if kid is None else self._users.revoke_key(user.id, kid)
         if revoked is None:
             raise _not_found("API key", key_id)
+        if revoked[1]:
+            forget()
         return revoked
 
 

@@ -12,10 +12,11 @@ in ``req.context.principal``.
 Keys are looked up through the injected ``authenticate`` (the database, on a thread: see
 :mod:`tradeengine.http.blocking`) and remembered for
 ``cache_ttl`` seconds (unknown keys for ``miss_ttl``), so a busy client costs one lookup per TTL, not
-one per request. A route that revokes keys calls :func:`forget_keys`: once it has answered, this
-process forgets every key it remembered, so a key revoked through the API is refused from the next
-request on; one revoked in the database by another process (``trade-engine users revoke-key``) is
-refused once its entry expires, within ``cache_ttl``.
+one per request. A route that revokes keys calls the function :func:`key_forgetter` gives it, from the
+thread that revoked the key, once the revocation is committed: this process forgets every key it
+remembered, so a key revoked through the API is refused from then on, also when the revocation was
+made after its request was answered 504; one revoked in the database by another process
+(``trade-engine users revoke-key``) is refused once its entry expires, within ``cache_ttl``.
 
 While the database cannot answer (it is down, or gives no answer within ``stale_grace``), a key it
 answered for before (within ``stale_ttl`` past its cache period) authenticates as it did: during an
@@ -91,6 +92,7 @@ class AuthMiddleware:
         """Refuse the request unless its key satisfies the resource's requirement."""
         if resource is None or req.method == "OPTIONS":
             return  # routing answers 404/405; CORS preflights carry no credentials
+        req.context[_FORGET_KEYS] = self.forget
         need = getattr(resource, "auth", TRADER if req.path.startswith("/api/") else PUBLIC)
         if need == PUBLIC:
             return
@@ -100,13 +102,11 @@ class AuthMiddleware:
                                        code="FORBIDDEN")
         req.context.principal = principal
 
-    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                               resource: object, req_succeeded: bool) -> None:
-        """Forget every remembered key once a route has revoked one (see :func:`forget_keys`)."""
-        if req.context.get(_FORGET_KEYS):
-            with self._lock:
-                self._cache.clear()
-                self._forgotten += 1
+    def forget(self) -> None:
+        """Forget every remembered key (a key was revoked); any thread may call it."""
+        with self._lock:
+            self._cache.clear()
+            self._forgotten += 1
 
     async def _principal(self, req: falcon.asgi.Request) -> Principal:
         scheme, _, key = (req.get_header("Authorization") or "").partition(" ")
@@ -157,10 +157,12 @@ class AuthMiddleware:
 _FORGET_KEYS = "forget_keys"
 
 
-def forget_keys(req: falcon.asgi.Request) -> None:
-    """Have the middleware forget every key it remembered once this request is answered (a key was
-    revoked: it must authenticate nobody from the next request on)."""
-    req.context[_FORGET_KEYS] = True
+def key_forgetter(req: falcon.asgi.Request) -> Callable[[], None]:
+    """What makes the middleware forget every key it remembered: a route that revokes a key calls it
+    once the revocation is committed, on the thread that made it (the key must authenticate nobody from
+    then on)."""
+    forget: Callable[[], None] = req.context[_FORGET_KEYS]
+    return forget
 
 
 def _unauthenticated(description: str) -> falcon.HTTPUnauthorized:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 
 from tests.http.api_harness import ApiHarness, Trader, error_of
 from tradeengine.http.auth import ADMIN
+from tradeengine.http.blocking import DEFAULT_LIMIT, limit_blocking_calls
 from tradeengine.http.routes import api_endpoints
+from tradeengine.storage.users import UserRepository
 
 ORDERS = "/api/v1/orders"
 D = Decimal
@@ -143,6 +146,29 @@ def test_a_key_is_rotated_and_a_revoked_key_is_refused_from_the_next_request_on(
                                                                   "USDT": (D(100000), D(0))}
     # revoking again answers the key as it is
     assert api.delete(f"{keys}/{listed[0]['id']}", admin).json == revoked.json
+
+
+def test_a_revocation_made_after_its_request_was_answered_504_is_forgotten_at_once(
+        api: ApiHarness, admin: Trader, alice: Trader, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert api.get("/api/v1/balances", alice).status_code == 200  # remembered for the cache period (5 s)
+    revoke = UserRepository.revoke_key
+
+    def slow_revoke(self: UserRepository, user_id: int, key_id: int) -> Any:
+        time.sleep(0.5)  # longer than the blocking limit below
+        return revoke(self, user_id, key_id)
+
+    monkeypatch.setattr(UserRepository, "revoke_key", slow_revoke)
+    limit_blocking_calls(0.2)
+    try:
+        answer = api.delete(f"/api/v1/admin/users/{alice.id}/keys/1", admin)
+    finally:
+        limit_blocking_calls(DEFAULT_LIMIT)
+    assert error_of(answer, 504)["code"] == "ENGINE_TIMEOUT"
+    deadline = time.monotonic() + 5
+    while api.users.keys(alice.id)[0].revoked_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # the revoking thread forgets the keys right after its commit
+    assert error_of(api.get("/api/v1/balances", alice), 401)["code"] == "UNAUTHENTICATED"
 
 
 def test_key_routes_refuse_unknown_users_and_keys_of_others_and_the_fee_account(
