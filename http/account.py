@@ -11,6 +11,7 @@ and made the trade.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 import falcon
@@ -18,6 +19,7 @@ import falcon.asgi
 from psycopg_pool import ConnectionPool
 
 from tradeengine.actors.exchange import Exchange
+from tradeengine.actors.ledger import AssetBalance
 from tradeengine.engine.units import format_atoms
 from tradeengine.storage import history
 from tradeengine.storage.history import UserTradeRow
@@ -59,10 +61,14 @@ class BalancesResource(Resource):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """List the caller's balances."""
-        balances = await blocking(self._exchange.balances, user_of(req))
-        respond(resp, Balances(balances=[
-            Balance(asset=b.asset, available=format_atoms(b.available), locked=format_atoms(b.locked))
-            for b in balances]))
+        respond(resp, balances_of(await blocking(self._exchange.balances, user_of(req))))
+
+
+def balances_of(held: Iterable[AssetBalance]) -> Balances:
+    """A user's balances as the API shows them."""
+    return Balances(balances=[
+        Balance(asset=b.asset, available=format_atoms(b.available), locked=format_atoms(b.locked))
+        for b in held])
 
 
 class UserTradesResource(Resource):

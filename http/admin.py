@@ -53,6 +53,7 @@ from tradeengine.storage.pairs import PairRecord, PairRepository
 from tradeengine.storage.users import UserRepository
 
 from . import render
+from .account import balances_of
 from .api import Operation, Resource, read_body, read_query, respond
 from .auth import ADMIN, key_forgetter
 from .blocking import NoAnswerInTime, blocking
@@ -67,6 +68,7 @@ from .models import (
     AdminPairs,
     ApiKey,
     ApiKeys,
+    Balances,
     CreatedUser,
     IssuedKey,
     NewPair,
@@ -275,6 +277,28 @@ class KeysResource(Resource):
         respond(resp, IssuedKey(key=_key(issued), api_key=key), 201)
 
 
+class UserBalancesResource(Resource):
+    """``/api/v1/admin/users/{user_id}/balances``: a user's balances; the fee account's are the fees
+    collected."""
+
+    auth = ADMIN
+    operations: ClassVar = {
+        "GET": Operation("A user's balances: available, and locked by open orders", Balances, errors=(404,),
+                         engine=True,
+                         description="What `GET /api/v1/balances` shows the user, as the running wallet "
+                                     "holds it now; the fee account's (user 1) are the fees collected."),
+    }
+
+    def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
+        self._exchange = system.exchange
+        self._users = UserRepository(pool)
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
+        """List a user's balances."""
+        held = await blocking(lambda: self._exchange.balances(_user_of(self._users, user_id).id))
+        respond(resp, balances_of(held))
+
+
 class KeyResource(Resource):
     """``/api/v1/admin/users/{user_id}/keys/{key_id}``: revoke a key."""
 
@@ -318,6 +342,9 @@ class _TransferResource(Resource):
 
     auth = ADMIN
     verb: ClassVar[str]
+    # Whether the exchange's own accounts (the fee account) take this movement: fees are collected by
+    # withdrawing them, but a deposit would mix outside money into what the engine earned.
+    system_accounts: ClassVar[bool]
 
     def __init__(self, system: ActorSystem, pool: ConnectionPool) -> None:
         self._system = system
@@ -335,7 +362,12 @@ class _TransferResource(Resource):
 
     def _move(self, move: Callable[[int, str, int], AssetBalance], user_id: str,
               transfer: Transfer) -> UserBalance:
-        uid = _user_of(self._users, user_id).id
+        user = _user_of(self._users, user_id)
+        if user.role not in stored_users.ROLES and not self.system_accounts:
+            raise stored_users.SystemAccount(
+                f"user {user.id} ({user.name}) is an account of the exchange itself: it holds the fees the "
+                f"engine collects and takes no deposits")
+        uid = user.id
         atoms = to_atoms(Decimal(transfer.amount), field="amount")
         traded = {asset for record in self._pairs.list() for asset in (record.base_asset, record.quote_asset)}
         if transfer.asset not in traded:
@@ -349,12 +381,14 @@ class DepositsResource(_TransferResource):
     """``/api/v1/admin/users/{user_id}/deposits``: credit a user's available balance."""
 
     verb = "deposited"
+    system_accounts = False
 
     operations: ClassVar = {
         "POST": Operation("Deposit to a user: credit their available balance", UserBalance, 201,
-                          body=Transfer, engine=True,
+                          body=Transfer, errors=(409,), engine=True,
                           description="Answered once committed, with the user's new balance of the asset. "
-                                      "The asset must be one a pair trades; at most 8 decimal places."),
+                                      "The asset must be one a pair trades; at most 8 decimal places. The "
+                                      "fee account takes no deposits: 409 SYSTEM_ACCOUNT."),
     }
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:
@@ -366,13 +400,15 @@ class WithdrawalsResource(_TransferResource):
     """``/api/v1/admin/users/{user_id}/withdrawals``: debit a user's available balance."""
 
     verb = "withdrew"
+    system_accounts = True
 
     operations: ClassVar = {
         "POST": Operation("Withdraw from a user: debit their available balance", UserBalance, 201,
                           body=Transfer, errors=(422,), engine=True,
                           description="Answered once committed, with the user's new balance of the asset; "
                                       "more than is available (locked funds excluded) answers 422 "
-                                      "INSUFFICIENT_BALANCE and moves nothing."),
+                                      "INSUFFICIENT_BALANCE and moves nothing. The fees collected are "
+                                      "withdrawn from the fee account (user 1)."),
     }
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str) -> None:

@@ -92,7 +92,7 @@ class AuthMiddleware:
         """Refuse the request unless its key satisfies the resource's requirement."""
         if resource is None or req.method == "OPTIONS":
             return  # routing answers 404/405; CORS preflights carry no credentials
-        req.context[_FORGET_KEYS] = self.forget
+        req.context.forget_keys = self.forget
         need = getattr(resource, "auth", TRADER if req.path.startswith("/api/") else PUBLIC)
         if need == PUBLIC:
             return
@@ -154,14 +154,11 @@ class AuthMiddleware:
         return principal
 
 
-_FORGET_KEYS = "forget_keys"
-
-
 def key_forgetter(req: falcon.asgi.Request) -> Callable[[], None]:
     """What makes the middleware forget every key it remembered: a route that revokes a key calls it
     once the revocation is committed, on the thread that made it (the key must authenticate nobody from
     then on)."""
-    forget: Callable[[], None] = req.context[_FORGET_KEYS]
+    forget: Callable[[], None] = req.context.forget_keys
     return forget
 
 

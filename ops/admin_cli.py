@@ -1,6 +1,7 @@
 """The operator commands that go through the running engine's admin API (`http.admin`): ``deposit`` and
-``withdraw`` (its wallet moves the money), ``pairs add|halt|resume|delist|fees|restart`` (its supervisor
-acts at once, no restart of the engine) and ``actors`` (the supervision tree).
+``withdraw`` (its wallet moves the money), ``balances`` (what it holds for a user), ``pairs
+add|halt|resume|delist|fees|restart`` (its supervisor acts at once, no restart of the engine) and
+``actors`` (the supervision tree).
 
 Each takes ``--url`` (default: the engine's own address from TRADE_ENGINE_HTTP_HOST/PORT) and ``--key``
 (default: TRADE_ENGINE_BOOTSTRAP_ADMIN_KEY), and ``--json`` to print the API's answer as it is. A refusal
@@ -20,8 +21,8 @@ from typing import Any
 
 from .settings import Settings
 
-__all__ = ["add_admin_options", "amount", "cmd_actors", "cmd_pairs_add", "cmd_pairs_change", "cmd_transfer",
-           "decimal", "print_table"]
+__all__ = ["add_admin_options", "amount", "cmd_actors", "cmd_balances", "cmd_pairs_add", "cmd_pairs_change",
+           "cmd_transfer", "decimal", "print_table"]
 
 
 def add_admin_options(parser: argparse.ArgumentParser, answer: str) -> None:
@@ -126,6 +127,18 @@ def cmd_transfer(args: argparse.Namespace, settings: Settings) -> int:
         done = "deposited" if args.command == "deposit" else "withdrew"
         print(f"{done} {args.amount} {args.asset} (user {balance['user_id']}): {balance['asset']} available "
               f"{balance['available']}, locked {balance['locked']}")
+    return 0
+
+
+def cmd_balances(args: argparse.Namespace, settings: Settings) -> int:
+    """``balances USER_ID``: a user's balances as the running engine's wallet holds them (user 1, the fee
+    account: the fees collected)."""
+    held = _run(args, settings, "balances", "GET", f"users/{_quoted(args.user_id)}/balances")
+    if isinstance(held, int):
+        return held
+    if not args.json:
+        print_table(("ASSET", "AVAILABLE", "LOCKED"),
+                    [(b["asset"], b["available"], b["locked"]) for b in held["balances"]])
     return 0
 
 

@@ -20,6 +20,7 @@ from .admin_cli import (
     add_admin_options,
     amount,
     cmd_actors,
+    cmd_balances,
     cmd_pairs_add,
     cmd_pairs_change,
     cmd_transfer,
@@ -489,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
         transfer.add_argument("asset", help="an asset some pair trades, e.g. USDT")
         transfer.add_argument("amount", type=amount, help="a decimal with at most 8 places, e.g. 1000.5")
         add_admin_options(transfer, "the balance")
+    balances = add("balances", cmd_balances, "Print a user's balances as the running engine's wallet holds "
+                   "them, through its admin API; user 1, the fee account, holds the fees collected (take "
+                   "them out with `withdraw 1 ASSET AMOUNT`).", reads=ADMIN_SETTINGS)
+    balances.add_argument("user_id", help="the user's id (1: the fee account)")
+    add_admin_options(balances, "the balances")
     events = commands.add_parser("events", help="The engine's published events.",
                                  description="The engine's published events.", epilog=SETTINGS_POINTER)
     event_commands = events.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)

@@ -151,6 +151,7 @@ def test_a_key_is_rotated_and_a_revoked_key_is_refused_from_the_next_request_on(
 def test_a_revocation_made_after_its_request_was_answered_504_is_forgotten_at_once(
         api: ApiHarness, admin: Trader, alice: Trader, monkeypatch: pytest.MonkeyPatch) -> None:
     assert api.get("/api/v1/balances", alice).status_code == 200  # remembered for the cache period (5 s)
+    [key] = api.users.keys(alice.id)
     revoke = UserRepository.revoke_key
 
     def slow_revoke(self: UserRepository, user_id: int, key_id: int) -> Any:
@@ -160,7 +161,7 @@ def test_a_revocation_made_after_its_request_was_answered_504_is_forgotten_at_on
     monkeypatch.setattr(UserRepository, "revoke_key", slow_revoke)
     limit_blocking_calls(0.2)
     try:
-        answer = api.delete(f"/api/v1/admin/users/{alice.id}/keys/1", admin)
+        answer = api.delete(f"/api/v1/admin/users/{alice.id}/keys/{key.id}", admin)
     finally:
         limit_blocking_calls(DEFAULT_LIMIT)
     assert error_of(answer, 504)["code"] == "ENGINE_TIMEOUT"
@@ -219,6 +220,37 @@ def test_deposits_and_withdrawals_move_the_running_wallet_and_answer_the_new_bal
         row = conn.execute("SELECT available, locked FROM balances WHERE user_id = %s AND asset = 'USDT'",
                            (carol.id,)).fetchone()
     assert row == (D("100.50000001"), D(500))
+
+
+def test_the_fees_collected_are_withdrawn_from_the_fee_account_which_takes_no_deposits(
+        api: ApiHarness, admin: Trader, alice: Trader, bob: Trader) -> None:
+    place(api, alice, side="SELL", quantity="0.1", price="50000")
+    place(api, bob, side="BUY", quantity="0.1", price="50000")  # fees: maker 0.001, taker 0.002 (seeded)
+    def fees_held() -> dict[str, Decimal]:
+        answer = api.get("/api/v1/admin/users/1/balances", admin)
+        assert answer.status_code == 200, answer.text
+        assert all(b["locked"] == "0" for b in answer.json["balances"])
+        return {b["asset"]: D(b["available"]) for b in answer.json["balances"]}
+
+    fees = fees_held()
+    refused = error_of(api.post("/api/v1/admin/users/1/deposits", admin,
+                                json={"asset": "USDT", "amount": "1"}), 409)
+    assert refused["code"] == "SYSTEM_ACCOUNT" and "takes no deposits" in refused["message"]
+    assert fees_held() == fees  # nothing moved
+    assert fees == {"BTC": D("0.0001"), "USDT": D("4")}  # maker 0.0008 of 5,000 USDT, taker 0.001 of 0.1 BTC
+    collected = api.post("/api/v1/admin/users/1/withdrawals", admin, json={"asset": "USDT", "amount": "4"})
+    assert collected.status_code == 201, collected.text
+    assert collected.json == {"user_id": "1", "asset": "USDT", "available": "0", "locked": "0"}
+    assert fees_held() == {"BTC": D("0.0001"), "USDT": D(0)}
+    with api.pool.connection() as conn:  # what the route shows is what is committed
+        assert dict(conn.execute("SELECT asset, available FROM balances WHERE user_id = 1").fetchall()) == \
+            {"BTC": D("0.0001"), "USDT": D(0)}
+    # a user's balances as the user sees them; an unknown user is not found
+    assert api.get(f"/api/v1/admin/users/{alice.id}/balances", admin).json == \
+        api.get("/api/v1/balances", alice).json
+    for user_id in ("999999", "abc"):
+        answer = api.get(f"/api/v1/admin/users/{user_id}/balances", admin)
+        assert error_of(answer, 404)["code"] == "NOT_FOUND"
 
 
 def test_a_transfer_to_an_unknown_user_is_not_found(api: ApiHarness, admin: Trader) -> None:

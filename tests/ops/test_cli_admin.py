@@ -90,6 +90,19 @@ def test_deposit_goes_through_the_running_engine_and_the_funds_trade_at_once(
     # alice receives 25000 USDT less the 0.0008 maker fee (20); bob 0.5 BTC less the 0.001 taker fee
     assert balances(engine, alice_key) == {"BTC": ("1.5", "0"), "USDT": ("124980", "0")}
     assert balances(engine, bob_key) == {"BTC": ("0.4995", "0"), "USDT": ("5000", "0")}
+    # the fee account's balances are the fees collected; they are taken out with a withdrawal
+    status, out, err = cli(engine, "balances", "1", cwd=tmp_path)
+    assert status == 0, err
+    assert out.splitlines() == ["ASSET  AVAILABLE  LOCKED", "BTC    0.0005     0", "USDT   20         0"]
+    assert cli(engine, "withdraw", "1", "USDT", "20", cwd=tmp_path)[0] == 0
+    status, out, err = cli(engine, "deposit", "1", "USDT", "1", cwd=tmp_path)
+    assert status == 1 and "409 SYSTEM_ACCOUNT" in one_line(err)
+    status, out, err = cli(engine, "balances", "1", "--json", cwd=tmp_path)
+    assert json.loads(out) == {"balances": [{"asset": "BTC", "available": "0.0005", "locked": "0"},
+                                            {"asset": "USDT", "available": "0", "locked": "0"}]}
+    status, out, err = cli(engine, "balances", alice_id, "--json", cwd=tmp_path)
+    assert {b["asset"]: (b["available"], b["locked"]) for b in json.loads(out)["balances"]} == \
+        balances(engine, alice_key)
 
     status, out, err = cli(engine, "withdraw", alice_id, "USDT", "1000.5", cwd=tmp_path)
     assert status == 0, err
