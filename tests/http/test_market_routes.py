@@ -265,3 +265,34 @@ def test_market_data_needs_no_key_and_ignores_a_bad_one(api: ApiHarness) -> None
                  "/api/v1/markets/BTC-USDT/trades", "/api/v1/markets/BTC-USDT/candles"):
         assert api.get(path).status_code == 200, path
         assert api.get(path, headers=bad).status_code == 200, path
+
+
+def test_volumes_and_an_orders_filled_quote_past_what_a_balance_holds_are_exact(api: ApiHarness) -> None:
+    admin = api.user("admin")
+    added = api.post("/api/v1/admin/pairs", admin, json={
+        "symbol": "HUG-BIG", "base_asset": "HUG", "quote_asset": "BIG", "tick_size": "1", "lot_size": "1",
+        "max_quantity": "1000", "maker_fee": "0", "taker_fee": "0"})
+    assert added.status_code == 201, added.text
+    price, lower = "6" + "0" * 29, "5" + "0" * 29  # the same coins change hands three times
+    x = api.user(funds={"BIG": "9" + "0" * 29})
+    y = api.user(funds={"HUG": "10"})
+
+    def place(user: Trader, side: str, quantity: str, at: str) -> dict[str, Any]:
+        answer = api.post("/api/v1/orders", user, json={"symbol": "HUG-BIG", "side": side, "type": "LIMIT",
+                                                        "quantity": quantity, "price": at})
+        assert answer.status_code == 201, answer.text
+        order: dict[str, Any] = answer.json["order"]
+        return order
+
+    resting = place(y, "SELL", "3", price)
+    place(x, "BUY", "1", price)
+    place(x, "SELL", "1", lower)
+    place(y, "BUY", "1", lower)
+    place(x, "BUY", "1", price)
+    order = api.get(f"/api/v1/orders/{resting['id']}", y).json
+    assert (order["status"], order["filled_quantity"], order["average_price"]) == \
+        ("PARTIALLY_FILLED", "2", price)
+    [candle] = api.get("/api/v1/markets/HUG-BIG/candles", params={"interval": "1d"}).json["candles"]
+    assert (candle["volume"], candle["quote_volume"], candle["trades"]) == ("3", "17" + "0" * 29, 3)
+    ticker = api.get("/api/v1/markets/HUG-BIG/ticker").json
+    assert (ticker["volume_24h"], ticker["quote_volume_24h"]) == ("3", "17" + "0" * 29)
