@@ -40,4 +40,5 @@ class MetricsResource:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(self._registry)
+        # off the loop: the collectors ask the actors and read PostgreSQL (each within its own deadline)
+        resp.data = await blocking(generate_latest, self._registry)

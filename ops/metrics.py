@@ -555,8 +555,11 @@ def _actor_families(statuses: Iterable[ChildStatus]) -> Iterator[Metric]:
 class _CachedReadCollector(Collector):
     """A figure read from PostgreSQL at most once per ``ttl`` seconds (subclasses say what and how).
 
-    A read is bounded by ``connect_timeout`` (a pool connection) and ``statement_timeout``; while a read
-    runs, concurrent scrapes get the previous figures. A failed read is counted in
+    A read runs on a thread of its own, bounded by ``connect_timeout`` (a pool connection) and
+    ``statement_timeout``; a scrape waits for it at most their sum and half a second more: a database
+    that hangs (a black-holed connection answers neither the query nor its timeout) must not hold the
+    scrape. Concurrent scrapes share the read under way, and none starts another while it lasts. A
+    failed read, or one that did not answer in time, is counted in
     ``trade_engine_scrape_errors{source=SOURCE}`` and leaves the gauges out until a read succeeds.
     """
 
@@ -571,7 +574,8 @@ class _CachedReadCollector(Collector):
         self._connect_timeout = connect_timeout
         self._errors = errors
         self._clock = clock
-        self._refreshing = threading.Lock()
+        self._lock = threading.Lock()
+        self._reading: Future[Any] | None = None  # the read under way
         self._cached: Any = None
         self._read_at: float | None = None
 
@@ -580,23 +584,35 @@ class _CachedReadCollector(Collector):
         raise NotImplementedError
 
     def _current(self) -> Any:
-        now = self._clock()
-        if self._read_at is not None and now - self._read_at < self._ttl:
-            return self._cached
-        if not self._refreshing.acquire(blocking=False):
-            return self._cached  # another scrape is reading it
+        with self._lock:
+            if self._read_at is not None and self._clock() - self._read_at < self._ttl:
+                return self._cached
+            reading = self._reading
+            if reading is None:
+                reading = self._reading = Future()
+                threading.Thread(target=self._refresh, args=(reading,), name=f"metrics-{self.SOURCE}",
+                                 daemon=True).start()
+        wait = self._connect_timeout + self._statement_timeout + 0.5
         try:
-            try:
-                self._cached = self.read()
-            except Exception as exc:
-                self._cached = None
-                if self._errors is not None:
-                    self._errors.inc(self.SOURCE)
-                _log.warning("metrics: the %s could not be read: %s", self.SOURCE, exc)
-            self._read_at = self._clock()
-            return self._cached
-        finally:
-            self._refreshing.release()
+            return reading.result(timeout=wait)
+        except TimeoutError:
+            self._failed(f"no answer within {wait:g} s (still waiting for it)")
+            return None
+
+    def _refresh(self, reading: Future[Any]) -> None:
+        try:
+            figure = self.read()
+        except Exception as exc:
+            figure = None
+            self._failed(str(exc))
+        with self._lock:
+            self._cached, self._read_at, self._reading = figure, self._clock(), None
+        reading.set_result(figure)
+
+    def _failed(self, why: str) -> None:
+        if self._errors is not None:
+            self._errors.inc(self.SOURCE)
+        _log.warning("metrics: the %s could not be read: %s", self.SOURCE, why)
 
 
 class OutboxCollector(_CachedReadCollector):

@@ -179,11 +179,14 @@ class Engines:
 
 class TcpProxy:
     """A loopback TCP proxy to ``target`` that a test can cut (no listener, every connection closed)
-    and restore (listening again on the same port)."""
+    and restore (listening again on the same port), or hang (connections stay open and nothing passes
+    either way: a server that hangs, or a black-holed network) and let flow again."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
@@ -210,6 +213,12 @@ class TcpProxy:
         with self._lock:
             self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def hang(self) -> None:
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         with self._lock:
@@ -247,6 +256,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

@@ -5,6 +5,7 @@ used their key before it can still list the actors."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +116,32 @@ def test_one_engine_per_database_and_a_port_in_use_is_refused_before_the_databas
     first.signal(signal.SIGKILL)
     after = engines.start(tmp_path / "four", database_url=machine_pg_url)
     after.wait_ready()
+
+
+def test_a_metrics_scrape_while_the_database_hangs_answers_and_holds_no_other_request(
+        engines: Engines, pg_proxy: TcpProxy, machine_pg_url: str, tmp_path: Path) -> None:
+    engine = engines.start(tmp_path / "data", database_url=pg_proxy.url(machine_pg_url))
+    engine.wait_ready()
+    pg_proxy.hang()  # open connections that answer nothing, not even a statement timeout
+    try:
+        scrapes: list[requests.Response] = []
+        scraper = threading.Thread(target=lambda: scrapes.append(engine.get("/metrics", timeout=30)))
+        scraper.start()
+        while scraper.is_alive():  # the event loop answers everything else meanwhile
+            started = time.monotonic()
+            assert engine.get("/health", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1.0
+            time.sleep(0.1)
+        [scrape] = scrapes
+        assert scrape.status_code == 200  # without the figures it could not read in time
+        assert "trade_engine_outbox_unpublished_rows" not in scrape.text
+        assert 'trade_engine_scrape_errors_total{source="outbox"} 1.0' in scrape.text
+        assert 'trade_engine_actor_state{actor="writer",state="running"} 1.0' in scrape.text
+    finally:
+        pg_proxy.flow()
+    wait_until(lambda: "trade_engine_outbox_unpublished_rows" in engine.get("/metrics", timeout=10).text,
+               30, "the outbox figures scraped again")
+    assert engine.process.poll() is None  # the same process: no restart
+
+    engine.signal(signal.SIGTERM)
+    assert engine.wait_exit() == 0

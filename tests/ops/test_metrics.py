@@ -205,6 +205,37 @@ def test_the_outbox_is_read_at_most_once_per_ttl_and_a_failed_read_leaves_its_ga
     assert value(scrape(), "trade_engine_outbox_unpublished_rows") == 7
 
 
+def test_an_outbox_read_that_hangs_holds_no_scrape_and_no_second_read_starts_while_it_lasts() -> None:
+    release = threading.Event()
+    reads: list[int] = []
+
+    def read(pool: Any, **timeouts: float) -> OutboxBacklog:
+        reads.append(1)
+        release.wait(10)  # a black-holed connection: neither an answer nor the statement timeout
+        return OutboxBacklog(2, 8, 1.0)
+
+    registry = CollectorRegistry()
+    errors = ScrapeErrors()
+    registry.register(OutboxCollector(object(), ttl=5.0, statement_timeout=0.2, connect_timeout=0.1,
+                                      errors=errors, read=read))
+    registry.register(errors)
+    for attempt in (1, 2):
+        started = time.monotonic()
+        samples = parse(generate_latest(registry).decode())
+        assert time.monotonic() - started < 1.5  # 0.1 + 0.2 + 0.5 s
+        assert ("trade_engine_outbox_unpublished_rows", frozenset()) not in samples
+        assert value(samples, "trade_engine_scrape_errors_total", source="outbox") == attempt
+    assert reads == [1]  # the second scrape waited for the read under way
+    release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        samples = parse(generate_latest(registry).decode())
+        if ("trade_engine_outbox_unpublished_rows", frozenset()) in samples:
+            break
+        time.sleep(0.05)
+    assert value(samples, "trade_engine_outbox_unpublished_rows") == 2
+
+
 class _SilentPair:
     """A pair handle whose actor never answers (stuck behind a long command)."""
 
