@@ -43,7 +43,7 @@ import falcon.asgi
 from tradeengine.engine.errors import EngineTimeout
 from tradeengine.engine.errors import StorageUnavailable as UnavailableInfrastructure
 
-from .blocking import blocking
+from .blocking import NoAnswerInTime, blocking
 
 # How long a known key is remembered: the longest a key revoked by another process keeps working here.
 KEY_CACHE_SECONDS = 5.0
@@ -142,7 +142,10 @@ class AuthMiddleware:
         """Look the key up in the database and remember the answer."""
         with self._lock:
             forgotten = self._forgotten
-        principal = await blocking(self._authenticate, key)  # the database, on a thread
+        try:
+            principal = await blocking(self._authenticate, key)  # the database, on a thread
+        except NoAnswerInTime as exc:  # nothing was done yet: unavailable, whatever the request's method
+            raise UnavailableInfrastructure(f"checking an API key: {exc}") from None
         ttl = self._cache_ttl if principal is not None else self._miss_ttl
         with self._lock:
             if forgotten != self._forgotten:  # a key was revoked meanwhile: what was read may be stale

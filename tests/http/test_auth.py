@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from tradeengine.http.app import create_app
 from tradeengine.http.auth import ADMIN, PUBLIC, AuthMiddleware
+from tradeengine.http.blocking import DEFAULT_LIMIT, limit_blocking_calls
 from tradeengine.storage.errors import StorageUnavailable
 
 
@@ -204,3 +205,19 @@ def test_a_key_revoked_through_the_api_is_never_served_stale() -> None:
     now[0] = 10.0
     with pytest.raises(StorageUnavailable):
         falcon.async_to_sync(auth._lookup, "te_admin")
+
+
+def test_a_key_lookup_past_the_blocking_limit_is_503_even_for_a_change_since_nothing_was_done() -> None:
+    database = Outage()
+    database.stall = 0.6
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(), authenticate=database,
+                     routes=[("/api/v1/me", Whoami())], blocking_limit=0.2)
+    try:
+        client = falcon.testing.TestClient(app)
+        for method in ("GET", "POST"):
+            answer = client.simulate_request(method, "/api/v1/me",
+                                             headers={"Authorization": "Bearer te_admin"})
+            assert answer.status_code == 503, (method, answer.text)
+            assert answer.json["error"]["code"] == "UNAVAILABLE"
+    finally:
+        limit_blocking_calls(DEFAULT_LIMIT)
