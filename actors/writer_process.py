@@ -305,7 +305,7 @@ class WriterProcess:
             if answer[0] == "ok":
                 self._hand_out_committed(int(answer[1]), int(answer[2]), float(answer[3]))
             else:  # the child exits after a failed batch
-                error = _error(answer, "committing a batch of facts")
+                error = _error(answer, "the writer process")  # its message names the commit
                 # An unknown outcome concerns that batch's frames only: none later is committed.
                 self._end(error, frames=int(answer[2]) if isinstance(error, CommitOutcomeUnknown) else None)
                 _end_child(child, self.reply_timeout)

@@ -238,9 +238,10 @@ class RedisRateLimiter:
             return
         with self._lock:
             local_calls, self._local_calls = self._local_calls, 0
-        self._log.warning("rate limits: Redis is not answering (%s: %s) for %.1f s; limiting in process "
+        since = f" for {down_for:.1f} s" if down_for >= 0.1 else ""
+        self._log.warning("rate limits: Redis is not answering (%s: %s)%s; limiting in process "
                           "(%d call(s) since the last warning), trying Redis again every %.1f s",
-                          type(exc).__name__, exc, down_for, local_calls, self._outage.retry_interval)
+                          type(exc).__name__, exc, since, local_calls, self._outage.retry_interval)
 
     def _recovered(self) -> None:
         ended = self._outage.succeeded()

@@ -35,7 +35,8 @@ trade_engine_commit_batch_commands                  histogram                  c
 trade_engine_commit_batch_rows                      histogram                  rows per committed batch
 trade_engine_commit_duration_seconds                histogram                  write + commit of one batch
 trade_engine_commit_failures_total                  counter                    batches whose commit failed
-trade_engine_actor_restarts_total                   counter   actor            incarnations restarted
+trade_engine_actor_restarts_total                   counter   actor            restarted incarnations that
+                                                                               came up (a failed start: crash)
 trade_engine_actor_crashes_total                    counter   actor            incarnations ended abnormally
 trade_engine_actor_intensity_exceeded_total         counter   actor            supervisor gave up (FAILED)
 trade_engine_group_restarts_total                   counter   group            one-for-all group rebuilds
@@ -259,7 +260,8 @@ class EngineMetrics:
             "trade_engine_commit_failures", "Batches whose write or commit failed.", registry=registry)
         # -- supervision
         self.actor_restarts = Counter(
-            "trade_engine_actor_restarts", "Actor incarnations started again by the supervisor.",
+            "trade_engine_actor_restarts", "Actor incarnations started again by the supervisor that came up "
+            "(a restart whose start failed counts as a crash; `trade-engine actors` counts every attempt).",
             ("actor",), registry=registry)
         self.actor_crashes = Counter(
             "trade_engine_actor_crashes", "Actor incarnations that ended abnormally.",
@@ -461,7 +463,7 @@ class ScrapeErrors(Collector):
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily("trade_engine_scrape_errors", "Reads made for a scrape that failed or "
-                                     "timed out, by source (pairs, outbox, pool).", labels=["source"])
+                                     "timed out, by source (pairs, outbox, wallet, pool).", labels=["source"])
         with self._lock:
             counts = sorted(self._counts.items())
         for source, count in counts:
