@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -256,22 +258,53 @@ class _ByMethodHandler:
         await handler(req, resp, ex, params)
 
 
+# An outage answers every request 503 for as long as it lasts: one WARNING line per cause this often,
+# the next one counting those left out (each request keeps its access line).
+WARNING_EVERY_SECONDS = 10.0
+
+
+class _Throttle:
+    """Admits one line per key every `every` seconds; an admitted line learns how many were left out."""
+
+    def __init__(self, every: float) -> None:
+        self._every = every
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # key → (when a line was admitted, left out since)
+
+    def admit(self, key: str) -> int | None:
+        """None to leave this line out, else how many were left out since the last one admitted."""
+        now = time.monotonic()
+        with self._lock:
+            admitted, left_out = self._last.get(key, (None, 0))
+            if admitted is not None and now - admitted < self._every:
+                self._last[key] = (admitted, left_out + 1)
+                return None
+            self._last[key] = (now, 0)
+            return left_out
+
+
 class _MappedErrorHandler:
     """Answers one application exception branch with its mapped status."""
 
     def __init__(self, mapping: ErrorMapping, logger: logging.Logger) -> None:
         self._mapping = mapping
         self._logger = logger
+        self._throttle = _Throttle(WARNING_EVERY_SECONDS)
 
     async def __call__(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception,
                        params: dict[str, Any]) -> None:
         mapping = self._mapping
         code, message, field, details = describe(mapping, ex)
-        if mapping.log_level > logging.INFO:  # a client's mistake is told by the access line alone
+        # a client's mistake is told by the access line alone; a bug always has its line
+        left_out = (None if mapping.log_level <= logging.INFO else 0 if mapping.log_level >= logging.ERROR
+                    else self._throttle.admit(type(ex).__qualname__))
+        if left_out is not None:
             traceback = ex if mapping.log_level >= logging.ERROR else None
+            more = (f" ({left_out} more answered so in the last {WARNING_EVERY_SECONDS:g} s were not logged)"
+                    if left_out else "")
             # what the client was told, then the cause (which it was not: it may name hosts and internals)
-            self._logger.log(mapping.log_level, "%s %s answered %d %s (%s); the cause: %s", req.method,
-                             req.path, mapping.status, code, message, ex, exc_info=traceback,
+            self._logger.log(mapping.log_level, "%s %s answered %d %s (%s); the cause: %s%s", req.method,
+                             req.path, mapping.status, code, message, ex, more, exc_info=traceback,
                              extra={"request_id": request_id_of(req), "error_code": code})
         wait = mapping.retry_after
         if wait is not None:

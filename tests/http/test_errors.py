@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tradeengine.actors.supervision import ActorUnavailable, ChildState
 from tradeengine.engine import errors as engine_errors
+from tradeengine.http import errors as errors_module
 from tradeengine.http.admin import audited
 from tradeengine.http.app import create_app
 from tradeengine.http.blocking import DEFAULT_LIMIT, blocking, limit_blocking_calls
@@ -146,6 +147,30 @@ def test_mapping_with_a_fixed_message_hides_the_exception_text_and_sets_retry_af
     assert result.status_code == 503
     assert result.headers["retry-after"] == "2"
     assert result.json["error"] == {"code": "UNAVAILABLE", "message": "the database is unavailable"}
+
+
+def test_an_outage_logs_one_warning_per_cause_every_ten_seconds_counting_those_left_out(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(errors_module.time, "monotonic", lambda: now[0])
+    app = create_app(version="1", readiness_checks={}, registry=CollectorRegistry(), routes=[
+        ("/down", _Raise(storage_errors.StorageUnavailable("connection to 10.1.2.3:5432 refused"))),
+        ("/failed", _Raise(ActorUnavailable("pair:BTC-USDT is failed", child="pair:BTC-USDT",
+                                             state=ChildState.FAILED)))])
+    client = falcon.testing.TestClient(app)
+    caplog.set_level(logging.WARNING, logger="tradeengine.http")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    for _ in range(50):
+        assert client.simulate_get("/down").status_code == 503
+    assert client.simulate_get("/failed").status_code == 503  # another cause has its own line
+    assert len(warnings()) == 2 and "10.1.2.3:5432 refused" in warnings()[0]
+    now[0] += 10.0
+    assert client.simulate_get("/down").status_code == 503
+    assert len(warnings()) == 3
+    assert warnings()[2].endswith("(49 more answered so in the last 10 s were not logged)")
 
 
 class _Raise:
@@ -297,10 +322,15 @@ def test_an_admin_change_answered_504_is_still_audited_when_it_is_made(
         answer = falcon.testing.TestClient(app).simulate_post("/change")
         assert answer.status_code == 504 and not slow.made.is_set()
         assert slow.made.wait(5)
+
+        def audit_lines() -> list[tuple[str, str]]:
+            return [(r.levelname, r.getMessage()) for r in caplog.records
+                    if r.name == "tradeengine.http.audit"]
+
         deadline = time.monotonic() + 5
-        while len(caplog.records) < 2 and time.monotonic() < deadline:  # the line follows `made`
+        while len(audit_lines()) < 2 and time.monotonic() < deadline:  # the line follows `made`
             time.sleep(0.01)
-        lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tradeengine.http.audit"]
+        lines = audit_lines()
         assert lines == [
             ("WARNING", "admin 7: POST /change answered 504 before its change was made; it may still be made "
                         "(a line follows if it is)"),
